@@ -1,0 +1,28 @@
+# AISDiff: the two commands are `make demo` and `make test` (both run `make setup` first).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.aisdiff-setup
+DEMO_DIR ?= work_dirs/demo
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint clean
+
+setup: $(STAMP)
+
+# Re-run the (idempotent) setup script only when the pinned dependencies or the script change.
+$(STAMP): pyproject.toml scripts/setup_env.sh
+	VENV=$(VENV) bash scripts/setup_env.sh
+	@touch $@
+
+demo: setup
+	$(VENV)/bin/aisdiff demo-data $(DEMO_DIR)/data --format kins2020 --train-images 100 --val-images 25 --seed 0
+
+# pytest exits 5 when it collects no test: make treats that (like any failure) as an error.
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check priors pipeline segmenter tests
+
+clean:
+	rm -rf $(VENV) work_dirs .pytest_cache .ruff_cache

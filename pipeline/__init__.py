@@ -1,0 +1,1 @@
+"""The offline prior-precompute job and the `aisdiff` command line."""

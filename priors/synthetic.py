@@ -1,0 +1,315 @@
+"""A synthetic amodal benchmark: textured shapes on textured backgrounds with a depth order.
+
+Each category has its own shape (so a category-aware shape prior helps), objects are fully inside the
+image (so the amodal mask is the whole shape), nearer objects hide farther ones, and every mask is exact:
+the amodal mask is the rasterized shape polygon (as pycocotools rasterizes the polygon written to the
+file), the visible mask is that minus the nearer objects. Output is byte-identical for the same seed,
+and each image depends only on (seed, split, index), not on how many images are asked for.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from . import masks
+from .annotations import FORMATS, AmodalAnnotations
+
+# (id, name): names are plain words so that "a photo of a {name}" reads naturally.
+CATEGORIES: tuple[tuple[int, str], ...] = (
+    (1, "ball"), (2, "box"), (3, "triangle"), (4, "star"), (5, "cross"), (6, "heart"), (7, "moon"),
+)
+SPLIT_CODES = {"train": 0, "val": 1}
+IMAGE_SIZE_RANGE = (256, 384)
+OBJECTS_PER_IMAGE = (3, 7)
+OBJECT_SIZE_RANGE = (0.18, 0.36)  # object diameter as a fraction of the shorter image side
+OVERLAP_PROBABILITY = 0.8  # chance that a new object is placed next to an existing one
+MIN_VISIBLE_FRACTION = 0.3  # heavier occlusion is redrawn: the visible part must still say what the object is
+MIN_VISIBLE_PIXELS = 80
+OCCLUSION_BINS = ((0.0, 0.0, "none"), (0.0, 0.1, "0-10%"), (0.1, 0.3, "10-30%"), (0.3, 0.5, "30-50%"),
+                  (0.5, 1.01, ">50%"))
+
+
+def _circle(n: int = 48) -> np.ndarray:
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    return np.stack([np.cos(t), np.sin(t)], 1)
+
+
+def _box(rng: np.random.Generator) -> np.ndarray:
+    aspect = rng.uniform(0.55, 0.95)
+    return np.array([[-1, -aspect], [1, -aspect], [1, aspect], [-1, aspect]], dtype=float)
+
+
+def _triangle(rng: np.random.Generator) -> np.ndarray:
+    return np.array([[0.0, -1.0], [0.95, 0.8], [-0.95, 0.8]])
+
+
+def _star(rng: np.random.Generator) -> np.ndarray:
+    t = np.linspace(-np.pi / 2, 1.5 * np.pi, 10, endpoint=False)
+    r = np.where(np.arange(10) % 2 == 0, 1.0, 0.45)
+    return np.stack([r * np.cos(t), r * np.sin(t)], 1)
+
+
+def _cross(rng: np.random.Generator) -> np.ndarray:
+    a = 0.34
+    return np.array([[-a, -1], [a, -1], [a, -a], [1, -a], [1, a], [a, a], [a, 1], [-a, 1], [-a, a], [-1, a],
+                     [-1, -a], [-a, -a]], dtype=float)
+
+
+def _heart(rng: np.random.Generator) -> np.ndarray:
+    t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+    x = 16 * np.sin(t) ** 3
+    y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
+    pts = np.stack([x, y], 1)
+    return pts / np.abs(pts).max()
+
+
+def _moon(rng: np.random.Generator) -> np.ndarray:
+    d = 0.55  # offset of the disk cut out of the unit disk
+    phi = np.arctan2(np.sqrt(1 - d * d / 4), d / 2)
+    outer = np.linspace(phi, 2 * np.pi - phi, 40)
+    inner = np.linspace(np.pi + phi, np.pi - phi, 28)[1:-1]
+    pts = np.concatenate([np.stack([np.cos(outer), np.sin(outer)], 1),
+                          np.stack([d + np.cos(inner), np.sin(inner)], 1)])
+    return pts - pts.mean(0)
+
+
+@dataclass(frozen=True)
+class ShapeKind:
+    outline: Callable[[np.random.Generator], np.ndarray]  # unit-size polygon, about [-1, 1]^2
+    max_rotation: float  # degrees; upright shapes rotate little so the category keeps its look
+
+
+SHAPES: dict[str, ShapeKind] = {
+    "ball": ShapeKind(lambda rng: _circle() * [1.0, rng.uniform(0.85, 1.0)], 180),
+    "box": ShapeKind(_box, 180),
+    "triangle": ShapeKind(_triangle, 25),
+    "star": ShapeKind(_star, 36),
+    "cross": ShapeKind(_cross, 45),
+    "heart": ShapeKind(_heart, 20),
+    "moon": ShapeKind(_moon, 40),
+}
+
+
+@dataclass
+class SceneObject:
+    category_id: int
+    polygon: list[float]  # x1, y1, x2, y2, ... rounded as written to the file
+    amodal: np.ndarray  # HxW bool
+
+
+@dataclass
+class Scene:
+    image: np.ndarray  # HxWx3 uint8
+    objects: list[SceneObject]  # far to near
+    visible: list[np.ndarray]  # per object, HxW bool
+
+
+def _shape_polygon(rng: np.random.Generator, name: str, height: int, width: int,
+                   near: tuple[float, float] | None) -> list[float]:
+    """A shape polygon fully inside the image; centred close to `near` (to make an occlusion) when given."""
+    kind = SHAPES[name]
+    pts = kind.outline(rng)
+    angle = np.deg2rad(rng.uniform(-kind.max_rotation, kind.max_rotation))
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    diameter = rng.uniform(*OBJECT_SIZE_RANGE) * min(height, width)
+    pts = pts @ rot.T * (diameter / 2)
+    lo, hi = pts.min(0), pts.max(0)
+    margin = 2.0
+    cx_range = (margin - lo[0], width - margin - hi[0])
+    cy_range = (margin - lo[1], height - margin - hi[1])
+    if near is None:
+        cx, cy = rng.uniform(*cx_range), rng.uniform(*cy_range)
+    else:
+        offset = rng.uniform(0.45, 0.95) * diameter
+        direction = rng.uniform(0, 2 * np.pi)
+        cx = float(np.clip(near[0] + offset * np.cos(direction), *cx_range))
+        cy = float(np.clip(near[1] + offset * np.sin(direction), *cy_range))
+    return [round(float(v), 2) for v in (pts + [cx, cy]).reshape(-1)]
+
+
+def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: int) -> np.ndarray:
+    """Bilinearly upsampled random grid in [0, 1]: cheap low-frequency texture."""
+    grid = rng.random((cells + 1, cells + 1))
+    ys = np.linspace(0, cells, height, endpoint=False)
+    xs = np.linspace(0, cells, width, endpoint=False)
+    y0, x0 = ys.astype(int), xs.astype(int)
+    fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
+    top = grid[y0][:, x0] * (1 - fx) + grid[y0][:, x0 + 1] * fx
+    bottom = grid[y0 + 1][:, x0] * (1 - fx) + grid[y0 + 1][:, x0 + 1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def _texture(rng: np.random.Generator, height: int, width: int, muted: bool) -> np.ndarray:
+    """A colored texture: stripes, checks or blotches over two random colors (HxWx3 float in [0, 1])."""
+    sat = (0.15, 0.45) if muted else (0.45, 0.95)
+    c1 = _hsv_to_rgb(rng.random(), rng.uniform(*sat), rng.uniform(0.35, 0.9))
+    c2 = _hsv_to_rgb(rng.random(), rng.uniform(*sat), rng.uniform(0.35, 0.9))
+    yy, xx = np.mgrid[0:height, 0:width].astype(float)
+    kind = rng.integers(3)
+    if kind == 0:  # stripes
+        theta = rng.uniform(0, np.pi)
+        period = rng.uniform(6, 24)
+        t = 0.5 + 0.5 * np.sin(2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / period)
+    elif kind == 1:  # checks
+        period = rng.uniform(8, 28)
+        t = (((xx // period) + (yy // period)) % 2) * 0.8 + 0.1
+    else:  # blotches
+        t = _smooth_noise(rng, height, width, int(rng.integers(4, 12)))
+    t = t + 0.15 * (rng.random((height, width)) - 0.5)
+    return np.clip(c1[None, None] * t[..., None] + c2[None, None] * (1 - t[..., None]), 0, 1)
+
+
+def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
+    i = int(h * 6) % 6
+    f = h * 6 - int(h * 6)
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    return np.array([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i])
+
+
+def _edge(mask: np.ndarray) -> np.ndarray:
+    """Pixels of the mask with a 4-neighbour outside it (a one-pixel outline)."""
+    padded = np.pad(mask, 1)
+    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask & ~inner
+
+
+def _visible_masks(amodal: list[np.ndarray]) -> list[np.ndarray]:
+    """Visible part of each object (far to near): its amodal mask minus every nearer object's."""
+    covered = np.zeros_like(amodal[0]) if amodal else None
+    out: list[np.ndarray] = []
+    for mask in reversed(amodal):
+        out.append(mask & ~covered)
+        covered = covered | mask
+    return out[::-1]
+
+
+def make_scene(seed: int, split: str, index: int) -> Scene:
+    """One image with its objects, deterministic in (seed, split, index)."""
+    rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
+    height, width = (int(rng.integers(IMAGE_SIZE_RANGE[0] // 32, IMAGE_SIZE_RANGE[1] // 32 + 1)) * 32 for _ in "hw")
+    count = int(rng.integers(OBJECTS_PER_IMAGE[0], OBJECTS_PER_IMAGE[1] + 1))
+    objects: list[SceneObject] = []
+    for _ in range(count):
+        for _attempt in range(20):
+            cat_id, name = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
+            near = None
+            if objects and rng.random() < OVERLAP_PROBABILITY:
+                ys, xs = np.nonzero(objects[int(rng.integers(len(objects)))].amodal)
+                near = (float(xs.mean()), float(ys.mean()))
+            polygon = _shape_polygon(rng, name, height, width, near)
+            amodal = masks.decode(masks.to_rle([polygon], height, width))
+            visible = _visible_masks([o.amodal for o in objects] + [amodal])
+            if all(v.sum() >= max(MIN_VISIBLE_PIXELS, MIN_VISIBLE_FRACTION * o.sum())
+                   for v, o in zip(visible, [o.amodal for o in objects] + [amodal])):
+                objects.append(SceneObject(cat_id, polygon, amodal))
+                break
+    image = _texture(rng, height, width, muted=True) * 0.8 + 0.1
+    for obj in objects:  # far to near: nearer objects are painted over farther ones
+        tex = _texture(rng, height, width, muted=False)
+        image[obj.amodal] = tex[obj.amodal]
+        image[_edge(obj.amodal)] *= 0.45
+    image = np.clip(image * 255 + rng.normal(0, 3, image.shape), 0, 255).astype(np.uint8)
+    return Scene(image=image, objects=objects, visible=_visible_masks([o.amodal for o in objects]))
+
+
+def occlusion_bin(rate: float) -> str:
+    """Name of the occlusion-rate bucket used in summaries."""
+    if rate <= 0:
+        return "none"
+    for lo, hi, name in OCCLUSION_BINS[1:]:
+        if lo <= rate < hi:
+            return name
+    return OCCLUSION_BINS[-1][2]
+
+
+@dataclass
+class SplitStats:
+    images: int
+    per_category: Counter
+    occlusion: Counter
+
+    @property
+    def instances(self) -> int:
+        return sum(self.per_category.values())
+
+
+def split_stats(annotations: AmodalAnnotations) -> SplitStats:
+    """Counts of a written split, read back from its annotation file."""
+    stats = SplitStats(len(annotations.images), Counter(), Counter())
+    for inst in annotations:
+        stats.per_category[inst.category] += 1
+        stats.occlusion[occlusion_bin(inst.occlusion_rate)] += 1
+    return stats
+
+
+def write_split(out: Path, split: str, num_images: int, seed: int, fmt: str, first_image_id: int,
+                first_ann_id: int, settings: dict | None = None) -> SplitStats:
+    """Render `num_images` scenes into OUT/images/ and write OUT/annotations/{split}.json in format `fmt`."""
+    spec = FORMATS[fmt]
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "annotations").mkdir(parents=True, exist_ok=True)
+    images, anns = [], []
+    stats = SplitStats(num_images, Counter(), Counter())
+    ann_id = first_ann_id
+    for index in range(num_images):
+        scene = make_scene(seed, split, index)
+        image_id = first_image_id + index
+        height, width = scene.image.shape[:2]
+        file_name = f"{split}_{index:06d}.png"
+        Image.fromarray(scene.image).save(out / "images" / file_name, optimize=False)
+        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
+        for obj, visible in zip(scene.objects, scene.visible):
+            amodal_rle, visible_rle = masks.encode(obj.amodal), masks.encode(visible)
+            a_area, v_area = masks.area(amodal_rle), masks.area(visible_rle)
+            anns.append(spec.encode(ann_id, image_id, obj.category_id, [obj.polygon], masks.rle_to_json(visible_rle),
+                                    masks.bbox_xywh(amodal_rle), masks.bbox_xywh(visible_rle), a_area, v_area))
+            stats.per_category[dict(CATEGORIES)[obj.category_id]] += 1
+            stats.occlusion[occlusion_bin(1 - v_area / a_area)] += 1
+            ann_id += 1
+    doc = {
+        "info": {"description": f"AISDiff synthetic amodal benchmark ({split})", "settings": settings or {}},
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": i, "name": n, "supercategory": "shape"} for i, n in CATEGORIES],
+    }
+    path = out / "annotations" / f"{split}.json"
+    tmp = path.with_suffix(".json.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:  # written last and renamed: a killed run leaves no file
+        json.dump(doc, fh, separators=(",", ":"))
+    tmp.replace(path)
+    return stats
+
+
+def generate(out: str | Path, *, fmt: str = "kins2020", train_images: int = 40, val_images: int = 10,
+             seed: int = 0, settings: dict | None = None) -> dict[str, SplitStats]:
+    """Write the benchmark (train and val) to `out`; image and annotation ids are unique across splits.
+
+    `settings` is recorded in each file's `info` so that a rerun can tell whether the data is already there.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if train_images < 0 or val_images < 0:
+        raise ValueError("image counts must be >= 0")
+    out = Path(out)
+    settings = settings or {"format": fmt, "seed": seed, "images": {"train": train_images, "val": val_images}}
+    train = write_split(out, "train", train_images, seed, fmt, 1, 1, settings)
+    val = write_split(out, "val", val_images, seed, fmt, train_images + 1, train.instances + 1, settings)
+    return {"train": train, "val": val}
+
+
+def summary(stats: dict[str, SplitStats]) -> str:
+    """One-paragraph summary: images, instances per category, occlusion-rate histogram."""
+    lines = []
+    for split, s in stats.items():
+        cats = ", ".join(f"{name} {s.per_category.get(name, 0)}" for _, name in CATEGORIES)
+        total = max(s.instances, 1)
+        occ = " | ".join(f"{name} {s.occlusion.get(name, 0)} ({s.occlusion.get(name, 0) / total:.0%})"
+                         for _, _, name in OCCLUSION_BINS)
+        lines.append(f"{split}: {s.images} images, {s.instances} instances ({cats}); occlusion: {occ}")
+    return "\n".join(lines)

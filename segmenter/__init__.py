@@ -1,0 +1,1 @@
+"""MMDetection 3.x plugin for AISDiff (importing it registers the modules)."""
