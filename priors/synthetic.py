@@ -206,7 +206,7 @@ def make_scene(seed: int, split: str, index: int) -> Scene:
             amodal = masks.decode(masks.to_rle([polygon], height, width))
             visible = _visible_masks([o.amodal for o in objects] + [amodal])
             if all(v.sum() >= max(MIN_VISIBLE_PIXELS, MIN_VISIBLE_FRACTION * o.sum())
-                   for v, o in zip(visible, [o.amodal for o in objects] + [amodal])):
+                   for v, o in zip(visible, [o.amodal for o in objects] + [amodal], strict=True)):
                 objects.append(SceneObject(cat_id, polygon, amodal))
                 break
     image = _texture(rng, height, width, muted=True) * 0.8 + 0.1
@@ -264,7 +264,7 @@ def write_split(out: Path, split: str, num_images: int, seed: int, fmt: str, fir
         file_name = f"{split}_{index:06d}.png"
         Image.fromarray(scene.image).save(out / "images" / file_name, optimize=False)
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
-        for obj, visible in zip(scene.objects, scene.visible):
+        for obj, visible in zip(scene.objects, scene.visible, strict=True):
             amodal_rle, visible_rle = masks.encode(obj.amodal), masks.encode(visible)
             a_area, v_area = masks.area(amodal_rle), masks.area(visible_rle)
             anns.append(spec.encode(ann_id, image_id, obj.category_id, [obj.polygon], masks.rle_to_json(visible_rle),

@@ -31,7 +31,7 @@ fi
 PIP=("$PY" -m pip --disable-pip-version-check)
 
 # Build tooling first: setuptools<82 still has pkg_resources (mmcv's build and mmengine need it).
-"${PIP[@]}" install -q "setuptools>=69,<82" wheel
+"${PIP[@]}" install -q "setuptools==80.9.0" "wheel==0.45.1"
 "${PIP[@]}" install -q "torch==${TORCH_VERSION}"
 
 if "$PY" -c "import mmcv, sys; sys.exit(mmcv.__version__ != '${MMCV_VERSION}')" 2>/dev/null \

@@ -27,7 +27,7 @@ def test_every_format_reads_back_to_the_generated_instances(make_benchmark, fmt)
     for image_id, scene in enumerate(scenes, start=1):
         records = ann.by_image(image_id)
         assert [r.category_id for r in records] == [o.category_id for o in scene.objects]
-        for rec, obj, vis in zip(records, scene.objects, scene.visible):
+        for rec, obj, vis in zip(records, scene.objects, scene.visible, strict=True):
             np.testing.assert_array_equal(rec.amodal_mask(), obj.amodal)
             np.testing.assert_array_equal(rec.visible_mask(), vis)
             ys, xs = np.nonzero(obj.amodal)

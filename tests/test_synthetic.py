@@ -38,7 +38,7 @@ def test_masks_are_exact_and_layered():
         h, w = scene.image.shape[:2]
         assert 256 <= h <= 384 and 256 <= w <= 384
         covered = np.zeros((h, w), bool)
-        for a, v in zip(amodal[::-1], scene.visible[::-1]):  # near to far
+        for a, v in zip(amodal[::-1], scene.visible[::-1], strict=True):  # near to far
             np.testing.assert_array_equal(v, a & ~covered)
             covered |= a
         # visible masks partition the union of the shapes; no object touches the image border
