@@ -1,0 +1,218 @@
+"""DiffSP (paper 3.2.2): a batch of ROIs in, a batch of shape priors out.
+
+Per ROI: the context crop with only the object's visible pixels kept, the inpainting mask (the occluder
+mask, or with mask_mode="invisible" everything not visible) and the prompt "a photo of a {category}" go
+through one VAE encode and T DDIM steps of a Stable Diffusion inpainting UNet; the final latent is never
+decoded. Self-attention at `self_res` and cross-attention at `cross_res` (mean over the category's tokens,
+start token skipped, upsampled to `self_res`) are averaged over heads, layers and steps, and
+`M_sp = (A_S)^tau . A_C` is min-max normalized and resampled onto the ROI box at S x S.
+
+Noise is drawn per ROI on the CPU from the ROI's own seed, so a prior does not depend on the batch it is
+computed in, on the device, or on how many processes share the job.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+from . import geometry
+from .attention import capture_attention
+from .models import DiffusionModel
+
+MASK_MODES = ("occluder", "invisible")
+
+
+@dataclass(frozen=True)
+class DiffSPConfig:
+    """Every setting that changes a prior (all recorded in a prior store's attributes)."""
+
+    steps: int = 10
+    tau: int = 4
+    prior_size: int = 28
+    resolution: int | None = None  # model input size in pixels; None: the model's native size
+    self_res: int | None = None  # None: latent / 2 (32 for SD at 512 px)
+    cross_res: int | None = None  # None: latent / 4 (16 for SD at 512 px)
+    context: float = 1.2  # crop side = context x the longer box side
+    prompt: str = "a photo of a {category}"
+    guidance_scale: float = 1.0  # > 1 turns classifier-free guidance on (doubles the UNet cost)
+    mask_mode: str = "occluder"
+    seed: int = 0
+
+    def resolved(self, model: DiffusionModel) -> DiffSPConfig:
+        """Fill the resolution-dependent defaults for `model` and check the settings."""
+        resolution = self.resolution or model.resolution
+        factor = model.pipe.vae_scale_factor
+        if resolution % (factor * 4):
+            raise ValueError(f"resolution {resolution} must be a multiple of {factor * 4} for this model")
+        latent = resolution // factor
+        cfg = replace(self, resolution=resolution, self_res=self.self_res or latent // 2,
+                      cross_res=self.cross_res or latent // 4)
+        if cfg.mask_mode not in MASK_MODES:
+            raise ValueError(f"mask_mode must be one of {MASK_MODES}, not {cfg.mask_mode!r}")
+        if "{category}" not in cfg.prompt:
+            raise ValueError(f"the prompt template {cfg.prompt!r} needs a '{{category}}' placeholder")
+        if cfg.steps < 1 or cfg.tau < 0 or cfg.prior_size < 1 or cfg.context < 1.0:
+            raise ValueError("need steps >= 1, tau >= 0, prior_size >= 1 and context >= 1")
+        return cfg
+
+    def attrs(self) -> dict:
+        return asdict(self)
+
+
+def roi_seed(seed: int, *key: int) -> int:
+    """A per-ROI seed from the job seed and the ROI's identity (e.g. source, image id, annotation id)."""
+    digest = hashlib.sha256(repr((seed, *key)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+@dataclass
+class RoiBatch:
+    """DiffSP's input: ROI context crops at the model resolution R, all on one device.
+
+    images [N, 3, R, R] in [0, 1]; visible and occluder [N, 1, R, R] in [0, 1]; boxes [N, 4] the ROI box
+    in crop pixel coordinates; one category name and one seed per ROI.
+    """
+
+    images: torch.Tensor
+    visible: torch.Tensor
+    occluder: torch.Tensor
+    boxes: torch.Tensor
+    categories: list[str]
+    seeds: list[int]
+
+    def __len__(self) -> int:
+        return len(self.categories)
+
+    def __getitem__(self, idx) -> RoiBatch:
+        idx = list(range(len(self)))[idx] if isinstance(idx, slice) else list(idx)
+        return RoiBatch(self.images[idx], self.visible[idx], self.occluder[idx], self.boxes[idx],
+                        [self.categories[i] for i in idx], [self.seeds[i] for i in idx])
+
+
+def prepare_rois(image: torch.Tensor, boxes, visible: torch.Tensor, occluder: torch.Tensor,
+                 categories: list[str], seeds: list[int], resolution: int, context: float) -> RoiBatch:
+    """Cut DiffSP's inputs out of one image: `image` [3, H, W] in [0, 1], `boxes` [N, 4] in pixels,
+    `visible` / `occluder` [N, H, W] masks. Crops are squares of `context` x the longer box side."""
+    boxes = geometry.as_boxes(boxes, image.device)
+    crops = geometry.context_boxes(boxes, context)
+    masks = torch.stack([visible, occluder], dim=1).to(image.device, torch.float32)
+    mask_crops = geometry.roi_resample(masks, crops, resolution)
+    return RoiBatch(images=geometry.crop_rois(image.float(), crops, resolution),
+                    visible=mask_crops[:, :1], occluder=mask_crops[:, 1:],
+                    boxes=geometry.boxes_in_frame(boxes, crops, resolution),
+                    categories=list(categories), seeds=list(seeds))
+
+
+class DiffSP:
+    """Shape priors from a Stable Diffusion inpainting model's attention (see the module docstring)."""
+
+    def __init__(self, model: DiffusionModel, config: DiffSPConfig | None = None) -> None:
+        from diffusers import DDIMScheduler
+
+        self.model = model
+        self.config = (config or DiffSPConfig()).resolved(model)
+        self.pipe = model.pipe
+        self.scheduler = DDIMScheduler.from_config(self.pipe.scheduler.config)  # own copy: set_timesteps mutates
+        self.scheduler.set_timesteps(self.config.steps, device=model.device)
+        self.latent_size = self.config.resolution // self.pipe.vae_scale_factor
+        self._text: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # category -> (embedding, token weights)
+
+    @property
+    def attrs(self) -> dict:
+        """Settings to record with the priors (model identity included)."""
+        return {**self.config.attrs(), "model": self.model.identity, "dtype": self.model.dtype}
+
+    # -- text --------------------------------------------------------------------------------------
+    def _tokens(self, text: str) -> list[int]:
+        return self.pipe.tokenizer(text, truncation=True, max_length=self.pipe.tokenizer.model_max_length)["input_ids"]
+
+    def _encode(self, texts: list[str]) -> torch.Tensor:
+        tok = self.pipe.tokenizer(texts, padding="max_length", truncation=True,
+                                  max_length=self.pipe.tokenizer.model_max_length, return_tensors="pt")
+        with torch.no_grad():
+            return self.pipe.text_encoder(tok.input_ids.to(self.model.device))[0]
+
+    def category_token_positions(self, category: str) -> list[int]:
+        """Positions of the category's tokens in the prompt (the start token is position 0 and skipped)."""
+        prefix, suffix = self.config.prompt.split("{category}", 1)
+        full = self._tokens(self.config.prompt.format(category=category))
+        start = len(self._tokens(prefix.rstrip())) - 1  # without the end token
+        end = len(full) - 1 - (len(self._tokens(suffix.strip())) - 2)  # before the suffix and end token
+        if end <= start:
+            raise ValueError(f"category {category!r} has no token of its own in the prompt (truncated?)")
+        return list(range(start, end))
+
+    def _text_for(self, categories: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt embeddings [N, L, D] and token weights [N, L] (1/k on the category's k tokens)."""
+        for cat in dict.fromkeys(categories):
+            if cat not in self._text:
+                weights = torch.zeros(self.pipe.tokenizer.model_max_length, device=self.model.device)
+                positions = self.category_token_positions(cat)
+                weights[positions] = 1.0 / len(positions)
+                self._text[cat] = (self._encode([self.config.prompt.format(category=cat)])[0], weights)
+        emb = torch.stack([self._text[c][0] for c in categories])
+        return emb, torch.stack([self._text[c][1] for c in categories])
+
+    # -- denoising ---------------------------------------------------------------------------------
+    def _noise(self, seeds: list[int]) -> torch.Tensor:
+        shape = (self.pipe.unet.config.in_channels - 5, self.latent_size, self.latent_size)
+        noise = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds]
+        return torch.stack(noise).to(self.model.device, self.pipe.unet.dtype)
+
+    def denoise(self, batch: RoiBatch) -> torch.Tensor:
+        """One VAE encode of the visible-only crops and T DDIM steps; returns the final latents (not decoded).
+
+        Runs under whatever attention processors the UNet has (DiffSP wraps it in `capture_attention`).
+        """
+        pipe, dev, dtype = self.pipe, self.model.device, self.pipe.unet.dtype
+        visible = (batch.visible.to(dev) >= 0.5).to(dtype)
+        hole = (batch.occluder.to(dev) >= 0.5) if self.config.mask_mode == "occluder" else (visible < 0.5)
+        masked = (batch.images.to(dev, dtype) * 2 - 1) * visible  # blank (0 in [-1, 1]) all but visible pixels
+        with torch.no_grad():
+            masked_latents = pipe.vae.encode(masked).latent_dist.mode() * pipe.vae.config.scaling_factor
+            mask_latent = F.interpolate(hole.to(dtype), size=masked_latents.shape[-2:])
+            text, _ = self._text_for(batch.categories)
+            cfg = self.config.guidance_scale > 1.0
+            if cfg:
+                text = torch.cat([self._encode([""]).expand_as(text), text])
+            latents = self._noise(batch.seeds) * self.scheduler.init_noise_sigma
+            for t in self.scheduler.timesteps:
+                x = torch.cat([self.scheduler.scale_model_input(latents, t), mask_latent, masked_latents], dim=1)
+                if cfg:
+                    x = torch.cat([x, x])
+                eps = pipe.unet(x, t, encoder_hidden_states=text).sample
+                if cfg:
+                    uncond, cond = eps.chunk(2)
+                    eps = uncond + self.config.guidance_scale * (cond - uncond)
+                latents = self.scheduler.step(eps, t, latents).prev_sample
+        return latents
+
+    def __call__(self, batch: RoiBatch) -> torch.Tensor:
+        """Priors [N, S, S] in [0, 1] (float32, on the model's device), each covering its ROI box."""
+        cfg = self.config
+        with capture_attention(self.pipe.unet, self.latent_size, cfg.self_res, cfg.cross_res,
+                               cond_only=cfg.guidance_scale > 1.0) as sums:
+            self.denoise(batch)
+        a_self, a_cross = sums.means()
+        _, weights = self._text_for(batch.categories)
+        return self.priors_from_attention(a_self, a_cross, weights, batch.boxes)
+
+    def priors_from_attention(self, a_self: torch.Tensor, a_cross: torch.Tensor, token_weights: torch.Tensor,
+                              boxes: torch.Tensor) -> torch.Tensor:
+        """`M_sp = (A_S)^tau . A_C` from averaged maps: a_self [N, s*s, s*s], a_cross [N, c*c, L]."""
+        cfg, n = self.config, len(boxes)
+        a_c = torch.bmm(a_cross, token_weights[:, :, None].to(a_cross))  # [N, c*c, 1]
+        a_c = F.interpolate(a_c.view(n, 1, cfg.cross_res, cfg.cross_res), size=(cfg.self_res, cfg.self_res),
+                            mode="bilinear", align_corners=False).view(n, -1, 1)
+        prior = a_c
+        for _ in range(cfg.tau):  # (A_S)^tau . A_C as tau mat-vec products: no matrix power is formed
+            prior = torch.bmm(a_self, prior)
+        prior = prior.view(n, cfg.self_res, cfg.self_res)
+        lo = prior.amin(dim=(1, 2), keepdim=True)
+        hi = prior.amax(dim=(1, 2), keepdim=True)
+        prior = (prior - lo) / (hi - lo).clamp_min(1e-12)
+        region = boxes.to(prior.device) * (cfg.self_res / cfg.resolution)  # box in attention-map cells
+        return geometry.roi_resample(prior[:, None], region, cfg.prior_size)[:, 0].clamp_(0, 1)
