@@ -126,13 +126,16 @@ def capture_attention(unet, latent_size: int, self_res: int, cross_res: int,
     original = unet.attn_processors
     sums = AttentionSums(self_res, cross_res, cond_only)
     wanted = {"self": self_res, "cross": cross_res}
+    layers = layer_resolutions(unet, latent_size)
     processors = dict(original)
-    for name, (kind, res) in layer_resolutions(unet, latent_size).items():
+    for name, (kind, res) in layers.items():
         if res == wanted[kind]:
             processors[name] = CaptureAttnProcessor(sums, kind, name)
-    if len(processors) == len(original) and all(processors[k] is original[k] for k in original):
-        raise ValueError(f"the UNet has no attention layer at self {self_res} / cross {cross_res} for latent "
-                         f"size {latent_size}; resolutions present: {sorted(set(r for _, r in layer_resolutions(unet, latent_size).values()))}")
+    for kind, res in wanted.items():
+        if not any(k == kind and r == res for k, r in layers.values()):
+            present = sorted({r for k, r in layers.values() if k == kind})
+            raise ValueError(f"the UNet has no {kind}-attention layer at {res}x{res} for latent size {latent_size} "
+                             f"(it has {kind}-attention at {present}); choose {kind}_res among those")
     unet.set_attn_processor(processors)  # (diffusers pops from the dict it is given)
     try:
         yield sums

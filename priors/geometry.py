@@ -30,18 +30,25 @@ def context_boxes(boxes: torch.Tensor, context: float) -> torch.Tensor:
 def roi_resample(src: torch.Tensor, boxes: torch.Tensor, size: int | tuple[int, int],
                  mode: str = "bilinear") -> torch.Tensor:
     """Sample each box of `src` [N, C, H, W] (box n from map n, in src pixel coordinates) onto a grid
-    of `size` cells placed at the box's cell centres -> [N, C, h, w]. Outside the source reads as 0."""
+    of `size` cells placed at the box's cell centres -> [N, C, h, w].
+
+    Samples whose centre lies outside the source are 0; inside, the border extends (a cell near the edge
+    is not blended with the outside). Coordinates are computed in float64 so that exact cases stay exact.
+    """
     h, w = (size, size) if isinstance(size, int) else size
     n, _, src_h, src_w = src.shape
-    boxes = as_boxes(boxes, src.device).to(src.dtype if src.is_floating_point() else torch.float32)
-    steps_x = (torch.arange(w, device=src.device, dtype=boxes.dtype) + 0.5) / w
-    steps_y = (torch.arange(h, device=src.device, dtype=boxes.dtype) + 0.5) / h
+    boxes = as_boxes(boxes, src.device).double()
+    steps_x = (torch.arange(w, device=src.device, dtype=torch.float64) + 0.5) / w
+    steps_y = (torch.arange(h, device=src.device, dtype=torch.float64) + 0.5) / h
     xs = boxes[:, 0:1] + steps_x[None] * (boxes[:, 2:3] - boxes[:, 0:1])  # [N, w] pixel coordinates
     ys = boxes[:, 1:2] + steps_y[None] * (boxes[:, 3:4] - boxes[:, 1:2])  # [N, h]
+    inside = ((ys >= 0) & (ys <= src_h))[:, :, None] & ((xs >= 0) & (xs <= src_w))[:, None, :]
     gx = (2 * xs / src_w - 1)[:, None, :].expand(n, h, w)  # grid_sample, align_corners=False
     gy = (2 * ys / src_h - 1)[:, :, None].expand(n, h, w)
-    grid = torch.stack([gx, gy], dim=-1)
-    return F.grid_sample(src.to(grid.dtype), grid, mode=mode, padding_mode="zeros", align_corners=False)
+    dtype = src.dtype if src.is_floating_point() else torch.float32
+    grid = torch.stack([gx, gy], dim=-1).to(dtype)
+    out = F.grid_sample(src.to(dtype), grid, mode=mode, padding_mode="border", align_corners=False)
+    return out * inside[:, None].to(dtype)
 
 
 def crop_rois(image: torch.Tensor, crop_boxes: torch.Tensor, size: int) -> torch.Tensor:
@@ -62,7 +69,8 @@ def warp_priors(priors: torch.Tensor, src_boxes: torch.Tensor, dst_boxes: torch.
     destination box reaches outside the source box). Used to give a proposal its ground truth's prior."""
     size = priors.shape[-1]
     region = boxes_in_frame(dst_boxes, src_boxes.to(priors.device), size)
-    return roi_resample(priors[:, None].float(), region, (priors.shape[-2], size))[:, 0]
+    # float64 sampling (priors are small) keeps exact cases exact: identity, whole-cell shifts
+    return roi_resample(priors[:, None].double(), region, (priors.shape[-2], size))[:, 0].float()
 
 
 def paste_priors(priors: torch.Tensor, boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -70,4 +78,4 @@ def paste_priors(priors: torch.Tensor, boxes: torch.Tensor, height: int, width: 
     image_frame = torch.tensor([[0.0, 0.0, float(width), float(height)]], device=priors.device)
     # the whole image in each prior's cell coordinates, sampled at every pixel centre
     region = boxes_in_frame(image_frame.expand(len(boxes), 4), as_boxes(boxes, priors.device), priors.shape[-1])
-    return roi_resample(priors[:, None].float(), region, (height, width))[:, 0]
+    return roi_resample(priors[:, None].double(), region, (height, width))[:, 0].float()

@@ -12,6 +12,7 @@ tokenize. It stands in for Stable Diffusion where no weights can be downloaded.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,28 +80,37 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(sorted(table.items()))
 
 
+def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Apply BPE merges (lowest rank first) to one word's symbols."""
+    while len(symbols) > 1:
+        pairs = [(ranks.get(pair, len(ranks)), i) for i, pair in enumerate(itertools.pairwise(symbols))]
+        rank, i = min(pairs)
+        if rank == len(ranks):
+            break
+        symbols = [*symbols[:i], symbols[i] + symbols[i + 1], *symbols[i + 2:]]
+    return symbols
+
+
 def tiny_tokenizer(words: tuple[str, ...] = TINY_WORDS):
-    """A CLIPTokenizer over all 256 byte symbols plus whole-word merges for `words` (deterministic)."""
+    """A CLIPTokenizer over all 256 byte symbols plus merges that make each of `words` one token.
+
+    Each word gets merges appended (lowest priority) until BPE, with all merges so far, yields a single
+    token; merges added later never outrank an earlier word's, so earlier words stay whole.
+    """
     from transformers import CLIPTokenizer
 
     chars = list(_bytes_to_unicode().values())
     vocab = chars + [c + "</w>" for c in chars]
     known = set(vocab)
-    merges: list[tuple[str, str]] = []
-    seen_merges: set[tuple[str, str]] = set()
+    ranks: dict[tuple[str, str], int] = {}
     for word in dict.fromkeys(words):
-        parts = [*word[:-1], word[-1] + "</w>"]
-        while len(parts) > 1:  # merge left to right: b a l l</w> -> ba l l</w> -> bal l</w> -> ball</w>
-            pair = (parts[0], parts[1])
-            if pair not in seen_merges:
-                seen_merges.add(pair)
-                merges.append(pair)
-            parts = [parts[0] + parts[1], *parts[2:]]
-            if parts[0] not in known:
-                known.add(parts[0])
-                vocab.append(parts[0])
+        while len(parts := _bpe([*word[:-1], word[-1] + "</w>"], ranks)) > 1:
+            ranks[(parts[0], parts[1])] = len(ranks)
+            if parts[0] + parts[1] not in known:
+                known.add(parts[0] + parts[1])
+                vocab.append(parts[0] + parts[1])
     vocab += ["<|startoftext|>", "<|endoftext|>"]
-    tokenizer = CLIPTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=merges)
+    tokenizer = CLIPTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=list(ranks))
     tokenizer.model_max_length = 77
     return tokenizer
 
@@ -226,16 +236,16 @@ def load_model(model: str, dtype: str = "fp32", device: str | torch.device = "cp
             _refuse_pickle_weights(path)
         try:
             pipe = StableDiffusionInpaintPipeline.from_pretrained(
-                str(path) if path.exists() else model, torch_dtype=DTYPES[dtype], use_safetensors=True,
+                str(path) if path.exists() else model, dtype=DTYPES[dtype], use_safetensors=True,
                 safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-        except (OSError, ValueError, EnvironmentError) as exc:
+        except (OSError, ValueError) as exc:
             raise AisdiffError(
                 f"could not load the inpainting model {model!r}: {exc}. Pass a local diffusers folder, or a hub id "
                 "that is in the Hugging Face cache (HF_HOME) when there is no network.") from None
         name = str(path.resolve()) if path.exists() else model
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    if model in TINY_MODELS and dtype != "fp32":  # built in fp32; loaded models come in `torch_dtype`
+    if model in TINY_MODELS and dtype != "fp32":  # built in fp32; loaded models come in `dtype`
         pipe = pipe.to(dtype=DTYPES[dtype])
     pipe = pipe.to(device=device)
     return DiffusionModel(pipe=pipe, name=name, weights_sha256=weights_sha256(pipe), dtype=dtype)

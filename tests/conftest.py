@@ -1,11 +1,18 @@
 """Shared fixtures: small synthetic benchmarks generated once per session (nothing is downloaded)."""
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import pytest
+# Tests never touch the network: hub look-ups fail fast instead of trying to download.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
-from priors import synthetic
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from priors import synthetic  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +29,11 @@ def make_benchmark(tmp_path_factory):
         return cache[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """The tiny random inpainting model on the CPU (built once per session)."""
+    from priors.models import load_model
+
+    return load_model("tiny")

@@ -1,0 +1,128 @@
+"""DiffSP on the tiny model: the prior equals an independent (A_S)^tau . A_C, batch/order invariance, seeds."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from priors import masks
+from priors.annotations import load_annotations
+from priors.diffsp import DiffSP, DiffSPConfig, RoiBatch, prepare_rois, roi_seed
+
+BATCH_TOLERANCE = 1e-4  # |prior(batch) - prior(alone)|: CPU kernels round differently by batch size
+
+
+def synthetic_rois(root, count: int, resolution: int = 64, context: float = 1.2) -> RoiBatch:
+    """Real DiffSP inputs: ROIs of the synthetic benchmark with their visible and occluder masks."""
+    ann = load_annotations(root / "annotations" / "train.json", images_dir=root / "images")
+    batches = []
+    for image_id in ann.image_ids():
+        insts = ann.by_image(image_id)
+        image = torch.from_numpy(np.array(Image.open(ann.image_path(image_id)).convert("RGB"))).permute(2, 0, 1)
+        occ = ann.occluder_rles(image_id)
+        batches.append(prepare_rois(
+            image.float() / 255, [i.amodal_box for i in insts],
+            torch.from_numpy(np.stack([i.visible_mask() for i in insts])),
+            torch.from_numpy(np.stack([masks.decode(occ[i.ann_id]) for i in insts])),
+            [i.category for i in insts], [roi_seed(0, image_id, i.ann_id) for i in insts], resolution, context))
+    joined = RoiBatch(*(torch.cat([getattr(b, f) for b in batches]) for f in ("images", "visible", "occluder", "boxes")),
+                      sum((b.categories for b in batches), []), sum((b.seeds for b in batches), []))
+    return joined[:count]
+
+
+class StoreEveryMap:
+    """A deliberately simple reference processor: keeps every probability map of every layer and step."""
+
+    def __init__(self, log: list, kind: str) -> None:
+        self.log, self.kind = log, kind
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        q, k, v = (attn.head_to_batch_dim(t) for t in (attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)))
+        probs = attn.get_attention_scores(q, k, None)  # [batch * heads, queries, keys]
+        self.log.append((self.kind, probs.view(hidden_states.shape[0], attn.heads, *probs.shape[1:]).clone()))
+        out = attn.batch_to_head_dim(torch.bmm(probs, v))
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def test_prior_equals_an_independent_computation_from_every_captured_map(tiny_model, make_benchmark):
+    diffsp = DiffSP(tiny_model, DiffSPConfig(prior_size=16))  # 16 = self_res: the box resample is exact
+    batch = synthetic_rois(make_benchmark("kins2020"), 3)
+    batch.boxes = torch.tensor([[0.0, 0.0, 64.0, 64.0]] * 3)  # the prior covers the whole crop
+    unet = tiny_model.pipe.unet
+    original, log = unet.attn_processors, []
+    unet.set_attn_processor({name: StoreEveryMap(log, "self" if ".attn1." in name else "cross") for name in original})
+    try:
+        diffsp.denoise(batch)
+    finally:
+        unet.set_attn_processor(dict(original))
+    self_maps = [p.double().mean(1) for kind, p in log if kind == "self" and p.shape[-1] == 16 * 16]
+    cross_maps = [p.double().mean(1) for kind, p in log if kind == "cross" and p.shape[-2] == 8 * 8]
+    assert len(self_maps) == 3 * 10 and len(cross_maps) == 4 * 10  # layers x steps
+    a_s = torch.stack(self_maps).mean(0)  # [3, 256, 256]
+    a_c = torch.stack(cross_maps).mean(0)  # [3, 64, 77]
+    tok = tiny_model.pipe.tokenizer
+    reference = []
+    for n, category in enumerate(batch.categories):
+        first = len(tok("a photo of a")["input_ids"]) - 1  # start token + prompt words
+        last = len(tok(f"a photo of a {category}")["input_ids"]) - 1  # before the end token
+        a_c_cat = a_c[n, :, first:last].mean(-1).view(1, 1, 8, 8)
+        a_c_up = F.interpolate(a_c_cat, size=(16, 16), mode="bilinear", align_corners=False).view(256)
+        m = torch.linalg.matrix_power(a_s[n], 4) @ a_c_up
+        reference.append(((m - m.min()) / (m.max() - m.min())).view(16, 16))
+    ours = diffsp(batch).double()
+    torch.testing.assert_close(ours, torch.stack(reference), atol=2e-5, rtol=0)
+    assert ours.amin() == 0 and ours.amax() == 1
+
+
+def test_batch_and_order_invariance(tiny_model, make_benchmark):
+    diffsp = DiffSP(tiny_model)
+    batch = synthetic_rois(make_benchmark("kins2020"), 8)
+    together = diffsp(batch)
+    alone = torch.cat([diffsp(batch[i:i + 1]) for i in range(8)])
+    assert together.shape == (8, 28, 28)
+    assert (together - alone).abs().max() < BATCH_TOLERANCE
+    reversed_ = diffsp(batch[list(range(7, -1, -1))])
+    assert (reversed_.flip(0) - together).abs().max() < BATCH_TOLERANCE
+    assert 0 <= together.min() and together.max() <= 1 and together.amax((1, 2)).min() > 0.5
+
+
+def test_seeds_settings_and_guidance_change_the_prior(tiny_model, make_benchmark):
+    batch = synthetic_rois(make_benchmark("kins2020"), 2)
+    base = DiffSP(tiny_model)(batch)
+    torch.testing.assert_close(DiffSP(tiny_model)(batch), base)  # deterministic
+    reseeded = RoiBatch(batch.images, batch.visible, batch.occluder, batch.boxes, batch.categories, [7, 8])
+    assert (DiffSP(tiny_model)(reseeded) - base).abs().max() > 1e-3
+    for cfg in (DiffSPConfig(guidance_scale=3.0), DiffSPConfig(mask_mode="invisible"), DiffSPConfig(tau=1)):
+        other = DiffSP(tiny_model, cfg)(batch)
+        assert other.shape == base.shape and (other - base).abs().max() > 1e-3, cfg
+
+
+def test_category_tokens_skip_the_start_token(tiny_model):
+    diffsp = DiffSP(tiny_model)
+    assert diffsp.category_token_positions("ball") == [5]
+    tok = tiny_model.pipe.tokenizer
+    n = len(tok("traffic light")["input_ids"]) - 2
+    assert diffsp.category_token_positions("traffic light") == list(range(5, 5 + n)) and n == 2
+    odd = DiffSP(tiny_model, DiffSPConfig(prompt="{category} in a photo"))
+    assert odd.category_token_positions("star") == [1]
+
+
+def test_configuration_is_validated(tiny_model):
+    with pytest.raises(ValueError, match="mask_mode"):
+        DiffSP(tiny_model, DiffSPConfig(mask_mode="everything"))
+    with pytest.raises(ValueError, match="placeholder"):
+        DiffSP(tiny_model, DiffSPConfig(prompt="a photo"))
+    with pytest.raises(ValueError, match="multiple of 8"):
+        DiffSP(tiny_model, DiffSPConfig(resolution=60))
+    attrs = DiffSP(tiny_model).attrs
+    assert attrs["self_res"] == 16 and attrs["cross_res"] == 8 and attrs["resolution"] == 64
+    assert attrs["model"] == tiny_model.identity and attrs["steps"] == 10 and attrs["tau"] == 4
+
+
+def test_roi_seeds_are_stable_and_distinct():
+    assert roi_seed(0, 1, 2) == roi_seed(0, 1, 2)
+    assert len({roi_seed(0, 1, a) for a in range(1000)}) == 1000
+    assert roi_seed(1, 1, 2) != roi_seed(0, 1, 2)

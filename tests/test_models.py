@@ -1,0 +1,76 @@
+"""Model loading: the tiny offline model, real `from_pretrained` folders, safetensors only, identities."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from priors.diffsp import DiffSP, RoiBatch
+from priors.errors import AisdiffError
+from priors.models import build_tiny_pipeline, load_model, tiny_tokenizer, weights_sha256
+from priors.synthetic import CATEGORIES
+
+
+def _batch(n=2):
+    g = torch.Generator().manual_seed(0)
+    vis = (torch.rand(n, 1, 64, 64, generator=g) > 0.4).float()
+    return RoiBatch(torch.rand(n, 3, 64, 64, generator=g), vis, 1 - vis, torch.tensor([[8.0, 8.0, 56.0, 56.0]] * n),
+                    ["ball", "moon"][:n], list(range(n)))
+
+
+def test_tiny_model_is_deterministic_and_uses_the_stable_diffusion_classes(tiny_model):
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    pipe = tiny_model.pipe
+    assert isinstance(pipe, StableDiffusionInpaintPipeline) and isinstance(pipe.scheduler, DDIMScheduler)
+    assert isinstance(pipe.unet, UNet2DConditionModel) and pipe.unet.config.in_channels == 9
+    assert isinstance(pipe.vae, AutoencoderKL) and isinstance(pipe.text_encoder, CLIPTextModel)
+    assert isinstance(pipe.tokenizer, CLIPTokenizer)
+    assert tiny_model.resolution == 64
+    assert weights_sha256(build_tiny_pipeline()) == tiny_model.weights_sha256
+    assert tiny_model.identity == {"id": "tiny", "weights_sha256": tiny_model.weights_sha256}
+
+
+def test_tiny_tokenizer_knows_the_category_names():
+    tok = tiny_tokenizer()
+    for _, name in CATEGORIES:
+        ids = tok(name)["input_ids"]
+        assert len(ids) == 3 and tok.convert_ids_to_tokens(ids[1]) == f"{name}</w>"
+    unknown = tok("zqx")["input_ids"]
+    assert len(unknown) == 5  # start, z, q, x</w>, end: any text still tokenizes, byte by byte
+
+
+def test_save_pretrained_folder_loads_like_real_weights(tiny_model, tmp_path):
+    tiny_model.pipe.save_pretrained(tmp_path / "model", safe_serialization=True)
+    loaded = load_model(str(tmp_path / "model"))
+    assert loaded.weights_sha256 == tiny_model.weights_sha256
+    assert loaded.name == str((tmp_path / "model").resolve())
+    batch = _batch()
+    torch.testing.assert_close(DiffSP(loaded)(batch), DiffSP(tiny_model)(batch))
+
+
+def test_pickle_weights_are_refused(tiny_model, tmp_path):
+    tiny_model.pipe.save_pretrained(tmp_path / "pickled", safe_serialization=False)
+    with pytest.raises(AisdiffError, match=r"unet: no \.safetensors weights \(found pickle weights: "
+                                           r"diffusion_pytorch_model\.bin\)\. Pickle checkpoints are refused"):
+        load_model(str(tmp_path / "pickled"))
+    with pytest.raises(AisdiffError, match="pickle files are refused"):
+        load_model(str(tmp_path / "sd-inpainting.ckpt"))
+
+
+def test_unusable_folders_and_hub_ids_give_clear_errors(tmp_path):
+    (tmp_path / "half").mkdir()
+    with pytest.raises(AisdiffError, match="no 'unet/' folder"):
+        load_model(str(tmp_path / "half"))
+    with pytest.raises(AisdiffError, match="could not load the inpainting model 'nobody/not-a-cached-model'"):
+        load_model("nobody/not-a-cached-model")  # HF_HUB_OFFLINE=1 in the tests: nothing is fetched
+    with pytest.raises(AisdiffError, match="unknown dtype 'fp8'"):
+        load_model("tiny", dtype="fp8")
+
+
+def test_bf16_runs_on_cpu():
+    model = load_model("tiny", dtype="bf16")
+    assert model.pipe.unet.dtype == torch.bfloat16 and model.dtype == "bf16"
+    priors = DiffSP(model)(_batch())
+    assert torch.isfinite(priors).all() and priors.min() >= 0 and priors.max() <= 1
+    assert model.weights_sha256 != load_model("tiny").weights_sha256  # the identity includes the dtype
