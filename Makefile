@@ -5,7 +5,7 @@ STAMP := $(VENV)/.aisdiff-setup
 DEMO_DIR ?= work_dirs/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint bench clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,10 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check priors pipeline segmenter tests
+
+# Speed and memory tables (printed; not tests). See README "Benchmarks".
+bench: setup
+	$(PY) benchmarks/diffsp.py
 
 clean:
 	rm -rf $(VENV) work_dirs .pytest_cache .ruff_cache

@@ -106,7 +106,7 @@ class CaptureAttnProcessor:
         scores = query[split:] @ key[split:].transpose(-1, -2) * attn.scale
         if attention_mask is not None:
             scores = scores + attention_mask[split:]
-        probs = scores.float().softmax(dim=-1) if attn.upcast_softmax else scores.softmax(dim=-1)
+        probs = scores.float().softmax(dim=-1)  # float32 even for fp16/bf16 models: these maps are the output
         self.sums.add(self.kind, probs)
         self.sums.layers[self.name] = self.sums.layers.get(self.name, 0) + 1
         outputs.append(probs.to(value.dtype) @ value[split:])

@@ -177,7 +177,9 @@ class DiffSP:
             text, _ = self._text_for(batch.categories)
             cfg = self.config.guidance_scale > 1.0
             if cfg:
-                text = torch.cat([self._encode([""]).expand_as(text), text])
+                if "" not in self._text:  # the unconditional (empty) prompt, encoded once
+                    self._text[""] = (self._encode([""])[0], torch.zeros(0))
+                text = torch.cat([self._text[""][0].expand_as(text), text])
             latents = self._noise(batch.seeds) * self.scheduler.init_noise_sigma
             for t in self.scheduler.timesteps:
                 x = torch.cat([self.scheduler.scale_model_input(latents, t), mask_latent, masked_latents], dim=1)

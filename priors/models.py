@@ -131,22 +131,27 @@ def _tie_self_attention(unet, gain: float) -> None:
 
 
 def build_tiny_pipeline(seed: int = 0):
-    """The tiny inpainting pipeline: 64 px input, latent 32x32 (VAE factor 2), random weights from `seed`."""
+    """The tiny inpainting pipeline: 64 px input, VAE factor 4, latent 16x16, random weights from `seed`.
+
+    The UNet has Stable Diffusion's block layout (attention at latent, latent/2 and latent/4; none at
+    latent/8), so DiffSP's defaults carry over: self-attention at latent/2 = 8, cross-attention at
+    latent/4 = 4. It is sized for speed (tests, demo, benchmarks), not for the quality of its priors.
+    """
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            sample_size=32, in_channels=9, out_channels=4, layers_per_block=1, block_out_channels=(32, 64, 64),
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=32, attention_head_dim=2, norm_num_groups=16)
+        unet = UNet2DConditionModel(  # Stable Diffusion's layout, narrower, one layer per block, one head
+            sample_size=16, in_channels=9, out_channels=4, layers_per_block=1, block_out_channels=(16, 16, 32, 32),
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            cross_attention_dim=32, attention_head_dim=1, norm_num_groups=16)
         _tie_self_attention(unet, TINY_QK_GAIN)
         vae = AutoencoderKL(
-            in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-            up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 64), latent_channels=4,
+            in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+            up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(16, 32, 32), latent_channels=4,
             layers_per_block=1, norm_num_groups=16, sample_size=64, scaling_factor=0.18215)
         text_encoder = CLIPTextModel(CLIPTextConfig(
             vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,

@@ -48,7 +48,7 @@ class StoreEveryMap:
 
 
 def test_prior_equals_an_independent_computation_from_every_captured_map(tiny_model, make_benchmark):
-    diffsp = DiffSP(tiny_model, DiffSPConfig(prior_size=16))  # 16 = self_res: the box resample is exact
+    diffsp = DiffSP(tiny_model, DiffSPConfig(prior_size=8))  # 8 = self_res: the box resample is exact
     batch = synthetic_rois(make_benchmark("kins2020"), 3)
     batch.boxes = torch.tensor([[0.0, 0.0, 64.0, 64.0]] * 3)  # the prior covers the whole crop
     unet = tiny_model.pipe.unet
@@ -58,20 +58,20 @@ def test_prior_equals_an_independent_computation_from_every_captured_map(tiny_mo
         diffsp.denoise(batch)
     finally:
         unet.set_attn_processor(dict(original))
-    self_maps = [p.double().mean(1) for kind, p in log if kind == "self" and p.shape[-1] == 16 * 16]
-    cross_maps = [p.double().mean(1) for kind, p in log if kind == "cross" and p.shape[-2] == 8 * 8]
-    assert len(self_maps) == 3 * 10 and len(cross_maps) == 4 * 10  # layers x steps
-    a_s = torch.stack(self_maps).mean(0)  # [3, 256, 256]
-    a_c = torch.stack(cross_maps).mean(0)  # [3, 64, 77]
+    self_maps = [p.double().mean(1) for kind, p in log if kind == "self" and p.shape[-1] == 8 * 8]
+    cross_maps = [p.double().mean(1) for kind, p in log if kind == "cross" and p.shape[-2] == 4 * 4]
+    assert len(self_maps) == 3 * 10 and len(cross_maps) == 3 * 10  # layers x steps
+    a_s = torch.stack(self_maps).mean(0)  # [3, 64, 64]
+    a_c = torch.stack(cross_maps).mean(0)  # [3, 16, 77]
     tok = tiny_model.pipe.tokenizer
     reference = []
     for n, category in enumerate(batch.categories):
         first = len(tok("a photo of a")["input_ids"]) - 1  # start token + prompt words
         last = len(tok(f"a photo of a {category}")["input_ids"]) - 1  # before the end token
-        a_c_cat = a_c[n, :, first:last].mean(-1).view(1, 1, 8, 8)
-        a_c_up = F.interpolate(a_c_cat, size=(16, 16), mode="bilinear", align_corners=False).view(256)
+        a_c_cat = a_c[n, :, first:last].mean(-1).view(1, 1, 4, 4)
+        a_c_up = F.interpolate(a_c_cat, size=(8, 8), mode="bilinear", align_corners=False).view(64)
         m = torch.linalg.matrix_power(a_s[n], 4) @ a_c_up
-        reference.append(((m - m.min()) / (m.max() - m.min())).view(16, 16))
+        reference.append(((m - m.min()) / (m.max() - m.min())).view(8, 8))
     ours = diffsp(batch).double()
     torch.testing.assert_close(ours, torch.stack(reference), atol=2e-5, rtol=0)
     assert ours.amin() == 0 and ours.amax() == 1
@@ -115,10 +115,10 @@ def test_configuration_is_validated(tiny_model):
         DiffSP(tiny_model, DiffSPConfig(mask_mode="everything"))
     with pytest.raises(ValueError, match="placeholder"):
         DiffSP(tiny_model, DiffSPConfig(prompt="a photo"))
-    with pytest.raises(ValueError, match="multiple of 8"):
+    with pytest.raises(ValueError, match="multiple of 16"):
         DiffSP(tiny_model, DiffSPConfig(resolution=60))
     attrs = DiffSP(tiny_model).attrs
-    assert attrs["self_res"] == 16 and attrs["cross_res"] == 8 and attrs["resolution"] == 64
+    assert attrs["self_res"] == 8 and attrs["cross_res"] == 4 and attrs["resolution"] == 64
     assert attrs["model"] == tiny_model.identity and attrs["steps"] == 10 and attrs["tau"] == 4
 
 
