@@ -426,19 +426,27 @@ class AmodalAnnotations:
 
 def occluder_rles(instances: Sequence[Instance],
                   iou_threshold: float = OCCLUDER_IOU_THRESHOLD) -> dict[int, RLE]:
-    """Occluder masks of instances of one image: for each, the union of the other instances' visible masks
-    whose visible box has IoU > `iou_threshold` with its amodal box, cut to its amodal box."""
+    """Occluder masks of the instances of one image (annotation id -> RLE), by the BCNet/AISFormer rule."""
     if not instances:
         return {}
-    height, width = instances[0].image.height, instances[0].image.width
-    visible_boxes = np.array([inst.visible_box for inst in instances])
-    amodal_boxes = np.array([inst.amodal_box for inst in instances])
-    iou = masks.box_iou_xyxy(visible_boxes, amodal_boxes)  # [occluder j, instance i]
-    out: dict[int, RLE] = {}
-    for i, inst in enumerate(instances):
-        others = [instances[j].visible_rle for j in range(len(instances)) if j != i and iou[j, i] > iou_threshold]
-        occ = masks.union(others, height, width)
-        out[inst.ann_id] = masks.intersection(occ, masks.box_rle(inst.amodal_box, height, width))
+    occ = occluder_masks([i.amodal_box for i in instances], [i.visible_box for i in instances],
+                         [i.visible_rle for i in instances], instances[0].image.height, instances[0].image.width,
+                         iou_threshold)
+    return {inst.ann_id: rle for inst, rle in zip(instances, occ, strict=True)}
+
+
+def occluder_masks(amodal_boxes: Sequence[Sequence[float]], visible_boxes: Sequence[Sequence[float]],
+                   visible_rles: Sequence[RLE], height: int, width: int,
+                   iou_threshold: float = OCCLUDER_IOU_THRESHOLD) -> list[RLE]:
+    """For each object of one image: the union of the other objects' visible masks whose visible box
+    (x1, y1, x2, y2) has IoU > `iou_threshold` with its amodal box, cut to its amodal box."""
+    if not len(amodal_boxes):
+        return []
+    iou = masks.box_iou_xyxy(np.asarray(visible_boxes), np.asarray(amodal_boxes))  # [occluder j, object i]
+    out: list[RLE] = []
+    for i, box in enumerate(amodal_boxes):
+        others = [visible_rles[j] for j in range(len(visible_rles)) if j != i and iou[j, i] > iou_threshold]
+        out.append(masks.intersection(masks.union(others, height, width), masks.box_rle(box, height, width)))
     return out
 
 

@@ -63,6 +63,7 @@ PY
     WHEEL="$(ls "$KEY_DIR"/mmcv-"${MMCV_VERSION}"-*.whl | head -n 1)"
     log "cached $WHEEL"
   fi
+  log "installing mmcv from $WHEEL"
   "${PIP[@]}" install -q --no-deps --force-reinstall "$WHEEL"
 fi
 
