@@ -8,6 +8,7 @@ Errors caused by the user's input (`AisdiffError`) print as one paragraph and ex
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from importlib.metadata import entry_points
 
@@ -32,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except AisdiffError as exc:
-        print(f"aisdiff {args.command}: error: {exc}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under `accelerate launch`, every process fails alike: say it once
+            print(f"aisdiff {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"aisdiff {args.command}: interrupted", file=sys.stderr)

@@ -93,6 +93,14 @@ class InvalidRecord:
         return self.message
 
 
+class InvalidField(ValueError):
+    """One field of a record that cannot be used: reason code, what is wrong, and the fix."""
+
+    def __init__(self, reason: InvalidReason, problem: str, fix: str) -> None:
+        super().__init__(problem)
+        self.reason, self.problem, self.fix = reason, problem, fix
+
+
 @dataclass(frozen=True)
 class ImageInfo:
     id: int
@@ -156,6 +164,22 @@ class Instance:
         """Everything that defines the instance, for comparing records read from different formats."""
         return (self.ann_id, self.image_id, self.category_id, self.category, self.amodal_box, self.visible_box,
                 self.amodal_rle["counts"], self.visible_rle["counts"], tuple(self.amodal_rle["size"]))
+
+
+def parse_box(raw: Any, image: ImageInfo, key: str) -> tuple[float, float, float, float]:
+    """A COCO [x, y, w, h] box as x1, y1, x2, y2; raises `InvalidField` if it is not four finite numbers,
+    has no area, or lies entirely outside the image (partly outside is fine: amodal boxes may be)."""
+    try:
+        x, y, w, h = (float(v) for v in raw)
+    except (TypeError, ValueError):
+        raise InvalidField("degenerate_box", f"'{key}' is {raw!r}, not four numbers [x, y, w, h]", "Fix the box.") from None
+    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
+        raise InvalidField("degenerate_box", f"box '{key}' {[x, y, w, h]} has zero or negative area",
+                           "Fix the box, or drop the record.")
+    if min(x + w, image.width) - max(x, 0.0) <= 0 or min(y + h, image.height) - max(y, 0.0) <= 0:
+        raise InvalidField("box_outside_image", f"box '{key}' {[x, y, w, h]} lies outside the "
+                           f"{image.width}x{image.height} image", "Fix the box or the image size in 'images'.")
+    return (x, y, x + w, y + h)
 
 
 def detect_format(annotations: Sequence[dict[str, Any]], path: str = "<annotations>") -> str:
@@ -346,20 +370,10 @@ class AmodalAnnotations:
     def _check_box(self, raw: Any, image: ImageInfo, ann_id: int,
                    key: str) -> tuple[float, float, float, float] | None:
         try:
-            x, y, w, h = (float(v) for v in raw)
-        except (TypeError, ValueError):
-            self._invalid("degenerate_box", image.id, ann_id, f"'{key}' is {raw!r}, not four numbers [x, y, w, h]",
-                          "Fix the box.")
+            return parse_box(raw, image, key)
+        except InvalidField as bad:
+            self._invalid(bad.reason, image.id, ann_id, bad.problem, bad.fix)
             return None
-        if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
-            self._invalid("degenerate_box", image.id, ann_id, f"box '{key}' {[x, y, w, h]} has zero or negative "
-                          "area", "Fix the box, or drop the annotation.")
-            return None
-        if min(x + w, image.width) - max(x, 0.0) <= 0 or min(y + h, image.height) - max(y, 0.0) <= 0:
-            self._invalid("box_outside_image", image.id, ann_id, f"box '{key}' {[x, y, w, h]} lies outside the "
-                          f"{image.width}x{image.height} image", "Fix the box or the image size in 'images'.")
-            return None
-        return (x, y, x + w, y + h)
 
     def _check_masks(self, inst: Instance) -> bool:
         try:

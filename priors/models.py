@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,22 @@ TINY_QK_GAIN = 2.5
 
 SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                         clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+
+
+class _NoTorchvisionNotice(logging.Filter):
+    """transformers announces that its image processors fall back from torchvision, which this project does
+    not install and DiffSP never uses (it feeds tensors to the UNet, no image processor): drop that notice."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision" not in record.getMessage()
+
+
+def _quiet_torchvision_notice() -> None:
+    from transformers.utils import logging as hf_logging
+
+    for handler in hf_logging.get_logger().handlers:
+        if not any(isinstance(f, _NoTorchvisionNotice) for f in handler.filters):
+            handler.addFilter(_NoTorchvisionNotice())
 
 
 @dataclass
@@ -224,6 +241,7 @@ def _refuse_pickle_weights(folder: Path) -> None:
 def load_model(model: str, dtype: str = "fp32", device: str | torch.device = "cpu") -> DiffusionModel:
     """Load an inpainting pipeline by name: 'tiny' / 'tiny-random' (built offline), a local diffusers folder,
     or a Hugging Face hub id (from the local cache when offline). The scheduler becomes DDIM."""
+    _quiet_torchvision_notice()
     from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline
 
     if dtype not in DTYPES:

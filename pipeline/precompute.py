@@ -1,0 +1,191 @@
+"""`aisdiff precompute`: DiffSP priors for every ground-truth (and proposal) ROI of a dataset, into a store.
+
+Runs as one process, or under `accelerate launch` as many (CPU processes, GPUs, nodes). The store's rows
+are split into whole Zarr chunks and the pending chunks are dealt round-robin to the processes; each
+process streams its chunks' images through DataLoader workers, runs DiffSP in batches, and writes each
+chunk (then marks it done) as soon as it is complete. Rerunning the same command resumes; a store made
+with other settings is refused; `--overwrite` starts over.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from priors.annotations import AmodalAnnotations, sha256_file
+from priors.diffsp import MASK_MODES, DiffSP, DiffSPConfig
+from priors.errors import AisdiffError
+from priors.models import DTYPES, load_model
+from priors.proposals import Proposals
+from priors.store import PriorStore
+
+from .loader import ChunkRois, roi_loader
+from .rois import enumerate_rois
+
+PROGRESS_POLL_SECONDS = 2.0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "precompute", help="compute DiffSP shape priors for a dataset's ROIs into a Zarr prior store",
+        description="Compute DiffSP priors for every ground-truth instance (and, with --proposals, every proposal) "
+                    "into a Zarr prior store. Resumes by default. Same arguments under "
+                    "`accelerate launch [...] -m pipeline precompute`.")
+    p.add_argument("--ann", required=True, type=Path, help="annotation file (KINS 2020 / KINS / COCOA-cls / D2SA / aistron)")
+    p.add_argument("--images", required=True, type=Path, help="folder of the annotation file's images")
+    p.add_argument("--out", required=True, type=Path, help="prior store to create or resume (a .zarr folder)")
+    p.add_argument("--proposals", type=Path, help="COCO results JSON of detector proposals (DESIGN.md 3.2)")
+    p.add_argument("--format", choices=["kins2020", "kins", "cocoa", "d2sa", "aistron"],
+                   help="annotation format (default: detected from the keys)")
+    p.add_argument("--model", default="tiny", help="'tiny', a local diffusers folder or a hub id (default: tiny)")
+    p.add_argument("--steps", type=int, default=10, help="DDIM steps T (default: 10)")
+    p.add_argument("--tau", type=int, default=4, help="self-attention power (default: 4)")
+    p.add_argument("--prior-size", type=int, default=28, help="stored prior size S (default: 28)")
+    p.add_argument("--context", type=float, default=DiffSPConfig.context, help="crop side / longer box side")
+    p.add_argument("--prompt", default=DiffSPConfig.prompt, help="text template with {category}")
+    p.add_argument("--guidance-scale", type=float, default=1.0, help="> 1 turns classifier-free guidance on")
+    p.add_argument("--mask-mode", default="occluder", choices=MASK_MODES, help="inpainting mask (default: occluder)")
+    p.add_argument("--batch-size", type=int, default=16, help="ROIs per DiffSP batch (default: 16)")
+    p.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="model dtype (default: fp32)")
+    p.add_argument("--seed", type=int, default=0, help="job seed; each ROI's noise derives from it (default: 0)")
+    p.add_argument("--chunk-rows", type=int, default=128, help="rows per Zarr chunk, the unit of work (default: 128)")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                   help="image-decoding DataLoader workers per process (default: 2)")
+    p.add_argument("--skip-invalid", action="store_true", help="skip and count invalid records instead of stopping")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store instead of resuming it")
+    p.add_argument("--limit", type=int, help="only the first N ROIs (in row order)")
+    p.set_defaults(func=run)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    for name in ("steps", "prior_size", "batch_size", "chunk_rows"):
+        if getattr(args, name) < 1:
+            raise AisdiffError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.limit is not None and args.limit < 1:
+        raise AisdiffError("--limit must be >= 1")
+    if args.workers < 0:
+        raise AisdiffError("--workers must be >= 0")
+    if not args.images.is_dir():
+        raise AisdiffError(f"--images {args.images} is not a folder; point it at the dataset's image folder.")
+
+
+def _summary(rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    lines = ["precompute summary:"] + [f"  {k.ljust(width)}  {v}" for k, v in rows]
+    return "\n".join(lines)
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def _warn_single_cpu_process() -> None:
+    """`accelerate launch --cpu --num_processes N` without MPI starts one process: say so instead of hiding it."""
+    launched_for_many = os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_ADDR" in os.environ
+    if launched_for_many and not any(k in os.environ for k in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE")):
+        print("aisdiff precompute: warning: running ONE process. Accelerate starts several CPU processes through "
+              "MPI only: use --config_file configs/accelerate/cpu_2proc.yaml, or add --mpirun_hostfile "
+              "configs/accelerate/hostfile (with the venv's bin/ on PATH for mpirun).", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    from accelerate import Accelerator
+    from tqdm import tqdm
+
+    _check_args(args)
+    _warn_single_cpu_process()
+    accelerator = Accelerator()
+    main = accelerator.is_main_process
+    started = time.perf_counter()
+
+    annotations = AmodalAnnotations(args.ann, format=args.format, images_dir=args.images,
+                                    skip_invalid=args.skip_invalid)
+    proposals = Proposals(args.proposals, annotations, args.skip_invalid) if args.proposals else None
+    table = enumerate_rois(annotations, proposals, args.seed, args.limit)
+    if len(table) == 0:
+        raise AisdiffError(f"{args.ann}: no valid ROI to compute (all records invalid, or an empty file).")
+
+    model = load_model(args.model, dtype=args.dtype, device=accelerator.device)
+    diffsp = DiffSP(model, DiffSPConfig(steps=args.steps, tau=args.tau, prior_size=args.prior_size,
+                                        context=args.context, prompt=args.prompt, guidance_scale=args.guidance_scale,
+                                        mask_mode=args.mask_mode, seed=args.seed))
+    settings = {**diffsp.attrs, "annotations": annotations.sha256(), "annotation_format": annotations.format,
+                "proposals": sha256_file(args.proposals) if args.proposals else None}
+    if main:  # one process creates (or checks) the store; the others open it after the barrier
+        store, resumed = PriorStore.open_or_create(args.out, settings, table.rows, args.prior_size,
+                                                   args.chunk_rows, overwrite=args.overwrite)
+    accelerator.wait_for_everyone()
+    if not main:
+        store = PriorStore.open(args.out, settings, mode="r+")
+    done_at_start = int(store.done().sum())
+    pending = store.pending_chunks()
+    mine = [(c, store.chunk_slice(c)) for c in pending[accelerator.process_index::accelerator.num_processes]]
+
+    dataset = ChunkRois(annotations, proposals, table, mine, diffsp.config.resolution, diffsp.config.context,
+                        args.batch_size)
+    to_compute = len(table) - done_at_start
+    bar = tqdm(total=to_compute, unit="ROI", disable=not main or to_compute == 0, desc="DiffSP priors",
+               dynamic_ncols=True)
+    buffers: dict[int, tuple[np.ndarray, int]] = {}  # chunk -> (priors, rows still missing)
+    last_poll, own_unwritten = 0.0, 0
+
+    def refresh(force: bool = False) -> None:
+        nonlocal last_poll
+        if main and (force or time.perf_counter() - last_poll > PROGRESS_POLL_SECONDS):
+            last_poll = time.perf_counter()
+            bar.n = min(to_compute, int(store.done().sum()) - done_at_start + own_unwritten)
+            bar.refresh()
+
+    with torch.inference_mode():
+        for chunk, rows, batch in roi_loader(dataset, args.workers):
+            priors = diffsp(batch).float().cpu().numpy()
+            sl = store.chunk_slice(chunk)
+            buf, missing = buffers.get(chunk) or (np.zeros((sl.stop - sl.start, args.prior_size, args.prior_size),
+                                                           np.float32), sl.stop - sl.start)
+            buf[rows - sl.start] = priors
+            missing -= len(rows)
+            own_unwritten += len(rows)
+            if missing:
+                buffers[chunk] = (buf, missing)
+            else:
+                buffers.pop(chunk, None)
+                store.write_chunk(chunk, buf)
+                own_unwritten -= sl.stop - sl.start
+            refresh()
+    if main:  # keep the bar moving while the other processes finish
+        while int(store.done().sum()) < len(table):
+            refresh(force=True)
+            time.sleep(PROGRESS_POLL_SECONDS / 4)
+        refresh(force=True)
+        bar.close()
+    accelerator.wait_for_everyone()
+    if main:
+        done_now = int(store.done().sum())
+        seconds = time.perf_counter() - started
+        invalid = Counter(annotations.invalid_counts())
+        if proposals is not None:
+            invalid.update(r.reason for r in proposals.invalid)
+        size = store.size_bytes()
+        print(_summary([
+            ("store", f"{args.out} ({'resumed' if resumed else 'new'}, {len(table)} rows, "
+                      f"{store.num_chunks} chunks of {store.chunk_rows}, {accelerator.num_processes} process(es))"),
+            ("computed now", str(done_now - done_at_start)),
+            ("already done", str(done_at_start)),
+            ("skipped invalid", f"{sum(invalid.values())}" + (f" ({', '.join(f'{k} {v}' for k, v in sorted(invalid.items()))})"
+                                                              if invalid else "")),
+            ("time", f"{seconds:.1f} s"),
+            ("ROIs/s", f"{(done_now - done_at_start) / seconds:.2f}"),
+            ("store size", f"{_human_bytes(size)} ({_human_bytes(size / max(len(table), 1))}/row)"),
+        ]))
+    accelerator.end_training()
+    return 0
