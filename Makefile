@@ -22,11 +22,12 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check priors pipeline segmenter tests
+	$(VENV)/bin/ruff check priors pipeline segmenter tests benchmarks
 
 # Speed and memory tables (printed; not tests). See README "Benchmarks".
 bench: setup
 	$(PY) benchmarks/diffsp.py
+	$(PY) benchmarks/pipeline.py
 
 clean:
 	rm -rf $(VENV) work_dirs .pytest_cache .ruff_cache

@@ -106,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
     _warn_single_cpu_process()
     accelerator = Accelerator()
     main = accelerator.is_main_process
+    if accelerator.device.type == "cpu" and accelerator.num_processes > 1:  # share the cores, don't oversubscribe
+        local = int(os.environ.get("LOCAL_WORLD_SIZE") or accelerator.num_processes)
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     started = time.perf_counter()
 
     annotations = AmodalAnnotations(args.ann, format=args.format, images_dir=args.images,
