@@ -2,7 +2,8 @@
 
 Rows are every valid ground-truth instance and, when a proposals file is given, every valid proposal,
 sorted by (image id, source, annotation id or proposal index): a rerun of the same job maps every ROI to
-the same row. Each ROI's noise seed comes from the job seed and this identity.
+the same row. Each ROI's noise seed comes from the job seed and its identity: the annotation id of a
+ground-truth ROI, the box of a proposal (so a detection computed on the fly shares its proposal's noise).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 
 from priors import masks
 from priors.annotations import AmodalAnnotations
-from priors.diffsp import RoiBatch, prepare_rois, roi_seed
+from priors.diffsp import RoiBatch, box_key, prepare_rois, roi_seed
 from priors.images import read_image
 from priors.proposals import Proposals
 from priors.store import SOURCE_GT, SOURCE_PROPOSAL, Rows
@@ -46,7 +47,8 @@ def enumerate_rois(annotations: AmodalAnnotations, proposals: Proposals | None, 
     key = np.array([e[2] for e in entries], dtype=np.int64)
     rows = Rows(box=np.array([e[3] for e in entries], dtype=np.float32).reshape(n, 4), image_id=image_id,
                 ann_id=np.where(source == SOURCE_GT, key, -1), category_id=[e[4] for e in entries], source=source)
-    seeds = [roi_seed(seed, int(s), int(i), int(k)) for i, s, k in zip(image_id, source, key, strict=True)]
+    seeds = [roi_seed(seed, SOURCE_GT, int(i), int(k)) if s == SOURCE_GT else roi_seed(seed, SOURCE_PROPOSAL, int(i), *box_key(b))
+             for i, s, k, b in zip(image_id, source, key, rows.box, strict=True)]
     return RoiTable(rows=rows, key=key, seeds=seeds)
 
 

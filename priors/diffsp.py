@@ -63,9 +63,16 @@ class DiffSPConfig:
 
 
 def roi_seed(seed: int, *key: int) -> int:
-    """A per-ROI seed from the job seed and the ROI's identity (e.g. source, image id, annotation id)."""
+    """A per-ROI seed from the job seed and the ROI's identity: (source 0, image id, annotation id) for
+    ground truth, (source 1, image id, *box_key(box)) for proposals and on-the-fly detections."""
     digest = hashlib.sha256(repr((seed, *key)).encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def box_key(box) -> tuple[int, ...]:
+    """A box (x1, y1, x2, y2 in original image pixels) as integers in tenths of a pixel: the identity of a
+    proposal, so that a detection computed on the fly and its cached proposal row share their noise."""
+    return tuple(int(round(float(v) * 10)) for v in box)
 
 
 @dataclass

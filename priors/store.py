@@ -225,8 +225,10 @@ class PriorStore:
             raise IndexError(f"chunk {chunk} out of range (store has {self.num_chunks})")
         return slice(chunk * self.chunk_rows, min((chunk + 1) * self.chunk_rows, self.rows_total))
 
-    def done(self) -> np.ndarray:
-        return np.asarray(self.group["done"][:], dtype=bool)
+    def done(self, index: slice | np.ndarray | list[int] | None = None) -> np.ndarray:
+        """The `done` flags of all rows, or of the given rows."""
+        sel = slice(None) if index is None else (index if isinstance(index, slice) else np.asarray(index))
+        return np.asarray(self._read("done", sel), dtype=bool)
 
     def pending_chunks(self) -> list[int]:
         """Chunks with at least one row not done (a chunk is written whole, so: not written)."""

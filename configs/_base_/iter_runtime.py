@@ -1,0 +1,5 @@
+# mmdet's default runtime, for iteration-based schedules (as BCNet/AISFormer train).
+_base_ = ['mmdet::_base_/default_runtime.py']
+default_hooks = dict(checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=2000, max_keep_ckpts=3),
+                     logger=dict(type='LoggerHook', interval=50))
+log_processor = dict(by_epoch=False)

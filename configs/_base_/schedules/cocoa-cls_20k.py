@@ -1,0 +1,10 @@
+# COCOA-cls (AISFormer's schedule): 20k iterations, 2 images per batch, lr 0.0005, steps at 5k/8k.
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=20000, val_interval=10000)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='SGD', lr=0.0005, momentum=0.9, weight_decay=0.0001))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=1000),
+    dict(type='MultiStepLR', by_epoch=False, begin=0, end=20000, milestones=[5000, 8000], gamma=0.1),
+]
+auto_scale_lr = dict(enable=False, base_batch_size=2)

@@ -1,0 +1,17 @@
+# AISDiff R18-FPN on the synthetic benchmark, small enough to train a few hundred iterations on 2 CPU cores.
+# Train priors: aisdiff precompute --ann $AISDIFF_DATA/synthetic/annotations/train.json \
+#   --images $AISDIFF_DATA/synthetic/images --out $AISDIFF_DATA/synthetic/priors_train.zarr   (model: tiny)
+# Test priors: DiffSP on the fly with the tiny model (settings checked against that store).
+_base_ = [
+    '../_base_/models/aisdiff_r50_fpn.py', '../_base_/datasets/amodal_synthetic.py',
+    '../_base_/schedules/synthetic_300.py', '../_base_/iter_runtime.py'
+]
+model = dict(
+    backbone=dict(depth=18, init_cfg=None),
+    neck=dict(in_channels=[64, 128, 256, 512]),
+    roi_head=dict(
+        bbox_head=dict(num_classes=7),
+        mask_head=dict(num_classes=7, conv_channels=128),
+        test_prior=dict(_delete_=True, type='OnTheFlyPriors', model='tiny', classes={{_base_.classes}},
+                        store={{_base_.prior_store}})))
+default_hooks = dict(checkpoint=dict(interval=100), logger=dict(interval=10))

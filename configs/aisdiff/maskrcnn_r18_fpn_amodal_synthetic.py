@@ -1,0 +1,20 @@
+# Baseline: plain mmdet Mask R-CNN R18-FPN trained on the amodal masks, same data and schedule as
+# aisdiff_r18_fpn_synthetic.py (reports amodal metrics only: it predicts no visible masks).
+_base_ = [
+    'mmdet::_base_/models/mask-rcnn_r50_fpn.py', '../_base_/datasets/amodal_synthetic.py',
+    '../_base_/schedules/synthetic_300.py', '../_base_/iter_runtime.py'
+]
+custom_imports = dict(imports=['segmenter'], allow_failed_imports=False)
+model = dict(
+    backbone=dict(depth=18, init_cfg=None),
+    neck=dict(in_channels=[64, 128, 256, 512]),
+    roi_head=dict(bbox_head=dict(num_classes=7), mask_head=dict(num_classes=7)))
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAmodalAnnotations'),
+    dict(type='AmodalResize', scale=(384, 384), keep_ratio=True),
+    dict(type='AmodalRandomFlip', prob=0.5),
+    dict(type='PackAmodalInputs'),
+]
+train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+default_hooks = dict(checkpoint=dict(interval=100), logger=dict(interval=10))

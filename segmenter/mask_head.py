@@ -1,0 +1,113 @@
+"""The AISDiff mask head (paper 3.2.1 and 3.2.3; DESIGN.md 5).
+
+Occluder branch: conv3x3 -> non-local "GCN" block -> conv3x3, then deconv2x2/s2 + 1x1 -> occluder mask.
+Visible branch: input RoI feature + occluder feature, the same structure -> visible mask; the visible
+features -> FC -> category logits.
+Shape Prior Amodal Predictor: conv3x3 stack on the RoI feature -> amodal feature; conv3x3 stack + sigmoid
+on it -> spatial attention, times the shape prior M_sp (resized to the feature size), times the amodal
+feature; deconv2x2/s2 + 1x1 -> amodal mask. Masks are class-agnostic (one channel).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from mmengine.model import BaseModule
+from mmdet.registry import MODELS
+from torch import Tensor, nn
+
+
+def _conv3x3(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True))
+
+
+class NonLocalBlock(nn.Module):
+    """The "GCN" block of BCNet: 1x1 query/key/value, softmax attention over positions, 1x1 out, residual."""
+
+    def __init__(self, channels: int, inner: int | None = None) -> None:
+        super().__init__()
+        inner = inner or max(channels // 2, 1)
+        self.query, self.key, self.value = (nn.Conv2d(channels, inner, 1) for _ in range(3))
+        self.out = nn.Conv2d(inner, channels, 1)
+        self.scale = 1.0 / math.sqrt(inner)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, _, h, w = x.shape
+        q = self.query(x).flatten(2).transpose(1, 2)  # [n, hw, inner]
+        k = self.key(x).flatten(2)  # [n, inner, hw]
+        v = self.value(x).flatten(2).transpose(1, 2)  # [n, hw, inner]
+        attended = torch.softmax(q @ k * self.scale, dim=-1) @ v
+        return x + self.out(attended.transpose(1, 2).reshape(n, -1, h, w))
+
+
+class MaskPredictor(nn.Sequential):
+    """deconv2x2 stride 2 (+ ReLU) then 1x1 conv to one mask channel: 14x14 features -> 28x28 logits."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(nn.ConvTranspose2d(channels, channels, 2, stride=2), nn.ReLU(inplace=True),
+                         nn.Conv2d(channels, 1, 1))
+
+
+class OcclusionBranch(nn.Module):
+    """conv3x3 -> non-local block -> conv3x3 (the features), and a mask predictor on them."""
+
+    def __init__(self, in_channels: int, channels: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(_conv3x3(in_channels, channels), NonLocalBlock(channels),
+                                      _conv3x3(channels, channels))
+        self.predictor = MaskPredictor(channels)
+
+
+@MODELS.register_module()
+class AISDiffMaskHead(BaseModule):
+    """Occlusion-aware visible segmentation, classification and the Shape Prior Amodal Predictor."""
+
+    def __init__(self, num_classes: int, in_channels: int = 256, conv_channels: int = 256, roi_size: int = 14,
+                 num_amodal_convs: int = 2, num_attention_convs: int = 2,
+                 loss_mask: dict | None = None, loss_cls: dict | None = None,
+                 loss_weights: dict | None = None, init_cfg: dict | None = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        self.num_classes, self.roi_size = num_classes, roi_size
+        self.occluder = OcclusionBranch(in_channels, conv_channels)
+        self.visible = OcclusionBranch(in_channels, conv_channels)
+        if conv_channels != in_channels:  # visible input = RoI feature + occluder feature
+            self.occluder_to_input = nn.Conv2d(conv_channels, in_channels, 1)
+        self.cls_fc = nn.Linear(conv_channels * roi_size * roi_size, num_classes)
+        self.amodal_features = nn.Sequential(*[_conv3x3(in_channels if i == 0 else conv_channels, conv_channels)
+                                               for i in range(num_amodal_convs)])
+        attention = [_conv3x3(conv_channels, conv_channels) for _ in range(num_attention_convs - 1)]
+        self.attention = nn.Sequential(*attention, nn.Conv2d(conv_channels, 1, 3, padding=1))
+        self.amodal_predictor = MaskPredictor(conv_channels)
+        self.loss_mask = MODELS.build(loss_mask or dict(type="CrossEntropyLoss", use_mask=True, loss_weight=1.0))
+        self.loss_cls = MODELS.build(loss_cls or dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0))
+        self.loss_weights = {"amodal": 1.0, "visible": 1.0, "occluder": 1.0, **(loss_weights or {})}
+
+    def forward_visible(self, feats: Tensor) -> dict[str, Tensor]:
+        """Occluder and visible mask logits [n, 1, 28, 28] and category logits [n, num_classes]."""
+        occ = self.occluder.features(feats)
+        vis_in = feats + (self.occluder_to_input(occ) if hasattr(self, "occluder_to_input") else occ)
+        vis = self.visible.features(vis_in)
+        return {"occluder": self.occluder.predictor(occ), "visible": self.visible.predictor(vis),
+                "cls": self.cls_fc(vis.flatten(1))}
+
+    def forward_amodal(self, feats: Tensor, priors: Tensor) -> Tensor:
+        """Amodal mask logits [n, 1, 28, 28] from RoI features and shape priors [n, S, S] in [0, 1]."""
+        amodal = self.amodal_features(feats)
+        prior = F.interpolate(priors[:, None].to(amodal.dtype), size=amodal.shape[-2:], mode="bilinear",
+                              align_corners=False)
+        spatial = torch.sigmoid(self.attention(amodal)) * prior
+        return self.amodal_predictor(amodal * spatial)
+
+    def forward(self, feats: Tensor, priors: Tensor) -> dict[str, Tensor]:
+        out = self.forward_visible(feats)
+        out["amodal"] = self.forward_amodal(feats, priors)
+        return out
+
+    def loss(self, out: dict[str, Tensor], targets: dict[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
+        """loss_mask_{amodal,visible,occluder} (BCE with the matched ground truth) and loss_cls (CE)."""
+        zeros = torch.zeros(len(labels), dtype=torch.long, device=labels.device)  # class-agnostic channel
+        losses = {f"loss_mask_{k}": self.loss_weights[k] * self.loss_mask(out[k], targets[k], zeros)
+                  for k in ("amodal", "visible", "occluder")}
+        losses["loss_cls"] = self.loss_cls(out["cls"], labels)
+        return losses

@@ -1,0 +1,128 @@
+"""Amodal instance segmentation metric: stock pycocotools COCOeval on amodal and on visible masks.
+
+Reports `amodal/AP`, `amodal/AP50`, `amodal/AP75`, `amodal/AR` (the headline) and `visible/AP`, ...,
+plus amodal AP per occlusion-rate bucket (`amodal/AP_occ_10-30%`, ...): ground truths outside the bucket
+are marked crowd, so detections matching them are neither true nor false positives. Results can be
+written as COCO results JSON (`outfile_prefix`) and as a proposals file (`proposals_file`, DESIGN.md 3.2).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from mmengine.evaluator import BaseMetric
+from mmengine.logging import MMLogger
+from mmdet.registry import METRICS
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from priors import masks
+from priors.annotations import AmodalAnnotations
+from priors.proposals import proposal_record
+
+KINDS = ("amodal", "visible")
+BUCKETS = ((0.0, 0.1), (0.1, 0.3), (0.3, 0.5), (0.5, 1.0))
+
+
+def coco_eval(gt: dict, detections: list[dict]) -> np.ndarray:
+    """COCOeval('segm') stats of detections against a COCO ground-truth dict (12 numbers, -1 = undefined)."""
+    if not detections:
+        return np.zeros(12)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        evaluator = COCOeval(coco_gt, coco_gt.loadRes(detections), "segm")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return np.asarray(evaluator.stats)
+
+
+def ground_truth(ann: AmodalAnnotations, kind: str, crowd: set[int] = frozenset()) -> dict:
+    """A COCO ground-truth dict of the amodal or visible masks (`crowd`: annotation ids marked iscrowd)."""
+    annotations = []
+    for inst in ann:
+        rle = inst.amodal_rle if kind == "amodal" else inst.visible_rle
+        x, y, w, h = masks.bbox_xywh(rle)
+        annotations.append({"id": inst.ann_id, "image_id": inst.image_id, "category_id": inst.category_id,
+                            "segmentation": masks.rle_to_json(rle), "area": float(masks.area(rle)),
+                            "bbox": [x, y, w, h], "iscrowd": int(inst.ann_id in crowd)})
+    return {"images": [{"id": i.id, "width": i.width, "height": i.height, "file_name": i.file_name}
+                       for i in ann.images.values()],
+            "categories": [{"id": c, "name": n} for c, n in sorted(ann.categories.items())],
+            "annotations": annotations}
+
+
+@METRICS.register_module()
+class AmodalMetric(BaseMetric):
+    """Amodal and visible mask AP/AR with pycocotools, by occlusion bucket too (see the module docstring)."""
+
+    default_prefix = None
+
+    def __init__(self, ann_file: str, ann_format: str | None = None, skip_invalid: bool = False,
+                 outfile_prefix: str | None = None, proposals_file: str | None = None,
+                 buckets: tuple[tuple[float, float], ...] = BUCKETS, collect_device: str = "cpu",
+                 prefix: str | None = None) -> None:
+        super().__init__(collect_device=collect_device, prefix=prefix)
+        self.ann_file, self.ann_format, self.skip_invalid = ann_file, ann_format, skip_invalid
+        self.outfile_prefix, self.proposals_file, self.buckets = outfile_prefix, proposals_file, buckets
+
+    def process(self, data_batch, data_samples) -> None:
+        for sample in data_samples:
+            pred = sample["pred_instances"]
+            encode = {key: [masks.encode(m) for m in pred[key].cpu().numpy()]
+                      for key in ("masks", "visible_masks", "occluder_masks") if key in pred}
+            self.results.append({
+                "img_id": int(sample["img_id"]), "bboxes": pred["bboxes"].cpu().numpy(),
+                "scores": pred["scores"].cpu().numpy(), "labels": pred["labels"].cpu().numpy(), **encode})
+
+    def _detections(self, results: list[dict], label2cat: dict[int, int], kind: str) -> list[dict]:
+        key = "masks" if kind == "amodal" else "visible_masks"
+        return [{"image_id": r["img_id"], "category_id": label2cat[int(label)], "score": float(score),
+                 "segmentation": masks.rle_to_json(rle)}
+                for r in results if key in r
+                for label, score, rle in zip(r["labels"], r["scores"], r[key], strict=True)]
+
+    def compute_metrics(self, results: list[dict]) -> dict[str, float]:
+        logger = MMLogger.get_current_instance()
+        ann = AmodalAnnotations(self.ann_file, format=self.ann_format, skip_invalid=self.skip_invalid)
+        names = list(self.dataset_meta["classes"]) if self.dataset_meta else [ann.categories[c] for c in sorted(ann.categories)]
+        by_name = {n: c for c, n in ann.categories.items()}
+        label2cat = {i: by_name[n] for i, n in enumerate(names)}
+        metrics: dict[str, float] = {}
+        for kind in KINDS:
+            if kind == "visible" and not any("visible_masks" in r for r in results):
+                continue  # a plain Mask R-CNN predicts amodal masks only
+            gt, dets = ground_truth(ann, kind), self._detections(results, label2cat, kind)
+            stats = coco_eval(gt, dets)
+            metrics.update({f"{kind}/AP": stats[0], f"{kind}/AP50": stats[1], f"{kind}/AP75": stats[2],
+                            f"{kind}/AR": stats[8]})
+            if self.outfile_prefix:
+                self._dump(f"{self.outfile_prefix}.{kind}.gt.json", gt)
+                self._dump(f"{self.outfile_prefix}.{kind}.segm.json", dets)
+        amodal_dets = self._detections(results, label2cat, "amodal")
+        for lo, hi in self.buckets:
+            outside = {i.ann_id for i in ann if not lo <= i.occlusion_rate < hi}
+            metrics[f"amodal/AP_occ_{lo:.0%}-{hi:.0%}"] = coco_eval(ground_truth(ann, "amodal", outside), amodal_dets)[0]
+        if self.proposals_file:
+            self._dump(self.proposals_file, self._proposals(results, label2cat))
+            logger.info(f"wrote proposals to {self.proposals_file}")
+        metrics = {k: round(float(v), 4) for k, v in metrics.items()}
+        logger.info("amodal / visible: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        return metrics
+
+    def _proposals(self, results: list[dict], label2cat: dict[int, int]) -> list[dict]:
+        return [proposal_record(r["img_id"], box, label2cat[int(label)], score, vis, occ)
+                for r in results
+                for box, label, score, vis, occ in zip(r["bboxes"], r["labels"], r["scores"], r["visible_masks"],
+                                                        r["occluder_masks"], strict=True)]
+
+    @staticmethod
+    def _dump(path: str, obj) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh)

@@ -1,0 +1,193 @@
+"""Where the AISDiff head's shape priors come from, chosen in the config (`train_prior` / `test_prior`).
+
+- `CachedPriors` (training): each positive proposal takes its assigned ground truth's cached prior
+  (loaded by the `LoadCachedPriors` transform) warped from the ground-truth box to the proposal box,
+  batched on the device. Rows marked missing (on_missing="compute") are computed with DiffSP.
+- `OnTheFlyPriors` (testing): DiffSP from the predicted visible mask, occluder mask and class of each
+  detected box, batched per image; with `store=`, its settings are checked against that store's.
+- `ProposalCachePriors` (testing): priors of proposal rows (source 1) of a store, matched by image and box.
+- `NoPriors`: a prior of 1 everywhere (the ablation).
+Providers are plain objects (not modules): the diffusion model's weights never enter a checkpoint.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from mmdet.registry import MODELS
+from torch import Tensor
+
+from priors import geometry
+from priors.diffsp import DiffSP, DiffSPConfig, box_key, prepare_rois, roi_seed
+from priors.errors import AisdiffError
+from priors.store import SOURCE_GT, SOURCE_PROPOSAL, PriorStore, settings_differences
+
+# store settings that describe the dataset, not DiffSP: not compared with an on-the-fly provider's
+DATASET_SETTINGS = ("annotations", "annotation_format", "proposals")
+
+
+def gt_priors_for_proposals(sampling_results, batch_gt_instances) -> tuple[Tensor, Tensor, Tensor]:
+    """The cached priors of the positive proposals' assigned ground truths, with the boxes they cover and
+    the proposal boxes: ([P, S, S], [P, 4], [P, 4]) over the whole batch."""
+    priors, src, dst = [], [], []
+    for res, gt in zip(sampling_results, batch_gt_instances, strict=True):
+        idx = res.pos_assigned_gt_inds
+        priors.append(gt.priors[idx])
+        src.append(gt.prior_boxes[idx])
+        dst.append(res.pos_priors)
+    return torch.cat(priors), torch.cat(src), torch.cat(dst)
+
+
+class DiffSPRunner:
+    """Lazily builds DiffSP on the head's device (shared by the providers that compute priors)."""
+
+    def __init__(self, model: str, dtype: str, classes: tuple[str, ...] | list[str], store: str | None,
+                 **diffsp_settings) -> None:
+        self.model_name, self.dtype, self.classes = model, dtype, tuple(classes)
+        self.config, self.store_path = DiffSPConfig(**diffsp_settings), store
+        self._diffsp: DiffSP | None = None
+
+    def diffsp(self, device: torch.device) -> DiffSP:
+        if self._diffsp is None:
+            from priors.models import load_model
+
+            self._diffsp = DiffSP(load_model(self.model_name, dtype=self.dtype, device=device), self.config)
+            if self.store_path:
+                self.check_store(self.store_path)
+        return self._diffsp
+
+    def check_store(self, path: str) -> None:
+        """Refuse DiffSP settings that differ from those a store was made with."""
+        stored = {k: v for k, v in PriorStore.open(path).settings.items() if k not in DATASET_SETTINGS}
+        diffs = settings_differences(stored, self._diffsp.attrs)
+        if diffs:
+            raise AisdiffError(f"on-the-fly DiffSP settings differ from the store {path} (training priors):\n  "
+                               + "\n  ".join(diffs) + "\nUse the store's settings in test_prior, or another store.")
+
+    def compute(self, image: Tensor, boxes: Tensor, visible: Tensor, occluder: Tensor, labels: Tensor,
+                seeds: list[int]) -> Tensor:
+        """Priors [n, S, S] for boxes of one image: image [3, H, W] RGB in [0, 1], masks [n, H, W] (bool)."""
+        if len(boxes) == 0:
+            return boxes.new_zeros((0, self.config.prior_size, self.config.prior_size))
+        diffsp = self.diffsp(boxes.device)
+        names = [self.classes[int(label)] for label in labels]
+        rois = prepare_rois(image, boxes, visible, occluder, names, seeds, diffsp.config.resolution,
+                            diffsp.config.context)
+        return diffsp(rois).to(boxes.device)
+
+
+@MODELS.register_module()
+class CachedPriors:
+    """Training priors from the prior store (see the module docstring). With `on_missing="compute"` in
+    `LoadCachedPriors`, give `diffsp=dict(model=..., classes=...)` here to compute the missing ones."""
+
+    needs_images = False
+
+    def __init__(self, diffsp: dict | None = None) -> None:
+        self.runner = DiffSPRunner(**{"dtype": "fp32", "store": None, **diffsp}) if diffsp else None
+        self.needs_images = diffsp is not None
+
+    def training_priors(self, head, sampling_results, batch_gt_instances) -> Tensor:
+        if any(not hasattr(gt, "priors") for gt in batch_gt_instances):
+            raise AisdiffError("the cache prior provider needs the LoadCachedPriors transform in the training "
+                               "pipeline (after LoadAmodalAnnotations)")
+        for i, gt in enumerate(batch_gt_instances):
+            self._fill_missing(head, i, gt)
+        priors, src, dst = gt_priors_for_proposals(sampling_results, batch_gt_instances)
+        return geometry.warp_priors(priors, src, dst)
+
+    def _fill_missing(self, head, index: int, gt) -> None:
+        missing = torch.isnan(gt.priors.flatten(1)).any(1)
+        if not missing.any():
+            return
+        if self.runner is None:
+            raise AisdiffError("cached priors are missing (LoadCachedPriors on_missing='compute') but the "
+                               "CachedPriors provider has no diffsp=dict(model=..., classes=...) to compute them")
+        h, w = head.images_shapes[index]
+        idx = torch.nonzero(missing).flatten()
+        vis = gt.visible_masks[idx.cpu().numpy()].to_tensor(torch.bool, gt.priors.device)
+        occ = gt.occluder_masks[idx.cpu().numpy()].to_tensor(torch.bool, gt.priors.device)
+        seeds = [roi_seed(self.runner.config.seed, SOURCE_GT, int(head.image_ids[index]), int(a))
+                 for a in gt.ann_ids[idx]]
+        gt.priors[idx] = self.runner.compute(head.images[index, :, :h, :w], gt.prior_boxes[idx], vis[:, :h, :w],
+                                             occ[:, :h, :w], gt.labels[idx], seeds)
+
+
+@MODELS.register_module()
+class OnTheFlyPriors:
+    """Test-time DiffSP priors from the head's own predictions (see the module docstring)."""
+
+    needs_images = True
+
+    def __init__(self, model: str = "tiny", classes: tuple[str, ...] | list[str] = (), ann_file: str | None = None,
+                 dtype: str = "fp32", store: str | None = None, mask_thr: float = 0.5, **diffsp_settings) -> None:
+        if not classes and ann_file:  # the dataset's classes: the file's categories in id order
+            from priors.annotations import read_json
+
+            classes = [c["name"] for c in sorted(read_json(ann_file)["categories"], key=lambda c: c["id"])]
+        if not classes:
+            raise AisdiffError("OnTheFlyPriors needs classes=(...) or ann_file=... (class names for the prompt)")
+        self.runner = DiffSPRunner(model, dtype, classes, store, **diffsp_settings)
+        self.mask_thr = mask_thr
+
+    def test_priors(self, head, index: int, boxes: Tensor, visible_probs: Tensor, occluder_probs: Tensor,
+                    labels: Tensor, img_meta: dict) -> Tensor:
+        """Priors [n, S, S] for one image's detections (boxes in network-input pixels)."""
+        h, w = img_meta["img_shape"]
+        image = head.images[index, :, :h, :w]
+        vis = geometry.paste_priors(visible_probs, boxes, h, w) >= self.mask_thr
+        occ = geometry.paste_priors(occluder_probs, boxes, h, w) >= self.mask_thr
+        scale = boxes.new_tensor(img_meta["scale_factor"]).repeat(2)
+        seeds = [roi_seed(self.runner.config.seed, SOURCE_PROPOSAL, int(img_meta["img_id"]), *box_key(b))
+                 for b in (boxes / scale).tolist()]  # a detection is a proposal: same identity, same noise
+        return self.runner.compute(image, boxes, vis, occ, labels, seeds)
+
+
+@MODELS.register_module()
+class ProposalCachePriors:
+    """Test-time priors read from proposal rows of a store, matched by image id and box (original image
+    pixels, within `tolerance`). Made by `aisdiff precompute --proposals` from `aisdiff test --dump-proposals`."""
+
+    needs_images = False
+
+    def __init__(self, store: str, tolerance: float = 0.5) -> None:
+        self.store_path, self.tolerance = store, tolerance
+        self._store: PriorStore | None = None
+
+    def test_priors(self, head, index: int, boxes: Tensor, visible_probs: Tensor, occluder_probs: Tensor,
+                    labels: Tensor, img_meta: dict) -> Tensor:
+        store = self._store = self._store or PriorStore.open(self.store_path)
+        rows = store.rows_of_image(int(img_meta["img_id"]))
+        meta = store.rows(rows) if len(rows) else None
+        candidates = rows[meta.source == SOURCE_PROPOSAL] if meta is not None else rows
+        stored = store.rows(candidates).box if len(candidates) else np.zeros((0, 4), np.float32)
+        scale = np.tile(np.asarray(img_meta["scale_factor"], dtype=np.float64), 2)
+        original = boxes.detach().cpu().double().numpy() / scale
+        out = []
+        for i, box in enumerate(original):
+            err = np.abs(stored - box).max(1) if len(stored) else np.array([])
+            if not len(err) or err.min() > self.tolerance:
+                raise AisdiffError(
+                    f"{self.store_path}: no proposal row for image {img_meta['img_id']} box "
+                    f"{[round(float(v), 1) for v in box]} (detection {i}). Precompute the proposals this model "
+                    "dumps (`aisdiff test --dump-proposals`, then `aisdiff precompute --proposals`).")
+            out.append(int(candidates[int(err.argmin())]))
+        priors = store.priors(out) if out else np.zeros((0, store.prior_size, store.prior_size), np.float32)
+        return torch.from_numpy(priors).to(boxes.device)
+
+
+@MODELS.register_module()
+class NoPriors:
+    """A prior of 1 everywhere: the Shape Prior Amodal Predictor's attention alone (the ablation)."""
+
+    needs_images = False
+
+    def __init__(self, prior_size: int = 28) -> None:
+        self.prior_size = prior_size
+
+    def training_priors(self, head, sampling_results, batch_gt_instances) -> Tensor:
+        n = sum(len(r.pos_priors) for r in sampling_results)
+        device = sampling_results[0].pos_priors.device
+        return torch.ones(n, self.prior_size, self.prior_size, device=device)
+
+    def test_priors(self, head, index, boxes, visible_probs, occluder_probs, labels, img_meta) -> Tensor:
+        return torch.ones(len(boxes), self.prior_size, self.prior_size, device=boxes.device)
