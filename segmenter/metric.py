@@ -35,7 +35,7 @@ def coco_eval(gt: dict, detections: list[dict]) -> np.ndarray:
         coco_gt = COCO()
         coco_gt.dataset = gt
         coco_gt.createIndex()
-        evaluator = COCOeval(coco_gt, coco_gt.loadRes(detections), "segm")
+        evaluator = COCOeval(coco_gt, coco_gt.loadRes([dict(d) for d in detections]), "segm")  # loadRes edits them
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()

@@ -27,15 +27,16 @@ INSTANCE_ARRAYS = ("gt_ann_ids", "gt_priors", "gt_prior_boxes")
 
 def _each_mask_set(results: dict, fn: Callable[[dict], None]) -> None:
     """Apply an mmdet mask method (which reads and writes `gt_masks`) to every mask set."""
-    amodal = results.get("gt_masks")
+    if results.get("gt_masks") is None:
+        return
+    amodal = results["gt_masks"]
     for key in EXTRA_MASKS:
         if results.get(key) is not None:
             results["gt_masks"] = results[key]
             fn(results)
             results[key] = results["gt_masks"]
     results["gt_masks"] = amodal
-    if amodal is not None:
-        fn(results)
+    fn(results)
 
 
 def _bitmaps(segms: list, height: int, width: int) -> BitmapMasks:

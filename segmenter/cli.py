@@ -1,0 +1,109 @@
+"""`aisdiff train CONFIG` and `aisdiff test CONFIG CKPT`: thin wrappers over mmengine's Runner.
+
+The same configs run with mmdet's own tools/train.py and tools/test.py (they import `segmenter` through
+`custom_imports`). This module stays light at import: mmdet is imported only when a command runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from priors.errors import AisdiffError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    from mmengine.config import DictAction
+
+    p.add_argument("config", type=Path, help="an mmdet config (e.g. configs/aisdiff/aisdiff_r18_fpn_synthetic.py)")
+    p.add_argument("--work-dir", type=Path, help="where logs and checkpoints go (default: work_dirs/CONFIG_NAME)")
+    p.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
+                   help="override config settings, e.g. train_cfg.max_iters=10 train_dataloader.batch_size=4")
+
+
+def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="train a segmenter config (mmengine Runner)",
+                              description="Train an mmdet config of this project with mmengine's Runner.")
+    _common(p)
+    p.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="resume from the latest checkpoint in the work dir, or from the given checkpoint")
+    p.set_defaults(func=run_train)
+
+
+def add_test_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("test", help="test a checkpoint and print amodal / visible AP",
+                              description="Evaluate a checkpoint: amodal and visible AP/AR (pycocotools), AP by "
+                                          "occlusion rate; optionally write the predictions as a proposals file.")
+    _common(p)
+    p.add_argument("checkpoint", type=Path, help="checkpoint file (.pth) - loaded with full unpickling: trust it")
+    p.add_argument("--dump-proposals", type=Path, help="write the detections as a proposals file (DESIGN.md 3.2)")
+    p.add_argument("--out-prefix", type=Path, help="also write COCO results JSON: PREFIX.{amodal,visible}.segm.json")
+    p.add_argument("--metrics-json", type=Path, help="write the metrics as JSON (default: WORK_DIR/metrics.json)")
+    p.set_defaults(func=run_test)
+
+
+def load_config(args: argparse.Namespace):
+    from mmengine.config import Config
+
+    if not args.config.is_file():
+        raise AisdiffError(f"config {args.config} not found (configs live in configs/aisdiff/).")
+    cfg = Config.fromfile(str(args.config))
+    cfg.merge_from_dict(args.cfg_options)
+    cfg.work_dir = str(args.work_dir or Path("work_dirs") / args.config.stem)
+    return cfg
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from mmengine.runner import Runner
+
+    import segmenter  # noqa: F401  (registers the modules and the trusted checkpoint loader)
+
+    cfg = load_config(args)
+    if args.resume == "auto":
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume:
+        if not Path(args.resume).is_file():
+            raise AisdiffError(f"--resume {args.resume}: no such checkpoint file")
+        cfg.resume, cfg.load_from = True, args.resume
+    Runner.from_cfg(cfg).train()
+    return 0
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """The amodal / visible table `aisdiff test` prints."""
+    rows = [("amodal", "amodal/"), ("visible", "visible/")]
+    cols = ("AP", "AP50", "AP75", "AR")
+    lines = ["| masks | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for name, prefix in rows:
+        if f"{prefix}AP" in metrics:
+            lines.append(f"| {name} | " + " | ".join(f"{100 * metrics[prefix + c]:.2f}" for c in cols) + " |")
+    buckets = [k for k in metrics if k.startswith("amodal/AP_occ_")]
+    if buckets:
+        lines.append("amodal AP by occlusion rate: " + ", ".join(
+            f"{k.removeprefix('amodal/AP_occ_')} {100 * metrics[k]:.2f}" for k in buckets))
+    return "\n".join(lines)
+
+
+def run_test(args: argparse.Namespace) -> int:
+    from mmengine.runner import Runner
+
+    import segmenter  # noqa: F401
+
+    if not args.checkpoint.is_file():
+        raise AisdiffError(f"checkpoint {args.checkpoint} not found")
+    cfg = load_config(args)
+    cfg.load_from = str(args.checkpoint)
+    if args.dump_proposals or args.out_prefix:
+        if cfg.test_evaluator.get("type") != "AmodalMetric":
+            raise AisdiffError("--dump-proposals / --out-prefix need test_evaluator = AmodalMetric")
+        if args.dump_proposals:
+            cfg.test_evaluator.proposals_file = str(args.dump_proposals)
+        if args.out_prefix:
+            cfg.test_evaluator.outfile_prefix = str(args.out_prefix)
+    metrics = Runner.from_cfg(cfg).test()
+    out = args.metrics_json or Path(cfg.work_dir) / "metrics.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(metrics, indent=2))
+    print(format_metrics(metrics))
+    print(f"metrics written to {out}")
+    return 0

@@ -1,0 +1,317 @@
+"""The mmdet plugin on the synthetic benchmark: transforms, training with cached priors, prediction with
+on-the-fly and proposal-cache priors, the metric, and the CLI / mmdet tools entry points (CPU, tiny model)."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from priors import geometry, masks, synthetic
+from priors.store import SOURCE_PROPOSAL, PriorStore
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+CONFIG = REPO / "configs" / "aisdiff" / "aisdiff_r18_fpn_synthetic.py"
+LOSSES = ("loss_rpn_cls", "loss_rpn_bbox", "loss_det_cls", "loss_bbox", "loss_cls", "loss_mask_visible",
+          "loss_mask_occluder", "loss_mask_amodal")
+STORE_TOLERANCE = 1e-4 + 2**-10  # DiffSP batch tolerance plus one float16 step at 1.0
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """$AISDIFF_DATA with synthetic/ (6 train, 2 val images) and its train prior store."""
+    root = tmp_path_factory.mktemp("aisdiff-data")
+    syn = root / "synthetic"
+    synthetic.generate(syn, train_images=6, val_images=2, seed=5)
+    proc = subprocess.run([str(BIN / "aisdiff"), "precompute", "--ann", str(syn / "annotations" / "train.json"),
+                           "--images", str(syn / "images"), "--out", str(syn / "priors_train.zarr")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return root
+
+
+def load_cfg(data_root: Path, work_dir: Path, config: Path = CONFIG, iters: int = 2):
+    from mmengine.config import Config
+
+    os.environ["AISDIFF_DATA"] = str(data_root)
+    cfg = Config.fromfile(str(config))
+    cfg.work_dir = str(work_dir)
+    cfg.experiment_name = f"test-{uuid.uuid4().hex[:8]}"
+    cfg.train_cfg.max_iters, cfg.train_cfg.val_interval = iters, 10_000
+    cfg.default_hooks.checkpoint.interval = 2
+    cfg.default_hooks.logger.interval = 1
+    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        cfg[loader].num_workers, cfg[loader].persistent_workers = 0, False
+    cfg.randomness = dict(seed=0)
+    return cfg
+
+
+def build_pipeline(cfg, transforms):
+    from mmcv.transforms import Compose
+    from mmdet.registry import DATASETS
+
+    import segmenter  # noqa: F401
+
+    dataset_cfg = copy.deepcopy(cfg.train_dataloader.dataset)
+    dataset_cfg.pipeline = transforms
+    return DATASETS.build(dataset_cfg), Compose
+
+
+# -- transforms ------------------------------------------------------------------------------------
+def _prepared(cfg, extra):
+    base = [dict(type="LoadImageFromFile"), dict(type="LoadAmodalAnnotations"), dict(type="LoadCachedPriors")]
+    dataset, _ = build_pipeline(cfg, base + extra + [dict(type="PackAmodalInputs")])
+    return dataset[0]["data_samples"]
+
+
+def _pasted(sample) -> torch.Tensor:
+    gt = sample.gt_instances
+    h, w = sample.metainfo["img_shape"]
+    return geometry.paste_priors(gt.priors, gt.prior_boxes, h, w)
+
+
+def test_flip_crop_resize_keep_masks_and_priors_consistent(data, tmp_path):
+    cfg = load_cfg(data, tmp_path)
+    plain = _prepared(cfg, [])
+    flipped = _prepared(cfg, [dict(type="AmodalRandomFlip", prob=1.0, direction="horizontal")])
+    gt, gtf = plain.gt_instances, flipped.gt_instances
+    for key in ("masks", "visible_masks", "occluder_masks"):
+        np.testing.assert_array_equal(gtf[key].masks, gt[key].masks[:, :, ::-1])
+    torch.testing.assert_close(gtf.priors, gt.priors.flip(-1))
+    # a prior covers its box: pasted into the image, the flipped prior is the mirrored pasted prior
+    torch.testing.assert_close(_pasted(flipped), _pasted(plain).flip(-1), atol=1e-5, rtol=0)
+
+    resized = _prepared(cfg, [dict(type="AmodalResize", scale_factor=2.0, keep_ratio=True)])
+    torch.testing.assert_close(resized.gt_instances.priors, gt.priors)  # a resize needs nothing
+    torch.testing.assert_close(resized.gt_instances.prior_boxes, gt.prior_boxes * 2)
+    np.testing.assert_array_equal(resized.gt_instances.visible_masks.masks[:, ::2, ::2], gt.visible_masks.masks)
+
+    h, w = plain.metainfo["img_shape"]
+    cropped = _prepared(cfg, [dict(type="AmodalRandomCrop", crop_size=(h - 40, w - 40), allow_negative_crop=True)])
+    gc = cropped.gt_instances
+    keep = [int(np.flatnonzero(gt.ann_ids.numpy() == a)[0]) for a in gc.ann_ids.numpy()]
+    dx, dy = (gt.prior_boxes[keep] - gc.prior_boxes)[0, :2].tolist()
+    ch, cw = cropped.metainfo["img_shape"]
+    for key in ("masks", "visible_masks", "occluder_masks"):
+        np.testing.assert_array_equal(gc[key].masks, gt[key].masks[keep][:, int(dy):int(dy) + ch, int(dx):int(dx) + cw])
+    torch.testing.assert_close(gc.priors, gt.priors[keep])
+    torch.testing.assert_close(_pasted(cropped), _pasted(plain)[keep][:, int(dy):int(dy) + ch, int(dx):int(dx) + cw],
+                               atol=1e-5, rtol=0)
+
+    padded = _prepared(cfg, [dict(type="AmodalPad", size=(h + 8, w + 8))])
+    for key in ("masks", "visible_masks", "occluder_masks"):
+        assert padded.gt_instances[key].masks.shape[1:] == (h + 8, w + 8)
+        np.testing.assert_array_equal(padded.gt_instances[key].masks[:, :h, :w], gt[key].masks)
+
+
+def test_missing_cached_prior_names_image_and_annotation(data, tmp_path):
+    from priors.store import PriorStore as Store
+
+    store = Store.open(data / "synthetic" / "priors_train.zarr")
+    partial = tmp_path / "partial.zarr"
+    Store.create(partial, store.settings, store.rows(), store.prior_size, store.chunk_rows)  # nothing done
+    cfg = load_cfg(data, tmp_path)
+    cfg.train_dataloader.dataset.prior_store = str(partial)
+    from priors.errors import AisdiffError
+
+    with pytest.raises(AisdiffError, match=r"no computed prior for image 1, annotation\(s\) 1, 2"):
+        _prepared(cfg, [])
+
+
+# -- training, prediction --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    """Two training iterations with cached priors, a checkpoint, and a resumed third iteration."""
+    from mmengine.runner import Runner
+
+    import segmenter  # noqa: F401
+
+    work = tmp_path_factory.mktemp("work")
+    runner = Runner.from_cfg(load_cfg(data, work, iters=2))
+    runner.train()
+    first_losses = {k: runner.message_hub.get_scalar(f"train/{k}").current() for k in LOSSES}
+    cfg = load_cfg(data, work, iters=3)
+    cfg.resume, cfg.load_from = True, str(work / "iter_2.pth")
+    resumed = Runner.from_cfg(cfg)
+    resumed.train()
+    return work, first_losses, resumed
+
+
+def test_training_with_cached_priors_has_every_loss_and_resumes(trained):
+    work, losses, resumed = trained
+    assert set(losses) == set(LOSSES)
+    assert all(np.isfinite(v) for v in losses.values()), losses
+    assert (work / "iter_2.pth").is_file() and resumed.iter == 3
+    for k in LOSSES:
+        assert np.isfinite(resumed.message_hub.get_scalar(f"train/{k}").current())
+
+
+def _predict(cfg, checkpoint: Path):
+    """Predictions of the model on the first val image (original image size)."""
+    from mmengine.runner import Runner, load_checkpoint
+
+    runner = Runner.from_cfg(cfg)
+    load_checkpoint(runner.model, str(checkpoint), map_location="cpu")
+    runner.model.eval()
+    batch = next(iter(runner.test_dataloader))
+    with torch.no_grad():
+        return runner.model.test_step(batch)[0]
+
+
+def test_prediction_with_on_the_fly_priors(data, trained, tmp_path):
+    work, _, _ = trained
+    sample = _predict(load_cfg(data, tmp_path), work / "iter_3.pth")
+    pred = sample.pred_instances
+    h, w = sample.metainfo["ori_shape"]
+    n = len(pred)
+    assert n > 0
+    for key in ("masks", "visible_masks", "occluder_masks"):
+        assert pred[key].shape == (n, h, w) and pred[key].dtype == torch.bool
+    assert pred.priors.shape == (n, 28, 28) and 0 <= pred.priors.min() and pred.priors.max() <= 1
+    assert pred.bboxes.shape == (n, 4) and pred.mask_labels.shape == (n,)
+
+
+def test_proposal_cache_gives_the_on_the_fly_priors(data, trained, tmp_path):
+    """Dump the model's detections as proposals, precompute them, and read them back at test time."""
+    from mmengine.runner import Runner
+
+    work, _, _ = trained
+    syn = data / "synthetic"
+    identity = [dict(type="LoadImageFromFile"), dict(type="AmodalResize", scale_factor=1.0, keep_ratio=True),
+                dict(type="PackAmodalInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor"))]
+
+    def cfg_for(provider=None):
+        cfg = load_cfg(data, tmp_path)
+        cfg.test_dataloader.dataset.pipeline = identity
+        cfg.load_from = str(work / "iter_3.pth")
+        if provider:
+            cfg.model.roi_head.test_prior = provider
+        return cfg
+
+    cfg = cfg_for()
+    cfg.test_evaluator.proposals_file = str(tmp_path / "proposals.json")
+    Runner.from_cfg(cfg).test()
+    records = json.loads((tmp_path / "proposals.json").read_text())
+    assert records and set(records[0]) == {"image_id", "bbox", "category_id", "score", "segmentation",
+                                           "occluder_segmentation"}
+    proc = subprocess.run([str(BIN / "aisdiff"), "precompute", "--ann", str(syn / "annotations" / "val.json"),
+                           "--images", str(syn / "images"), "--proposals", str(tmp_path / "proposals.json"),
+                           "--out", str(tmp_path / "proposals.zarr")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    store = PriorStore.open(tmp_path / "proposals.zarr")
+    assert (store.rows().source == SOURCE_PROPOSAL).sum() == len(records)
+
+    on_the_fly = _predict(cfg_for(), work / "iter_3.pth").pred_instances
+    cached = _predict(cfg_for(dict(type="ProposalCachePriors", store=str(tmp_path / "proposals.zarr"))),
+                      work / "iter_3.pth").pred_instances
+    torch.testing.assert_close(cached.bboxes, on_the_fly.bboxes)
+    assert (cached.priors - on_the_fly.priors).abs().max() <= STORE_TOLERANCE
+
+
+# -- the cache provider's warp ---------------------------------------------------------------------
+def test_cache_provider_warp_matches_the_store_warp_on_exact_cases():
+    from mmengine.structures import InstanceData
+
+    from segmenter.prior_providers import CachedPriors
+
+    priors = torch.rand(2, 28, 28)
+    gt_boxes = torch.tensor([[10.0, 20.0, 66.0, 76.0], [0.0, 0.0, 28.0, 56.0]])
+    gt = InstanceData(priors=priors, prior_boxes=gt_boxes, bboxes=gt_boxes, labels=torch.tensor([0, 1]))
+    proposals = torch.cat([gt_boxes, gt_boxes[:1] + torch.tensor([6.0, 0.0, 6.0, 0.0])])  # same boxes; 3 cells right
+    sampling = InstanceData(pos_assigned_gt_inds=torch.tensor([0, 1, 0]), pos_priors=proposals)
+    out = CachedPriors().training_priors(None, [sampling], [gt])
+    torch.testing.assert_close(out, geometry.warp_priors(priors[[0, 1, 0]], gt_boxes[[0, 1, 0]], proposals))
+    torch.testing.assert_close(out[:2], priors, atol=1e-6, rtol=0)  # identity
+    torch.testing.assert_close(out[2, :, :25], priors[0, :, 3:], atol=1e-6, rtol=0)  # exact shift
+    assert (out[2, :, 25:] == 0).all()
+
+
+# -- metric ----------------------------------------------------------------------------------------
+def test_metric_equals_a_direct_cocoeval_on_the_json_results(data, tmp_path):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from priors.annotations import load_annotations
+    from segmenter.metric import AmodalMetric
+
+    ann_file = data / "synthetic" / "annotations" / "val.json"
+    ann = load_annotations(ann_file)
+    rng = np.random.default_rng(0)
+    metric = AmodalMetric(ann_file=str(ann_file), outfile_prefix=str(tmp_path / "res"))
+    metric.dataset_meta = {"classes": tuple(n for _, n in synthetic.CATEGORIES)}
+    for image_id in ann.image_ids():
+        insts = ann.by_image(image_id)
+        amodal = np.stack([i.amodal_mask() for i in insts])
+        visible = np.stack([i.visible_mask() for i in insts])
+        amodal[0] = np.roll(amodal[0], 6, axis=1)  # an imperfect detection, and a false positive
+        fake = np.zeros_like(amodal[:1])
+        fake[0, :20, :20] = True
+        sample = {"img_id": image_id, "pred_instances": {
+            "bboxes": torch.zeros(len(insts) + 1, 4), "scores": torch.from_numpy(rng.random(len(insts) + 1)),
+            "labels": torch.tensor([i.category_id - 1 for i in insts] + [0]),
+            "masks": torch.from_numpy(np.concatenate([amodal, fake])),
+            "visible_masks": torch.from_numpy(np.concatenate([visible, fake])),
+            "occluder_masks": torch.from_numpy(np.concatenate([visible, fake]))}}
+        metric.process({}, [sample])
+    ours = metric.compute_metrics(metric.results)
+    for kind in ("amodal", "visible"):
+        gt = COCO(str(tmp_path / f"res.{kind}.gt.json"))
+        evaluator = COCOeval(gt, gt.loadRes(str(tmp_path / f"res.{kind}.segm.json")), "segm")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+        stats = evaluator.stats
+        assert [ours[f"{kind}/{k}"] for k in ("AP", "AP50", "AP75", "AR")] == \
+            [round(float(stats[i]), 4) for i in (0, 1, 2, 8)]
+    assert 0 < ours["amodal/AP"] < 1 and ours["visible/AP"] > ours["amodal/AP"]
+    assert {k for k in ours if "_occ_" in k} == {"amodal/AP_occ_0%-10%", "amodal/AP_occ_10%-30%",
+                                               "amodal/AP_occ_30%-50%", "amodal/AP_occ_50%-100%"}
+
+
+# -- entry points ----------------------------------------------------------------------------------
+def _env(data: Path) -> dict:
+    return {**os.environ, "AISDIFF_DATA": str(data), "PYTHONWARNINGS": "ignore"}
+
+
+FAST = ["train_cfg.max_iters=2", "default_hooks.checkpoint.interval=2", "train_dataloader.num_workers=0",
+        "train_dataloader.persistent_workers=False", "test_dataloader.num_workers=0",
+        "test_dataloader.persistent_workers=False", "val_dataloader.num_workers=0",
+        "val_dataloader.persistent_workers=False", "train_cfg.val_interval=1000"]
+
+
+def test_aisdiff_train_and_test_commands(data, tmp_path):
+    work = tmp_path / "w"
+    proc = subprocess.run([str(BIN / "aisdiff"), "train", str(CONFIG), "--work-dir", str(work), "--cfg-options",
+                           *FAST], capture_output=True, text=True, env=_env(data), cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (work / "iter_2.pth").is_file()
+    proc = subprocess.run([str(BIN / "aisdiff"), "test", str(CONFIG), str(work / "iter_2.pth"), "--work-dir",
+                           str(work), "--dump-proposals", str(tmp_path / "props.json"), "--cfg-options", *FAST],
+                          capture_output=True, text=True, env=_env(data), cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| amodal |" in proc.stdout and "| visible |" in proc.stdout
+    metrics = json.loads((work / "metrics.json").read_text())
+    assert {"amodal/AP", "amodal/AP50", "amodal/AP75", "amodal/AR", "visible/AP"} <= set(metrics)
+    records = json.loads((tmp_path / "props.json").read_text())
+    rle = records[0]["segmentation"]
+    assert masks.area(masks.to_rle(rle, *rle["size"])) > 0
+
+
+@pytest.mark.slow
+def test_mmdet_tools_train_runs_the_config(data, tmp_path):
+    import mmdet
+
+    tool = Path(mmdet.__file__).parent / ".mim" / "tools" / "train.py"
+    proc = subprocess.run([sys.executable, str(tool), str(CONFIG), "--work-dir", str(tmp_path / "w"),
+                           "--cfg-options", *FAST], capture_output=True, text=True, env=_env(data), cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "w" / "iter_2.pth").is_file()
+    assert "loss_mask_amodal" in proc.stdout + proc.stderr
