@@ -76,9 +76,12 @@ class AmodalMetric(BaseMetric):
             pred = sample["pred_instances"]
             encode = {key: [masks.encode(m) for m in pred[key].cpu().numpy()]
                       for key in ("masks", "visible_masks", "occluder_masks") if key in pred}
+            labels = pred["labels"].cpu().numpy()
             self.results.append({
                 "img_id": int(sample["img_id"]), "bboxes": pred["bboxes"].cpu().numpy(),
-                "scores": pred["scores"].cpu().numpy(), "labels": pred["labels"].cpu().numpy(), **encode})
+                "scores": pred["scores"].cpu().numpy(), "labels": labels, **encode,
+                # the class the AISDiff head conditions DiffSP on (its visible-branch classifier)
+                "prior_labels": pred["mask_labels"].cpu().numpy() if "mask_labels" in pred else labels})
 
     def _detections(self, results: list[dict], label2cat: dict[int, int], kind: str) -> list[dict]:
         key = "masks" if kind == "amodal" else "visible_masks"
@@ -116,10 +119,20 @@ class AmodalMetric(BaseMetric):
         return metrics
 
     def _proposals(self, results: list[dict], label2cat: dict[int, int]) -> list[dict]:
-        return [proposal_record(r["img_id"], box, label2cat[int(label)], score, vis, occ)
-                for r in results
-                for box, label, score, vis, occ in zip(r["bboxes"], r["labels"], r["scores"], r["visible_masks"],
-                                                        r["occluder_masks"], strict=True)]
+        """Detections as proposal records, with the class DiffSP is conditioned on (the head's visible-branch
+        classifier) as category; those with an empty visible mask (nothing to condition a prior on) are left
+        out and counted in the log."""
+        records, empty = [], 0
+        for r in results:
+            for box, label, score, vis, occ in zip(r["bboxes"], r["prior_labels"], r["scores"], r["visible_masks"],
+                                                   r["occluder_masks"], strict=True):
+                if masks.area(vis) == 0:
+                    empty += 1
+                    continue
+                records.append(proposal_record(r["img_id"], box, label2cat[int(label)], score, vis, occ))
+        if empty:
+            MMLogger.get_current_instance().info(f"proposals: left out {empty} detections with an empty visible mask")
+        return records
 
     @staticmethod
     def _dump(path: str, obj) -> None:

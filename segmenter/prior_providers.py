@@ -116,10 +116,10 @@ class CachedPriors:
 class OnTheFlyPriors:
     """Test-time DiffSP priors from the head's own predictions (see the module docstring)."""
 
-    needs_images = True
+    needs_images = needs_masks = True
 
     def __init__(self, model: str = "tiny", classes: tuple[str, ...] | list[str] = (), ann_file: str | None = None,
-                 dtype: str = "fp32", store: str | None = None, mask_thr: float = 0.5, **diffsp_settings) -> None:
+                 dtype: str = "fp32", store: str | None = None, **diffsp_settings) -> None:
         if not classes and ann_file:  # the dataset's classes: the file's categories in id order
             from priors.annotations import read_json
 
@@ -127,15 +127,14 @@ class OnTheFlyPriors:
         if not classes:
             raise AisdiffError("OnTheFlyPriors needs classes=(...) or ann_file=... (class names for the prompt)")
         self.runner = DiffSPRunner(model, dtype, classes, store, **diffsp_settings)
-        self.mask_thr = mask_thr
 
-    def test_priors(self, head, index: int, boxes: Tensor, visible_probs: Tensor, occluder_probs: Tensor,
-                    labels: Tensor, img_meta: dict) -> Tensor:
-        """Priors [n, S, S] for one image's detections (boxes in network-input pixels)."""
+    def test_priors(self, head, index: int, boxes: Tensor, visible: Tensor, occluder: Tensor, labels: Tensor,
+                    img_meta: dict) -> Tensor:
+        """Priors [n, S, S] for one image's detections: boxes and predicted masks [n, h, w] in network-input
+        pixels (the same masks a proposals dump writes, so cached proposal priors agree)."""
         h, w = img_meta["img_shape"]
         image = head.images[index, :, :h, :w]
-        vis = geometry.paste_priors(visible_probs, boxes, h, w) >= self.mask_thr
-        occ = geometry.paste_priors(occluder_probs, boxes, h, w) >= self.mask_thr
+        vis, occ = visible[:, :h, :w], occluder[:, :h, :w]
         scale = boxes.new_tensor(img_meta["scale_factor"]).repeat(2)
         seeds = [roi_seed(self.runner.config.seed, SOURCE_PROPOSAL, int(img_meta["img_id"]), *box_key(b))
                  for b in (boxes / scale).tolist()]  # a detection is a proposal: same identity, same noise
@@ -147,13 +146,15 @@ class ProposalCachePriors:
     """Test-time priors read from proposal rows of a store, matched by image id and box (original image
     pixels, within `tolerance`). Made by `aisdiff precompute --proposals` from `aisdiff test --dump-proposals`."""
 
-    needs_images = False
+    needs_images = needs_masks = False
 
-    def __init__(self, store: str, tolerance: float = 0.5) -> None:
-        self.store_path, self.tolerance = store, tolerance
+    def __init__(self, store: str, tolerance: float = 0.5, on_missing: str = "error") -> None:
+        if on_missing not in ("error", "none"):
+            raise ValueError(f"on_missing must be 'error' or 'none' (a prior of 1), not {on_missing!r}")
+        self.store_path, self.tolerance, self.on_missing = store, tolerance, on_missing
         self._store: PriorStore | None = None
 
-    def test_priors(self, head, index: int, boxes: Tensor, visible_probs: Tensor, occluder_probs: Tensor,
+    def test_priors(self, head, index: int, boxes: Tensor, visible: Tensor | None, occluder: Tensor | None,
                     labels: Tensor, img_meta: dict) -> Tensor:
         store = self._store = self._store or PriorStore.open(self.store_path)
         rows = store.rows_of_image(int(img_meta["img_id"]))
@@ -162,16 +163,20 @@ class ProposalCachePriors:
         stored = store.rows(candidates).box if len(candidates) else np.zeros((0, 4), np.float32)
         scale = np.tile(np.asarray(img_meta["scale_factor"], dtype=np.float64), 2)
         original = boxes.detach().cpu().double().numpy() / scale
-        out = []
+        priors = np.ones((len(original), store.prior_size, store.prior_size), np.float32)
+        found: dict[int, int] = {}  # detection -> row
         for i, box in enumerate(original):
             err = np.abs(stored - box).max(1) if len(stored) else np.array([])
-            if not len(err) or err.min() > self.tolerance:
+            if len(err) and err.min() <= self.tolerance:
+                found[i] = int(candidates[int(err.argmin())])
+            elif self.on_missing == "error":
                 raise AisdiffError(
                     f"{self.store_path}: no proposal row for image {img_meta['img_id']} box "
                     f"{[round(float(v), 1) for v in box]} (detection {i}). Precompute the proposals this model "
-                    "dumps (`aisdiff test --dump-proposals`, then `aisdiff precompute --proposals`).")
-            out.append(int(candidates[int(err.argmin())]))
-        priors = store.priors(out) if out else np.zeros((0, store.prior_size, store.prior_size), np.float32)
+                    "dumps (`aisdiff test --dump-proposals`, then `aisdiff precompute --proposals`), or set "
+                    "on_missing='none' (a prior of 1 for detections without a row, e.g. empty visible masks).")
+        if found:
+            priors[list(found)] = store.priors(list(found.values()))
         return torch.from_numpy(priors).to(boxes.device)
 
 
@@ -179,7 +184,7 @@ class ProposalCachePriors:
 class NoPriors:
     """A prior of 1 everywhere: the Shape Prior Amodal Predictor's attention alone (the ablation)."""
 
-    needs_images = False
+    needs_images = needs_masks = False
 
     def __init__(self, prior_size: int = 28) -> None:
         self.prior_size = prior_size
@@ -189,5 +194,5 @@ class NoPriors:
         device = sampling_results[0].pos_priors.device
         return torch.ones(n, self.prior_size, self.prior_size, device=device)
 
-    def test_priors(self, head, index, boxes, visible_probs, occluder_probs, labels, img_meta) -> Tensor:
+    def test_priors(self, head, index, boxes, visible, occluder, labels, img_meta) -> Tensor:
         return torch.ones(len(boxes), self.prior_size, self.prior_size, device=boxes.device)

@@ -69,9 +69,15 @@ class AISDiffRoIHead(StandardRoIHead):
         counts = [len(res.bboxes) for res in results_list]
         probs = {k: first[k].sigmoid()[:, 0].split(counts) for k in ("visible", "occluder")}
         labels = first["cls"].argmax(1).split(counts)
-        priors = [self.test_prior.test_priors(self, i, res.bboxes, probs["visible"][i], probs["occluder"][i],
-                                              labels[i], meta)
-                  for i, (res, meta) in enumerate(zip(results_list, batch_img_metas, strict=True))]
+        thr = self.test_cfg.mask_thr_binary
+        priors = []
+        for i, (res, meta) in enumerate(zip(results_list, batch_img_metas, strict=True)):
+            if self.test_prior.needs_masks:  # the predicted masks, pasted into the network input
+                visible = paste_masks(probs["visible"][i], res.bboxes, meta, False, thr)
+                occluder = paste_masks(probs["occluder"][i], res.bboxes, meta, False, thr)
+            else:
+                visible = occluder = None
+            priors.append(self.test_prior.test_priors(self, i, res.bboxes, visible, occluder, labels[i], meta))
         amodal = self.mask_head.forward_amodal(feats, torch.cat(priors)).sigmoid()[:, 0].split(counts)
         maps = {"masks": amodal, "visible_masks": probs["visible"], "occluder_masks": probs["occluder"]}
         for i, (res, meta) in enumerate(zip(results_list, batch_img_metas, strict=True)):

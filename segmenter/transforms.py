@@ -181,7 +181,7 @@ class AmodalRandomCrop(RandomCrop):
         if own_ids is not None:
             results["gt_instances_ids"] = own_ids[keep]
         crop = results["homography_matrix"] @ np.linalg.inv(before)
-        dx, dy = -float(crop[0, 2]), -float(crop[1, 2])  # the crop's top-left corner
+        dx, dy = int(round(-crop[0, 2])), int(round(-crop[1, 2]))  # the crop's top-left corner (whole pixels)
         h, w = results["img_shape"]
         for key in EXTRA_MASKS:
             if results.get(key) is not None:
