@@ -28,6 +28,7 @@ lint: setup
 bench: setup
 	$(PY) benchmarks/diffsp.py
 	$(PY) benchmarks/pipeline.py
+	$(PY) benchmarks/segmenter.py
 
 clean:
 	rm -rf $(VENV) work_dirs .pytest_cache .ruff_cache

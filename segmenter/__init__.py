@@ -11,8 +11,15 @@ from .mask_head import AISDiffMaskHead
 from .metric import AmodalMetric
 from .prior_providers import CachedPriors, NoPriors, OnTheFlyPriors, ProposalCachePriors
 from .roi_head import AISDiff, AISDiffRoIHead
-from .transforms import (AmodalPad, AmodalRandomCrop, AmodalRandomFlip, AmodalResize, LoadAmodalAnnotations,
-                         LoadCachedPriors, PackAmodalInputs)
+from .transforms import (
+                         AmodalPad,
+                         AmodalRandomCrop,
+                         AmodalRandomFlip,
+                         AmodalResize,
+                         LoadAmodalAnnotations,
+                         LoadCachedPriors,
+                         PackAmodalInputs,
+)
 
 __all__ = [
     "AISDiff", "AISDiffMaskHead", "AISDiffRoIHead", "AmodalDataset", "AmodalMetric", "AmodalPad", "AmodalRandomCrop",

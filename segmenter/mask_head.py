@@ -13,8 +13,8 @@ import math
 
 import torch
 import torch.nn.functional as F
-from mmengine.model import BaseModule
 from mmdet.registry import MODELS
+from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 

@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+from mmdet.registry import METRICS
 from mmengine.evaluator import BaseMetric
 from mmengine.logging import MMLogger
-from mmdet.registry import METRICS
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
