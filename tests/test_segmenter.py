@@ -320,3 +320,33 @@ def test_mmdet_tools_train_runs_the_config(data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "w" / "iter_2.pth").is_file()
     assert "loss_mask_amodal" in proc.stdout + proc.stderr
+
+
+CONFIGS = {"aisdiff_r50_fpn_kins.py": 7, "aisdiff_r101_fpn_kins.py": 7, "aisdiff_regnetx-3.2gf_fpn_kins.py": 7,
+           "aisdiff_r50_fpn_cocoa-cls.py": 80, "aisdiff_r50_fpn_d2sa.py": 60, "aisdiff_r18_fpn_synthetic.py": 7,
+           "aisdiff_r18_fpn_noprior_synthetic.py": 7, "maskrcnn_r18_fpn_amodal_synthetic.py": 7}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_every_config_builds_its_model_and_reads_data_roots_from_the_environment(name, monkeypatch):
+    from mmengine.config import Config
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    import segmenter  # noqa: F401
+
+    register_all_modules()
+    monkeypatch.setenv("AISDIFF_DATA", "/datasets")
+    cfg = Config.fromfile(str(REPO / "configs" / "aisdiff" / name))
+    assert cfg.custom_imports.imports == ["segmenter"]
+    assert cfg.train_dataloader.dataset.data_root.startswith("/datasets/")
+    assert cfg.val_evaluator.type == "AmodalMetric" and cfg.val_evaluator.ann_file.startswith("/datasets/")
+    head = cfg.model.roi_head
+    assert head.bbox_head.num_classes == head.mask_head.num_classes == CONFIGS[name]
+    if name.startswith("aisdiff"):
+        assert cfg.model.type == "AISDiff" and head.mask_head.type == "AISDiffMaskHead"
+        assert head.test_prior.type == ("NoPriors" if "noprior" in name else "OnTheFlyPriors")
+        assert cfg.train_dataloader.dataset.prior_store.startswith("/datasets/")
+    if name.endswith("synthetic.py"):  # small enough to build here (the others load ImageNet weights)
+        model = MODELS.build(cfg.model)
+        assert sum(p.numel() for p in model.parameters()) > 1_000_000

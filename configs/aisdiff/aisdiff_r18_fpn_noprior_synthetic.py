@@ -2,11 +2,4 @@
 _base_ = ['./aisdiff_r18_fpn_synthetic.py']
 model = dict(roi_head=dict(train_prior=dict(_delete_=True, type='NoPriors'),
                            test_prior=dict(_delete_=True, type='NoPriors')))
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAmodalAnnotations'),
-    dict(type='AmodalResize', scale=(384, 384), keep_ratio=True),
-    dict(type='AmodalRandomFlip', prob=0.5),
-    dict(type='PackAmodalInputs'),
-]
-train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+train_dataloader = dict(dataset=dict(pipeline={{_base_.train_pipeline_without_priors}}))

@@ -9,12 +9,5 @@ model = dict(
     backbone=dict(depth=18, init_cfg=None),
     neck=dict(in_channels=[64, 128, 256, 512]),
     roi_head=dict(bbox_head=dict(num_classes=7), mask_head=dict(num_classes=7)))
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAmodalAnnotations'),
-    dict(type='AmodalResize', scale=(384, 384), keep_ratio=True),
-    dict(type='AmodalRandomFlip', prob=0.5),
-    dict(type='PackAmodalInputs'),
-]
-train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+train_dataloader = dict(dataset=dict(pipeline={{_base_.train_pipeline_without_priors}}))
 default_hooks = dict(checkpoint=dict(interval=100), logger=dict(interval=10))

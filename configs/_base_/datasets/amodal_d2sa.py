@@ -1,36 +1,13 @@
 # D2SA under $AISDIFF_DATA/d2sa/: annotations/D2S_amodal_{training_rot0,validation}.json and images/.
-# Classes: the file's categories (60 supermarket items).
-dataset_type = 'AmodalDataset'
+# Classes: the file's categories (60 supermarket items). Pipelines and loaders as COCOA-cls.
+_base_ = ['./amodal_cocoa-cls.py']
 data_root = '{{$AISDIFF_DATA:data}}/d2sa/'
 prior_store = data_root + 'priors/d2sa_train.zarr'
 val_ann = data_root + 'annotations/D2S_amodal_validation.json'
-
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAmodalAnnotations'),
-    dict(type='LoadCachedPriors'),
-    dict(type='AmodalResize', scale=[(1333, 640), (1333, 672), (1333, 704), (1333, 736), (1333, 768), (1333, 800)],
-         keep_ratio=True),
-    dict(type='AmodalRandomFlip', prob=0.5),
-    dict(type='PackAmodalInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='AmodalResize', scale=(1333, 800), keep_ratio=True),
-    dict(type='PackAmodalInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
-]
-train_dataloader = dict(
-    batch_size=2, num_workers=4, persistent_workers=True,
-    sampler=dict(type='DefaultSampler', shuffle=True),
-    batch_sampler=dict(type='AspectRatioBatchSampler'),
-    dataset=dict(type=dataset_type, data_root=data_root, ann_file='annotations/D2S_amodal_training_rot0.json',
-                 data_prefix=dict(img='images/'), ann_format='d2sa', prior_store=prior_store,
-                 filter_cfg=dict(filter_empty_gt=True, min_size=32), pipeline=train_pipeline))
-val_dataloader = dict(
-    batch_size=1, num_workers=4, persistent_workers=True, drop_last=False,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(type=dataset_type, data_root=data_root, ann_file='annotations/D2S_amodal_validation.json',
-                 data_prefix=dict(img='images/'), ann_format='d2sa', test_mode=True, pipeline=test_pipeline))
+train_dataloader = dict(dataset=dict(data_root=data_root, ann_file='annotations/D2S_amodal_training_rot0.json',
+                                     data_prefix=dict(img='images/'), ann_format='d2sa', prior_store=prior_store))
+val_dataloader = dict(dataset=dict(data_root=data_root, ann_file='annotations/D2S_amodal_validation.json',
+                                   data_prefix=dict(img='images/'), ann_format='d2sa'))
 test_dataloader = val_dataloader
-val_evaluator = dict(type='AmodalMetric', ann_file=val_ann, ann_format='d2sa')
+val_evaluator = dict(ann_file=val_ann, ann_format='d2sa')
 test_evaluator = val_evaluator

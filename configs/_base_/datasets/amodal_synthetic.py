@@ -4,14 +4,14 @@ data_root = '{{$AISDIFF_DATA:data}}/synthetic/'
 classes = ('ball', 'box', 'triangle', 'star', 'cross', 'heart', 'moon')
 prior_store = data_root + 'priors_train.zarr'  # made by: aisdiff precompute --ann .../train.json --out THIS
 
-train_pipeline = [
+train_pipeline_without_priors = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAmodalAnnotations'),
-    dict(type='LoadCachedPriors'),
     dict(type='AmodalResize', scale=(384, 384), keep_ratio=True),
     dict(type='AmodalRandomFlip', prob=0.5),
     dict(type='PackAmodalInputs'),
 ]
+train_pipeline = train_pipeline_without_priors[:2] + [dict(type='LoadCachedPriors')] + train_pipeline_without_priors[2:]
 test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='AmodalResize', scale=(384, 384), keep_ratio=True),
