@@ -1,0 +1,88 @@
+"""`aisdiff inspect` on a complete, an in-progress and a damaged store; dask statistics checked with numpy."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.inspection import row_statistics
+from priors.store import PriorStore
+
+BIN = Path(sys.executable).parent
+
+
+def aisdiff(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "aisdiff"), *args], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def store(make_benchmark):
+    root = make_benchmark("kins2020", train_images=6, val_images=2, seed=11)
+    out = root / "priors.zarr"
+    proc = aisdiff("precompute", "--ann", str(root / "annotations" / "train.json"), "--images", str(root / "images"),
+                   "--out", str(out), "--chunk-rows", "8")
+    assert proc.returncode == 0, proc.stderr
+    return root, out
+
+
+def test_complete_store_report_and_picture(store, tmp_path):
+    root, path = store
+    png = tmp_path / "grid.png"
+    proc = aisdiff("inspect", str(path), "--ann", str(root / "annotations" / "train.json"), "--images",
+                   str(root / "images"), "--png", str(png), "--samples", "6", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    s = report["summary"]
+    n = len(PriorStore.open(path))
+    assert s["rows"] == s["done"] == n and s["missing"] == 0 and s["complete"]
+    assert s["by_source"] == {"ground truth": n, "proposal": 0}
+    assert sum(s["by_category"].values()) == n and set(s["by_category"]) <= {
+        "ball", "box", "triangle", "star", "cross", "heart", "moon"}
+    assert s["chunking"] == {"chunk_rows": 8, "chunks": -(-n // 8), "chunks_done": -(-n // 8)}
+    assert s["settings"]["steps"] == 10 and s["bytes"] > 0
+    assert sum(v["rows"] for v in report["categories"].values()) == n
+    iou = report["iou"]
+    assert iou["all"]["instances"] == n and 0 <= iou["all"]["prior_iou"] <= 1
+    assert iou["none"]["visible_iou"] == 1.0  # unoccluded: the visible mask is the amodal mask
+    assert iou["occluded > 10%"]["visible_iou"] < 1.0
+    with Image.open(png) as img:
+        img.load()
+        assert img.size == (int(2.1 * 5 * 80), int(2.1 * 6 * 80))  # 5 panels x 6 ROIs at 80 dpi
+    assert report["png_rows"] == 6 and report["png_columns"] == 5
+    text = aisdiff("inspect", str(path))
+    assert text.returncode == 0 and "per-category statistics" in text.stdout and "in progress" not in text.stdout
+
+
+def test_dask_statistics_equal_numpy(store):
+    _, path = store
+    st = PriorStore.open(path)
+    ours = row_statistics(st)
+    p = st.priors(slice(None)).astype(np.float32)
+    q = np.clip(p, 1e-6, 1 - 1e-6)
+    entropy = -(q * np.log2(q) + (1 - q) * np.log2(1 - q))
+    np.testing.assert_allclose(ours["mean"], p.mean(axis=(1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(ours["entropy"], entropy.mean(axis=(1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(ours["sharpness"], np.abs(2 * p - 1).mean(axis=(1, 2)), rtol=1e-6)
+
+
+def test_in_progress_and_damaged_stores(store, tmp_path):
+    _, path = store
+    st = PriorStore.open(path)
+    partial = tmp_path / "partial.zarr"
+    new = PriorStore.create(partial, st.settings, st.rows(), st.prior_size, chunk_rows=8)
+    new.write_chunk(0, st.priors(new.chunk_slice(0)))
+    proc = aisdiff("inspect", str(partial))
+    assert proc.returncode == 0, proc.stderr
+    assert f"done 8, missing {len(st) - 8}" in proc.stdout and "in progress" in proc.stdout
+    damaged = tmp_path / "damaged.zarr"
+    shutil.copytree(path, damaged)
+    shutil.rmtree(damaged / "prior")
+    proc = aisdiff("inspect", str(damaged))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "damaged prior store: missing arrays: prior" in proc.stderr
