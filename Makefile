@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml scripts/setup_env.sh
 	VENV=$(VENV) bash scripts/setup_env.sh
 	@touch $@
 
+# The main job on the synthetic benchmark and the tiny model; outputs in $(DEMO_DIR) (see scripts/demo.sh).
 demo: setup
-	$(VENV)/bin/aisdiff demo-data $(DEMO_DIR)/data --format kins2020 --train-images 100 --val-images 25 --seed 0
+	DEMO_DIR=$(DEMO_DIR) VENV=$(VENV) bash scripts/demo.sh
 
 # pytest exits 5 when it collects no test: make treats that (like any failure) as an error.
 test: setup

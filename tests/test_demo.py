@@ -1,0 +1,45 @@
+"""`make demo`'s script end to end at reduced sizes: every output, the metrics, the picture, and the rerun."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from priors.store import PriorStore
+
+REPO = Path(__file__).resolve().parents[1]
+VENV = Path(sys.executable).parent.parent
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_reruns_from_what_is_there(tmp_path):
+    out = tmp_path / "demo"
+    env = {**os.environ, "DEMO_DIR": str(out), "DEMO_TRAIN_IMAGES": "4", "DEMO_VAL_IMAGES": "2", "DEMO_ITERS": "2",
+           "VENV": os.path.relpath(VENV, REPO), "PYTHONWARNINGS": "ignore"}
+    first = subprocess.run(["bash", "scripts/demo.sh"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    for step in range(1, 6):
+        assert f"== {step}/5" in first.stdout
+    assert "| amodal |" in first.stdout and "| visible |" in first.stdout  # the AP table
+    assert "DiffSP priors" in first.stderr  # the precompute progress bar
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    for kind in ("amodal", "visible"):
+        for key in ("AP", "AP50", "AP75", "AR"):
+            assert 0.0 <= metrics[f"{kind}/{key}"] <= 1.0
+    store = PriorStore.open(out / "priors_train.zarr")
+    assert store.done().all() and len(store) > 0 and store.settings["model"]["id"] == "tiny"
+    assert (out / "iter_2.pth").is_file()
+    with Image.open(out / "priors.png") as img:
+        img.load()
+        assert img.size == (int(2.1 * 5 * 80), int(2.1 * 8 * 80))  # 8 sampled ROIs x 5 panels
+
+    again = subprocess.run(["bash", "scripts/demo.sh"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("reusing") == 3  # data, checkpoint, metrics
+    assert "computed now     0" in again.stdout
