@@ -172,7 +172,7 @@ def render(store: PriorStore, picked: list[int], ann: AmodalAnnotations | None, 
     columns = ["image in box", "visible", "occluder", "prior", "amodal GT"] if with_gt else ["prior"]
     fig, axes = plt.subplots(max(len(picked), 1), len(columns), figsize=(2.1 * len(columns), 2.1 * max(len(picked), 1)),
                              squeeze=False)
-    for i, r in enumerate(picked):
+    for i in range(len(picked)):
         box, source = rows.box[i], int(rows.source[i])
         label = f"{names.get(int(rows.category_id[i]), rows.category_id[i])}, image {rows.image_id[i]}"
         panels = {"prior": priors[i]}

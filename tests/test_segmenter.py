@@ -329,9 +329,9 @@ CONFIGS = {"aisdiff_r50_fpn_kins.py": 7, "aisdiff_r101_fpn_kins.py": 7, "aisdiff
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_every_config_builds_its_model_and_reads_data_roots_from_the_environment(name, monkeypatch):
-    from mmengine.config import Config
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
+    from mmengine.config import Config
 
     import segmenter  # noqa: F401
 
