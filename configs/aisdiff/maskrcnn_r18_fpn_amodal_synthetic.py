@@ -10,4 +10,7 @@ model = dict(
     neck=dict(in_channels=[64, 128, 256, 512]),
     roi_head=dict(bbox_head=dict(num_classes=7), mask_head=dict(num_classes=7)))
 train_dataloader = dict(dataset=dict(pipeline={{_base_.train_pipeline_without_priors}}))
+model.update(  # as aisdiff_r18_fpn_synthetic.py: at most 7 objects per scene
+    train_cfg=dict(rpn_proposal=dict(max_per_img=500), rcnn=dict(sampler=dict(num=256))),
+    test_cfg=dict(rpn=dict(max_per_img=500), rcnn=dict(max_per_img=50)))
 default_hooks = dict(checkpoint=dict(interval=100), logger=dict(interval=10))
