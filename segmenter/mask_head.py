@@ -2,7 +2,7 @@
 
 Occluder branch: conv3x3 -> non-local "GCN" block -> conv3x3, then deconv2x2/s2 + 1x1 -> occluder mask.
 Visible branch: input RoI feature + occluder feature, the same structure -> visible mask; the visible
-features -> FC -> category logits.
+features -> (global average pool) FC -> category logits.
 Shape Prior Amodal Predictor: conv3x3 stack on the RoI feature -> amodal feature; conv3x3 stack + sigmoid
 on it -> spatial attention, times the shape prior M_sp (resized to the feature size), times the amodal
 feature; deconv2x2/s2 + 1x1 -> amodal mask. Masks are class-agnostic (one channel).
@@ -30,6 +30,8 @@ class NonLocalBlock(nn.Module):
         inner = inner or max(channels // 2, 1)
         self.query, self.key, self.value = (nn.Conv2d(channels, inner, 1) for _ in range(3))
         self.out = nn.Conv2d(inner, channels, 1)
+        nn.init.zeros_(self.out.weight)  # starts as the identity (as non-local networks are initialized)
+        nn.init.zeros_(self.out.bias)
         self.scale = 1.0 / math.sqrt(inner)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -73,7 +75,7 @@ class AISDiffMaskHead(BaseModule):
         self.visible = OcclusionBranch(in_channels, conv_channels)
         if conv_channels != in_channels:  # visible input = RoI feature + occluder feature
             self.occluder_to_input = nn.Conv2d(conv_channels, in_channels, 1)
-        self.cls_fc = nn.Linear(conv_channels * roi_size * roi_size, num_classes)
+        self.cls_fc = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(conv_channels, num_classes))
         self.amodal_features = nn.Sequential(*[_conv3x3(in_channels if i == 0 else conv_channels, conv_channels)
                                                for i in range(num_amodal_convs)])
         attention = [_conv3x3(conv_channels, conv_channels) for _ in range(num_attention_convs - 1)]
@@ -89,7 +91,7 @@ class AISDiffMaskHead(BaseModule):
         vis_in = feats + (self.occluder_to_input(occ) if hasattr(self, "occluder_to_input") else occ)
         vis = self.visible.features(vis_in)
         return {"occluder": self.occluder.predictor(occ), "visible": self.visible.predictor(vis),
-                "cls": self.cls_fc(vis.flatten(1))}
+                "cls": self.cls_fc(vis)}
 
     def forward_amodal(self, feats: Tensor, priors: Tensor) -> Tensor:
         """Amodal mask logits [n, 1, 28, 28] from RoI features and shape priors [n, S, S] in [0, 1]."""
