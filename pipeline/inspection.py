@@ -208,8 +208,8 @@ def _gt_panels(ann: AmodalAnnotations, images: Path | None, image_id: int, ann_i
         image = read_image(images / info.file_name, (info.height, info.width)).float()[None] / 255
         crop = geometry.roi_resample(image, geometry.as_boxes(box), 4 * size)[0]
         panels["image in box"] = crop.permute(1, 2, 0).clamp(0, 1).numpy()
-    if source == SOURCE_GT and ann_id in {i.ann_id for i in ann.by_image(image_id)}:
-        inst = ann.instance(ann_id)
+    inst = ann.get(ann_id) if source == SOURCE_GT else None
+    if inst is not None:
         occ = masks.decode(ann.occluder_rles(image_id)[ann_id])
         framed = box_frame(np.stack([inst.visible_mask(), occ, inst.amodal_mask()]), box, 4 * size)
         panels.update({"visible": framed[0].numpy(), "occluder": framed[1].numpy(), "amodal GT": framed[2].numpy(),

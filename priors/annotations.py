@@ -415,6 +415,10 @@ class AmodalAnnotations:
     def instance(self, ann_id: int) -> Instance:
         return self._by_ann[ann_id]
 
+    def get(self, ann_id: int) -> Instance | None:
+        """The valid instance with this annotation id, or None."""
+        return self._by_ann.get(ann_id)
+
     def image_ids(self) -> list[int]:
         """Ids of images with at least one valid instance, sorted."""
         return sorted(self._by_image)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +49,6 @@ class AttentionSums:
     cross_sum: torch.Tensor | None = None  # [B, cross_res^2, tokens]
     self_count: int = 0
     cross_count: int = 0
-    layers: dict[str, int] = field(default_factory=dict)  # calls per captured layer (for checks)
 
     def add(self, kind: str, probs: torch.Tensor) -> None:
         mean = probs.mean(dim=1, dtype=torch.float32)  # over heads
@@ -108,7 +107,6 @@ class CaptureAttnProcessor:
             scores = scores + attention_mask[split:]
         probs = scores.float().softmax(dim=-1)  # float32 even for fp16/bf16 models: these maps are the output
         self.sums.add(self.kind, probs)
-        self.sums.layers[self.name] = self.sums.layers.get(self.name, 0) + 1
         outputs.append(probs.to(value.dtype) @ value[split:])
         out = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
         out = out.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(query.dtype)

@@ -159,8 +159,9 @@ class ProposalCachePriors:
         store = self._store = self._store or PriorStore.open(self.store_path)
         rows = store.rows_of_image(int(img_meta["img_id"]))
         meta = store.rows(rows) if len(rows) else None
-        candidates = rows[meta.source == SOURCE_PROPOSAL] if meta is not None else rows
-        stored = store.rows(candidates).box if len(candidates) else np.zeros((0, 4), np.float32)
+        proposal = meta.source == SOURCE_PROPOSAL if meta is not None else np.zeros(0, bool)
+        candidates = rows[proposal]
+        stored = meta.box[proposal] if meta is not None else np.zeros((0, 4), np.float32)
         scale = np.tile(np.asarray(img_meta["scale_factor"], dtype=np.float64), 2)
         original = boxes.detach().cpu().double().numpy() / scale
         priors = np.ones((len(original), store.prior_size, store.prior_size), np.float32)
