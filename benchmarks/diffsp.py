@@ -1,6 +1,6 @@
 """DiffSP throughput and peak memory: a naive baseline, plain denoising, and ours, side by side.
 
-    python benchmarks/diffsp.py                       # tiny model, CPU, batch 16
+    python benchmarks/diffsp.py                       # tiny-random model, CPU, batch 16
     python benchmarks/diffsp.py --real-arch --rois 2 --batch-size 1     # SD-1.5-inpaint architecture
     python benchmarks/diffsp.py --real-arch --device cuda --dtype fp16  # on a GPU
 
@@ -64,7 +64,7 @@ def make_model(args):
     from priors.models import DiffusionModel, build_sd15_inpaint_architecture, load_model, weights_sha256
 
     if not args.real_arch:
-        return load_model("tiny", dtype=args.dtype, device=args.device)
+        return load_model("tiny-random", dtype=args.dtype, device=args.device)
     from priors.models import DTYPES
 
     pipe = build_sd15_inpaint_architecture().to(device=args.device, dtype=DTYPES[args.dtype])
@@ -141,7 +141,7 @@ def main() -> None:
             if v not in results or r["rois_per_s"] > results[v]["rois_per_s"]:
                 results[v] = {**r, "peak_mb": max(r["peak_mb"], results.get(v, {}).get("peak_mb", 0))}
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
-    model = "SD-1.5-inpaint architecture, 512 px" if args.real_arch else "tiny model, 64 px"
+    model = "SD-1.5-inpaint architecture, 512 px" if args.real_arch else "tiny-random model, 64 px"
     print(f"DiffSP benchmark: {model}, {args.dtype}, {args.steps} steps, {args.rois} ROIs (best of {args.rounds} x {args.repeat}), "
           f"batch {args.batch_size}, "
           f"on {device} (torch {torch.__version__})")

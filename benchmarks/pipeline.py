@@ -1,7 +1,7 @@
 """Prior-precompute job: peak memory for N and 4N ROIs (it must stay flat: the job streams), and ROIs/s
 for 1 and 2 processes.
 
-    python benchmarks/pipeline.py [--images 16] [--model tiny] [--batch-size 16]
+    python benchmarks/pipeline.py [--images 16] [--model tiny-random] [--batch-size 16]
 
 Generates synthetic benchmarks of `--images` and 4x that many train images, runs `aisdiff precompute`
 on each (and `accelerate launch` with 2 CPU processes on the larger one), and prints a table. Peak RSS is
@@ -41,7 +41,7 @@ def timed_run(cmd: list[str]) -> tuple[float, float, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=16, help="train images of the small run (default 16)")
-    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--model", default="tiny-random")
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="aisdiff-bench-"))

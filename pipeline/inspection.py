@@ -88,17 +88,6 @@ def category_statistics(store: PriorStore, names: dict[int, str], stats: dict[st
 
 
 # -- IoU against the ground truth ------------------------------------------------------------------
-def box_frame(instance_masks: np.ndarray, box, size: int) -> torch.Tensor:
-    """Masks [n, H, W] of one image resampled onto a box's S x S cells (cell centres, > 0.5)."""
-    src = torch.from_numpy(instance_masks.astype(np.float32))[:, None]
-    return geometry.roi_resample(src, geometry.as_boxes(box).expand(len(src), 4), size)[:, 0] > 0.5
-
-
-def iou(a: torch.Tensor, b: torch.Tensor) -> float:
-    union = (a | b).sum().item()
-    return (a & b).sum().item() / union if union else 1.0
-
-
 def gt_ious(store: PriorStore, ann: AmodalAnnotations, threshold: float) -> list[dict]:
     """For every done ground-truth row: occlusion rate, IoU(prior > t, amodal), IoU(visible, amodal)."""
     rows, done = store.rows(), store.done()
@@ -111,11 +100,11 @@ def gt_ious(store: PriorStore, ann: AmodalAnnotations, threshold: float) -> list
         priors = torch.from_numpy(store.priors(idx))
         for prior, r in zip(priors, idx, strict=True):
             inst = _instance(ann, int(rows.ann_id[r]), store)
-            amodal, visible = box_frame(np.stack([inst.amodal_mask(), inst.visible_mask()]), rows.box[r],
+            amodal, visible = geometry.masks_in_box(np.stack([inst.amodal_mask(), inst.visible_mask()]), rows.box[r],
                                         store.prior_size)
             out.append({"row": r, "ann_id": inst.ann_id, "category": inst.category,
-                        "occlusion": inst.occlusion_rate, "prior_iou": iou(prior > threshold, amodal),
-                        "visible_iou": iou(visible, amodal)})
+                        "occlusion": inst.occlusion_rate, "prior_iou": geometry.mask_iou(prior > threshold, amodal),
+                        "visible_iou": geometry.mask_iou(visible, amodal)})
     return out
 
 
@@ -211,7 +200,7 @@ def _gt_panels(ann: AmodalAnnotations, images: Path | None, image_id: int, ann_i
     inst = ann.get(ann_id) if source == SOURCE_GT else None
     if inst is not None:
         occ = masks.decode(ann.occluder_rles(image_id)[ann_id])
-        framed = box_frame(np.stack([inst.visible_mask(), occ, inst.amodal_mask()]), box, 4 * size)
+        framed = geometry.masks_in_box(np.stack([inst.visible_mask(), occ, inst.amodal_mask()]), box, 4 * size)
         panels.update({"visible": framed[0].numpy(), "occluder": framed[1].numpy(), "amodal GT": framed[2].numpy(),
                        "occlusion": inst.occlusion_rate})
     return panels

@@ -46,6 +46,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="tiny", help="'tiny', a local diffusers folder or a hub id (default: tiny)")
     p.add_argument("--steps", type=int, default=10, help="DDIM steps T (default: 10)")
     p.add_argument("--tau", type=int, default=4, help="self-attention power (default: 4)")
+    p.add_argument("--self-res", type=int, help="self-attention token grid side (default: latent / 2)")
+    p.add_argument("--cross-res", type=int, help="cross-attention token grid side (default: latent / 4)")
+    p.add_argument("--resolution", type=int, help="model input size in pixels (default: the model's native size)")
     p.add_argument("--prior-size", type=int, default=28, help="stored prior size S (default: 28)")
     p.add_argument("--context", type=float, default=DiffSPConfig.context, help="crop side / longer box side")
     p.add_argument("--prompt", default=DiffSPConfig.prompt, help="text template with {category}")
@@ -119,9 +122,14 @@ def run(args: argparse.Namespace) -> int:
         raise AisdiffError(f"{args.ann}: no valid ROI to compute (all records invalid, or an empty file).")
 
     model = load_model(args.model, dtype=args.dtype, device=accelerator.device)
-    diffsp = DiffSP(model, DiffSPConfig(steps=args.steps, tau=args.tau, prior_size=args.prior_size,
-                                        context=args.context, prompt=args.prompt, guidance_scale=args.guidance_scale,
-                                        mask_mode=args.mask_mode, seed=args.seed))
+    try:
+        config = DiffSPConfig(steps=args.steps, tau=args.tau, prior_size=args.prior_size, resolution=args.resolution,
+                              self_res=args.self_res, cross_res=args.cross_res, context=args.context,
+                              prompt=args.prompt, guidance_scale=args.guidance_scale, mask_mode=args.mask_mode,
+                              seed=args.seed)
+        diffsp = DiffSP(model, config)
+    except ValueError as exc:
+        raise AisdiffError(f"DiffSP settings for {args.model}: {exc}") from None
     settings = {**diffsp.attrs, "annotations": annotations.sha256(), "annotation_format": annotations.format,
                 "proposals": sha256_file(args.proposals) if args.proposals else None}
     if main:  # one process creates (or checks) the store; the others open it after the barrier

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from . import geometry
-from .attention import capture_attention
+from .attention import capture_attention, layer_resolutions
 from .models import DiffusionModel
 
 MASK_MODES = ("occluder", "invisible")
@@ -54,6 +54,12 @@ class DiffSPConfig:
             raise ValueError(f"mask_mode must be one of {MASK_MODES}, not {cfg.mask_mode!r}")
         if "{category}" not in cfg.prompt:
             raise ValueError(f"the prompt template {cfg.prompt!r} needs a '{{category}}' placeholder")
+        layers = layer_resolutions(model.pipe.unet, latent).values()
+        for kind, res in (("self", cfg.self_res), ("cross", cfg.cross_res)):
+            present = sorted({r for k, r in layers if k == kind})
+            if res not in present:
+                raise ValueError(f"{kind}_res {res}: the UNet has {kind}-attention at {present} for input "
+                                 f"{resolution} px (latent {latent}); choose among those")
         if cfg.steps < 1 or cfg.tau < 0 or cfg.prior_size < 1 or cfg.context < 1.0:
             raise ValueError("need steps >= 1, tau >= 0, prior_size >= 1 and context >= 1")
         return cfg
@@ -199,25 +205,31 @@ class DiffSP:
                 latents = self.scheduler.step(eps, t, latents).prev_sample
         return latents
 
-    def __call__(self, batch: RoiBatch) -> torch.Tensor:
-        """Priors [N, S, S] in [0, 1] (float32, on the model's device), each covering its ROI box."""
+    def attention(self, batch: RoiBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Denoise under attention capture: averaged self-attention [N, s*s, s*s], cross-attention [N, c*c, L]
+        and the category token weights [N, L]."""
         cfg = self.config
         with capture_attention(self.pipe.unet, self.latent_size, cfg.self_res, cfg.cross_res,
                                cond_only=cfg.guidance_scale > 1.0) as sums:
             self.denoise(batch)
         a_self, a_cross = sums.means()
         _, weights = self._text_for(batch.categories)
-        return self.priors_from_attention(a_self, a_cross, weights, batch.boxes)
+        return a_self, a_cross, weights
+
+    def __call__(self, batch: RoiBatch) -> torch.Tensor:
+        """Priors [N, S, S] in [0, 1] (float32, on the model's device), each covering its ROI box."""
+        return self.priors_from_attention(*self.attention(batch), batch.boxes)
 
     def priors_from_attention(self, a_self: torch.Tensor, a_cross: torch.Tensor, token_weights: torch.Tensor,
-                              boxes: torch.Tensor) -> torch.Tensor:
-        """`M_sp = (A_S)^tau . A_C` from averaged maps: a_self [N, s*s, s*s], a_cross [N, c*c, L]."""
+                              boxes: torch.Tensor, tau: int | None = None) -> torch.Tensor:
+        """`M_sp = (A_S)^tau . A_C` from averaged maps: a_self [N, s*s, s*s], a_cross [N, c*c, L].
+        `tau` overrides the configured power (to tune it without recomputing the attention)."""
         cfg, n = self.config, len(boxes)
         a_c = torch.bmm(a_cross, token_weights[:, :, None].to(a_cross))  # [N, c*c, 1]
         a_c = F.interpolate(a_c.view(n, 1, cfg.cross_res, cfg.cross_res), size=(cfg.self_res, cfg.self_res),
                             mode="bilinear", align_corners=False).view(n, -1, 1)
         prior = a_c
-        for _ in range(cfg.tau):  # (A_S)^tau . A_C as tau mat-vec products: no matrix power is formed
+        for _ in range(cfg.tau if tau is None else tau):  # (A_S)^tau . A_C as tau mat-vec products: no matrix power is formed
             prior = torch.bmm(a_self, prior)
         prior = prior.view(n, cfg.self_res, cfg.self_res)
         lo = prior.amin(dim=(1, 2), keepdim=True)

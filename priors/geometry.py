@@ -7,6 +7,7 @@ outside the source, so mapping a box onto itself is the identity.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -79,3 +80,16 @@ def paste_priors(priors: torch.Tensor, boxes: torch.Tensor, height: int, width: 
     # the whole image in each prior's cell coordinates, sampled at every pixel centre
     region = boxes_in_frame(image_frame.expand(len(boxes), 4), as_boxes(boxes, priors.device), priors.shape[-1])
     return roi_resample(priors[:, None].double(), region, (height, width))[:, 0].float()
+
+
+def masks_in_box(instance_masks: np.ndarray, box, size: int) -> torch.Tensor:
+    """Masks [n, H, W] of one image resampled onto one box's size x size cells (cell centres, > 0.5): the
+    frame in which priors are compared with ground truth."""
+    src = torch.from_numpy(instance_masks.astype(np.float32))[:, None]
+    return roi_resample(src, as_boxes(box).expand(len(src), 4), size)[:, 0] > 0.5
+
+
+def mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    """IoU of two boolean masks (1 when both are empty)."""
+    union = (a | b).sum().item()
+    return (a & b).sum().item() / union if union else 1.0

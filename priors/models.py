@@ -4,10 +4,12 @@
 device and dtype, plus an identity (name and a sha256 of the weights) that prior stores record.
 Weights load from safetensors only: pickle checkpoints are refused.
 
-The tiny model uses the same classes as Stable Diffusion inpainting (UNet2DConditionModel with 9 input
-channels and cross-attention, AutoencoderKL, CLIPTextModel, CLIPTokenizer), built from configs with
-weights drawn from a seed, and a byte-level BPE vocabulary generated here so that category names
-tokenize. It stands in for Stable Diffusion where no weights can be downloaded.
+Two tiny models stand in for Stable Diffusion where no weights can be downloaded; both use its classes
+(UNet2DConditionModel with 9 input channels and cross-attention, AutoencoderKL, CLIPTextModel,
+CLIPTokenizer with a byte-level BPE vocabulary generated here so that category names tokenize):
+- `tiny`: trained on the synthetic benchmark's train split (`aisdiff train-diffusion`), shipped in
+  `priors/weights/tiny-shapes/` and loaded with `from_pretrained` like real weights: its attention knows shapes.
+- `tiny-random`: built from configs with weights drawn from a seed: fast, for speed and mechanics only.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import torch
 from .errors import AisdiffError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-TINY_MODELS = ("tiny", "tiny-random")
+TINY_MODEL_DIR = Path(__file__).resolve().parent / "weights" / "tiny-shapes"  # the trained `tiny` model
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 COMPONENTS = ("unet", "vae", "text_encoder")
 
@@ -147,33 +149,39 @@ def _tie_self_attention(unet, gain: float) -> None:
                 module.to_k.weight.copy_(module.to_q.weight)
 
 
-def build_tiny_pipeline(seed: int = 0):
-    """The tiny inpainting pipeline: 64 px input, VAE factor 4, latent 16x16, random weights from `seed`.
+def build_tiny_pipeline(seed: int = 0, *, sample_size: int = 16, unet_channels: tuple[int, ...] = (16, 16, 32, 32),
+                        heads: int = 1, text_width: int = 32, vae_channels: tuple[int, ...] = (16, 32, 32),
+                        words: tuple[str, ...] = TINY_WORDS, qk_gain: float | None = TINY_QK_GAIN,
+                        scaling_factor: float = 0.18215):
+    """A small inpainting pipeline in Stable Diffusion's layout with weights drawn from `seed`.
 
-    The UNet has Stable Diffusion's block layout (attention at latent, latent/2 and latent/4; none at
-    latent/8), so DiffSP's defaults carry over: self-attention at latent/2 = 8, cross-attention at
-    latent/4 = 4. It is sized for speed (tests, demo, benchmarks), not for the quality of its priors.
+    The defaults are `tiny-random`: 64 px input, VAE factor 4, latent 16x16, attention at latent, latent/2
+    and latent/4 (none at latent/8), so DiffSP's defaults carry over (self 8, cross 4), with tied
+    self-attention (`qk_gain`); sized for speed, not for its priors. `aisdiff train-diffusion` trains a
+    wider one (untied, `qk_gain=None`) from the same builder.
     """
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    tokenizer = tiny_tokenizer()
+    tokenizer = tiny_tokenizer(words)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(  # Stable Diffusion's layout, narrower, one layer per block, one head
-            sample_size=16, in_channels=9, out_channels=4, layers_per_block=1, block_out_channels=(16, 16, 32, 32),
-            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        unet = UNet2DConditionModel(  # Stable Diffusion's layout, narrower, one layer per block
+            sample_size=sample_size, in_channels=9, out_channels=4, layers_per_block=1,
+            block_out_channels=unet_channels, down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-            cross_attention_dim=32, attention_head_dim=1, norm_num_groups=16)
-        _tie_self_attention(unet, TINY_QK_GAIN)
+            cross_attention_dim=text_width, attention_head_dim=heads, norm_num_groups=16)
+        if qk_gain is not None:
+            _tie_self_attention(unet, qk_gain)
         vae = AutoencoderKL(
             in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
-            up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(16, 32, 32), latent_channels=4,
-            layers_per_block=1, norm_num_groups=16, sample_size=64, scaling_factor=0.18215)
+            up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=vae_channels, latent_channels=4,
+            layers_per_block=1, norm_num_groups=16, sample_size=sample_size * 4, scaling_factor=scaling_factor)
         text_encoder = CLIPTextModel(CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+            vocab_size=len(tokenizer), hidden_size=text_width, intermediate_size=2 * text_width,
+            num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id))
     return StableDiffusionInpaintPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
         scheduler=DDIMScheduler(**SCHEDULER_CONFIG), safety_checker=None, feature_extractor=None,
@@ -239,18 +247,22 @@ def _refuse_pickle_weights(folder: Path) -> None:
 
 
 def load_model(model: str, dtype: str = "fp32", device: str | torch.device = "cpu") -> DiffusionModel:
-    """Load an inpainting pipeline by name: 'tiny' / 'tiny-random' (built offline), a local diffusers folder,
-    or a Hugging Face hub id (from the local cache when offline). The scheduler becomes DDIM."""
+    """Load an inpainting pipeline by name: 'tiny' (the shipped trained model), 'tiny-random' (built offline),
+    a local diffusers folder, or a Hugging Face hub id (from the local cache when offline). The scheduler
+    becomes DDIM."""
     _quiet_torchvision_notice()
     from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline
 
     if dtype not in DTYPES:
         raise AisdiffError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    if model in TINY_MODELS:
+    if model == "tiny-random":
         pipe = build_tiny_pipeline(seed=0)
         name = model
     else:
-        path = Path(model).expanduser()
+        path = TINY_MODEL_DIR if model == "tiny" else Path(model).expanduser()
+        if model == "tiny" and not path.is_dir():
+            raise AisdiffError(f"the shipped tiny model is missing ({path}); restore it from git, or retrain it "
+                               "with `aisdiff train-diffusion` (see its model card).")
         if path.suffix in PICKLE_SUFFIXES or path.suffix == ".safetensors":
             raise AisdiffError(f"{model}: single-file checkpoints are not supported"
                                + (" (and pickle files are refused)" if path.suffix in PICKLE_SUFFIXES else "")
@@ -265,10 +277,10 @@ def load_model(model: str, dtype: str = "fp32", device: str | torch.device = "cp
             raise AisdiffError(
                 f"could not load the inpainting model {model!r}: {exc}. Pass a local diffusers folder, or a hub id "
                 "that is in the Hugging Face cache (HF_HOME) when there is no network.") from None
-        name = str(path.resolve()) if path.exists() else model
+        name = model if model == "tiny" else str(path.resolve()) if path.exists() else model
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    if model in TINY_MODELS and dtype != "fp32":  # built in fp32; loaded models come in `dtype`
+    if model == "tiny-random" and dtype != "fp32":  # built in fp32; loaded models come in `dtype`
         pipe = pipe.to(dtype=DTYPES[dtype])
     pipe = pipe.to(device=device)
     return DiffusionModel(pipe=pipe, name=name, weights_sha256=weights_sha256(pipe), dtype=dtype)

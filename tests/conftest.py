@@ -36,4 +36,4 @@ def tiny_model():
     """The tiny random inpainting model on the CPU (built once per session)."""
     from priors.models import load_model
 
-    return load_model("tiny")
+    return load_model("tiny-random")

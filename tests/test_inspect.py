@@ -3,22 +3,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import aisdiff
 from PIL import Image
 
 from pipeline.inspection import row_statistics
 from priors.store import PriorStore
-
-BIN = Path(sys.executable).parent
-
-
-def aisdiff(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "aisdiff"), *args], capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")

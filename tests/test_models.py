@@ -28,7 +28,7 @@ def test_tiny_model_is_deterministic_and_uses_the_stable_diffusion_classes(tiny_
     assert isinstance(pipe.tokenizer, CLIPTokenizer)
     assert tiny_model.resolution == 64
     assert weights_sha256(build_tiny_pipeline()) == tiny_model.weights_sha256
-    assert tiny_model.identity == {"id": "tiny", "weights_sha256": tiny_model.weights_sha256}
+    assert tiny_model.identity == {"id": "tiny-random", "weights_sha256": tiny_model.weights_sha256}
 
 
 def test_tiny_tokenizer_knows_the_category_names():
@@ -65,12 +65,12 @@ def test_unusable_folders_and_hub_ids_give_clear_errors(tmp_path):
     with pytest.raises(AisdiffError, match="could not load the inpainting model 'nobody/not-a-cached-model'"):
         load_model("nobody/not-a-cached-model")  # HF_HUB_OFFLINE=1 in the tests: nothing is fetched
     with pytest.raises(AisdiffError, match="unknown dtype 'fp8'"):
-        load_model("tiny", dtype="fp8")
+        load_model("tiny-random", dtype="fp8")
 
 
 def test_bf16_runs_on_cpu():
-    model = load_model("tiny", dtype="bf16")
+    model = load_model("tiny-random", dtype="bf16")
     assert model.pipe.unet.dtype == torch.bfloat16 and model.dtype == "bf16"
     priors = DiffSP(model)(_batch())
     assert torch.isfinite(priors).all() and priors.min() >= 0 and priors.max() <= 1
-    assert model.weights_sha256 != load_model("tiny").weights_sha256  # the identity includes the dtype
+    assert model.weights_sha256 != load_model("tiny-random").weights_sha256  # the identity includes the dtype

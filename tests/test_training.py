@@ -1,0 +1,93 @@
+"""Training the small inpainting model: examples, the `aisdiff train-diffusion` command end to end, tuning."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import aisdiff
+
+from priors.annotations import AmodalAnnotations
+from priors.training.crops import MIN_VISIBLE_FRACTION, box_masks, load_object_crops, sample_batch
+
+
+@pytest.fixture(scope="module")
+def crops(make_benchmark):
+    root = make_benchmark("kins2020", train_images=6, val_images=2, seed=0)
+    ann = AmodalAnnotations(root / "annotations" / "train.json", images_dir=root / "images")
+    return ann, load_object_crops(ann, 64, progress=False)
+
+
+def test_crops_are_the_unoccluded_instances(crops):
+    ann, c = crops
+    whole = [i for i in ann if i.occlusion_rate == 0]
+    assert len(c) == len(whole) > 0
+    assert c.images.shape == (len(whole), 3, 64, 64) and c.amodal.shape == (len(whole), 1, 64, 64)
+    assert c.categories == sorted(set(ann.categories.values()))
+    # DiffSP's crop: the box's longer side spans 64 / 1.2 pixels, centred
+    side = (c.boxes[:, 2:] - c.boxes[:, :2]).amax(1)
+    assert torch.allclose(side, torch.full_like(side, 64 / 1.2), atol=1e-3)
+    # every amodal mask lies in its box
+    assert (c.amodal * (1 - box_masks(c.boxes, 64))).sum() == 0
+
+
+def test_examples_are_consistent_and_reproducible(crops):
+    _, c = crops
+    first = sample_batch(c, 64, torch.Generator().manual_seed(3))
+    again = sample_batch(c, 64, torch.Generator().manual_seed(3))
+    assert torch.equal(first.masked, again.masked) and torch.equal(first.hole, again.hole)
+    amodal = (first.target != 0).any(1, keepdim=True).float()
+    visible = (first.masked != 0).any(1, keepdim=True).float()
+    assert (visible * (1 - amodal)).sum() == 0  # visible pixels are object pixels
+    assert (first.hole * visible).sum() == 0  # the hole never covers a visible pixel
+    kept = visible.sum((1, 2, 3)) / amodal.sum((1, 2, 3))
+    assert (kept >= MIN_VISIBLE_FRACTION - 0.02).all()  # (a few object pixels are exactly black: 0 in [-1, 1])
+    assert (kept < 0.99).any() and (first.hole.sum((1, 2, 3)) > 0).float().mean() > 0.5  # occluders happen
+
+
+def test_train_diffusion_end_to_end(make_benchmark, tmp_path):
+    """A few steps at 32 px: the saved folder is a diffusers model that load_model and DiffSP use."""
+    from priors.diffsp import DiffSP, DiffSPConfig, prepare_rois
+    from priors.models import load_model
+
+    root = make_benchmark("kins2020", train_images=6, val_images=2, seed=0)
+    out = tmp_path / "model"
+    proc = aisdiff("train-diffusion", "--ann", str(root / "annotations" / "train.json"), "--images",
+                   str(root / "images"), "--out", str(out), "--resolution", "32", "--vae-steps", "2",
+                   "--unet-steps", "3", "--batch-size", "4", "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("model_index.json", "README.md", "loss.png", "losses.json", "train_config.json",
+                 "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+                 "text_encoder/model.safetensors"):
+        assert (out / name).is_file(), name
+    losses = json.loads((out / "losses.json").read_text())
+    assert len(losses["vae"]) == 2 and len(losses["unet"]) == 3
+    assert "a photo of a {category}" in (out / "README.md").read_text()
+    model = load_model(str(out))
+    assert model.resolution == 32 and model.pipe.unet.config.in_channels == 9
+    diffsp = DiffSP(model, DiffSPConfig(steps=2, self_res=8, cross_res=4))
+    image = torch.rand(3, 40, 40)
+    vis = torch.zeros(1, 40, 40, dtype=torch.bool)
+    vis[0, 10:30, 10:20] = True
+    batch = prepare_rois(image, [[8, 8, 32, 32]], vis, ~vis, ["star"], [1], 32, 1.2)
+    prior = diffsp(batch)
+    assert prior.shape == (1, 28, 28) and torch.isfinite(prior).all()
+
+    again = aisdiff("train-diffusion", "--ann", str(root / "annotations" / "train.json"), "--images",
+                    str(root / "images"), "--out", str(out))
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def test_tune_diffsp_reports_the_visible_baseline(make_benchmark, tmp_path):
+    root = make_benchmark("kins2020", train_images=6, val_images=2, seed=0)
+    report = tmp_path / "tune.json"
+    proc = aisdiff("tune-diffsp", "--ann", str(root / "annotations" / "train.json"), "--images", str(root / "images"),
+                   "--model", "tiny-random", "--tau", "1", "2", "--thresholds", "0.3", "0.5", "--limit", "6",
+                   "--json", str(report))
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(report.read_text())
+    assert len(data["results"]) == 4  # 2 taus x 2 thresholds
+    assert {r["settings"]["tau"] for r in data["results"]} == {1, 2}
+    assert 0 < data["baseline"]["prior_iou"] < 1 and "visible mask" in proc.stdout
+    scores = [r["prior_iou"] for r in data["results"]]
+    assert scores == sorted(scores, reverse=True)
