@@ -7,6 +7,7 @@
   detected box, batched per image; with `store=`, its settings are checked against that store's.
 - `ProposalCachePriors` (testing): priors of proposal rows (source 1) of a store, matched by image and box.
 - `NoPriors`: a prior of 1 everywhere (the ablation).
+- `OraclePriors`: the ground-truth amodal mask itself as the prior (the ceiling a shape prior can reach).
 Providers are plain objects (not modules): the diffusion model's weights never enter a checkpoint.
 """
 from __future__ import annotations
@@ -197,3 +198,53 @@ class NoPriors:
 
     def test_priors(self, head, index, boxes, visible, occluder, labels, img_meta) -> Tensor:
         return torch.ones(len(boxes), self.prior_size, self.prior_size, device=boxes.device)
+
+
+@MODELS.register_module()
+class OraclePriors:
+    """The ground-truth amodal mask as the prior: the ceiling of what a shape prior can give the head.
+
+    Training: each positive proposal gets its assigned ground truth's amodal mask cropped to the proposal
+    box (as mask targets are made). Testing: each detection gets the amodal mask of the ground truth of the
+    same class whose amodal box overlaps it most (from `ann_file`; classes are its categories in id order,
+    as the dataset configs list them), resampled onto the detection box; a
+    detection that overlaps no ground truth of its class gets a prior of 0. Not a method: a measurement.
+    """
+
+    needs_images = needs_masks = False
+
+    def __init__(self, ann_file: str | None = None, prior_size: int = 28) -> None:
+        self.ann_file, self.prior_size = ann_file, prior_size
+        self._ann = None
+
+    def training_priors(self, head, sampling_results, batch_gt_instances) -> Tensor:
+        out = []
+        for res, gt in zip(sampling_results, batch_gt_instances, strict=True):
+            idx = res.pos_assigned_gt_inds.cpu().numpy()
+            out.append(gt.masks.crop_and_resize(res.pos_priors, (self.prior_size, self.prior_size), idx,
+                                                device=res.pos_priors.device).to_tensor(torch.float32,
+                                                                                        res.pos_priors.device))
+        return torch.cat(out)
+
+    def test_priors(self, head, index, boxes, visible, occluder, labels, img_meta) -> Tensor:
+        from priors import masks
+        from priors.annotations import AmodalAnnotations
+
+        if self.ann_file is None:
+            raise AisdiffError("OraclePriors needs ann_file=... (the ground truth) to give test priors")
+        self._ann = self._ann or AmodalAnnotations(self.ann_file)
+        priors = boxes.new_zeros((len(boxes), self.prior_size, self.prior_size))
+        gts = self._ann.by_image(int(img_meta["img_id"]))
+        if not gts or not len(boxes):
+            return priors
+        original = boxes.detach().cpu().double() / boxes.new_tensor(img_meta["scale_factor"]).double().repeat(2)
+        overlap = masks.box_iou_xyxy(original.numpy(), np.array([g.amodal_box for g in gts], dtype=np.float64))
+        label_of = {cat_id: i for i, cat_id in enumerate(sorted(self._ann.categories))}  # classes in id order
+        for i, label in enumerate(labels.tolist()):
+            same = [j for j, g in enumerate(gts) if label_of[g.category_id] == label]
+            if not same or overlap[i, same].max() <= 0:
+                continue
+            best = gts[same[int(np.argmax(overlap[i, same]))]]
+            mask = torch.from_numpy(best.amodal_mask().astype(np.float32))[None, None]
+            priors[i] = geometry.roi_resample(mask, original[i:i + 1], self.prior_size)[0, 0].to(priors)
+        return priors

@@ -237,6 +237,42 @@ def test_cache_provider_warp_matches_the_store_warp_on_exact_cases():
     assert (out[2, :, 25:] == 0).all()
 
 
+def test_oracle_priors_are_the_ground_truth_amodal_masks(data):
+    from mmdet.structures.mask import BitmapMasks
+    from mmengine.structures import InstanceData
+
+    from priors.annotations import AmodalAnnotations
+    from segmenter.prior_providers import OraclePriors
+
+    full = np.zeros((2, 64, 64), np.uint8)
+    full[0, 10:40, 20:50] = 1
+    full[1, 0:32, 0:16] = 1
+    gt = InstanceData(masks=BitmapMasks(full, 64, 64))
+    boxes = torch.tensor([[20.0, 10.0, 50.0, 40.0], [0.0, 0.0, 16.0, 32.0], [20.0, 10.0, 80.0, 40.0]])
+    sampling = InstanceData(pos_assigned_gt_inds=torch.tensor([0, 1, 0]), pos_priors=boxes)
+    out = OraclePriors().training_priors(None, [sampling], [gt])
+    assert out.shape == (3, 28, 28) and (out[:2] == 1).all()  # a box that is the mask's box: all mask
+    assert out[2, :, :12].min() == 1 and out[2, :, 16:].max() == 0  # twice as wide: the left half
+
+    val = data / "synthetic" / "annotations" / "val.json"
+    ann = AmodalAnnotations(val)
+    inst = next(iter(ann))
+    label = sorted(ann.categories).index(inst.category_id)
+    oracle = OraclePriors(ann_file=str(val))
+    meta = {"img_id": inst.image_id, "scale_factor": (2.0, 2.0)}  # detections in a 2x network input
+    box = torch.tensor([inst.amodal_box]) * 2
+    far = torch.tensor([[5000.0, 5000.0, 5010.0, 5010.0]])  # outside the image: overlaps no ground truth
+    absent = next(i for i, c in enumerate(sorted(ann.categories))
+                  if c not in {g.category_id for g in ann.by_image(inst.image_id)})
+    priors = oracle.test_priors(None, 0, torch.cat([box, box, far]), None, None,
+                                torch.tensor([label, absent, label]), meta)
+    expected = geometry.roi_resample(torch.from_numpy(inst.amodal_mask().astype(np.float32))[None, None],
+                                     torch.tensor([inst.amodal_box]), 28)[0, 0]
+    torch.testing.assert_close(priors[0], expected)
+    assert priors[1].max() == 0  # a class with no ground truth in the image
+    assert priors[2].max() == 0  # overlaps no ground truth
+
+
 # -- metric ----------------------------------------------------------------------------------------
 def test_metric_equals_a_direct_cocoeval_on_the_json_results(data, tmp_path):
     from pycocotools.coco import COCO
@@ -324,7 +360,8 @@ def test_mmdet_tools_train_runs_the_config(data, tmp_path):
 
 CONFIGS = {"aisdiff_r50_fpn_kins.py": 7, "aisdiff_r101_fpn_kins.py": 7, "aisdiff_regnetx-3.2gf_fpn_kins.py": 7,
            "aisdiff_r50_fpn_cocoa-cls.py": 80, "aisdiff_r50_fpn_d2sa.py": 60, "aisdiff_r18_fpn_synthetic.py": 7,
-           "aisdiff_r18_fpn_noprior_synthetic.py": 7, "maskrcnn_r18_fpn_amodal_synthetic.py": 7}
+           "aisdiff_r18_fpn_noprior_synthetic.py": 7, "aisdiff_r18_fpn_oracle_synthetic.py": 7,
+           "maskrcnn_r18_fpn_amodal_synthetic.py": 7}
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
