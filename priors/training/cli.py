@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     (tmp / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     (tmp / "losses.json").write_text(json.dumps({k: [round(v, 5) for v in vals] for k, vals in losses.items()}))
     plot_losses(losses, tmp / "loss.png")
-    data = {"ann": Path(args.ann).name, "sha256": annotations.sha256, "images": len(annotations.images),
+    data = {"ann": Path(args.ann).name, "sha256": annotations.sha256(), "images": len(annotations.images),
             "instances": len(annotations), "scaling_factor": pipe.vae.config.scaling_factor}
     command = "aisdiff " + shlex.join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("aisdiff") else \
         f"aisdiff train-diffusion --ann {shlex.quote(args.ann)} --out {shlex.quote(str(out))} --seed {cfg.seed}"
