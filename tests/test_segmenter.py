@@ -382,7 +382,8 @@ def test_every_config_builds_its_model_and_reads_data_roots_from_the_environment
     assert head.bbox_head.num_classes == head.mask_head.num_classes == CONFIGS[name]
     if name.startswith("aisdiff"):
         assert cfg.model.type == "AISDiff" and head.mask_head.type == "AISDiffMaskHead"
-        assert head.test_prior.type == ("NoPriors" if "noprior" in name else "OnTheFlyPriors")
+        expected = "NoPriors" if "noprior" in name else "OraclePriors" if "oracle" in name else "OnTheFlyPriors"
+        assert head.test_prior.type == expected
         assert cfg.train_dataloader.dataset.prior_store.startswith("/datasets/")
     if name.endswith("synthetic.py"):  # small enough to build here (the others load ImageNet weights)
         model = MODELS.build(cfg.model)
