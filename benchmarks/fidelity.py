@@ -135,7 +135,7 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[
 
 
 def value(metrics: dict, part: str, name: str) -> float | None:
-    v = metrics.get(part, {}).get(name)
+    v = metrics.get(f"{part}/{name}")  # (the metrics.json of `aisdiff test`: flat "amodal/AP" keys)
     return None if v is None or v < 0 else float(v)
 
 
