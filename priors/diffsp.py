@@ -213,8 +213,11 @@ class DiffSP:
                                cond_only=cfg.guidance_scale > 1.0) as sums:
             self.denoise(batch)
         a_self, a_cross = sums.means()
-        _, weights = self._text_for(batch.categories)
-        return a_self, a_cross, weights
+        return a_self, a_cross, self.token_weights(batch.categories)
+
+    def token_weights(self, categories: list[str]) -> torch.Tensor:
+        """Weights [N, L] that average the cross-attention over each category's own prompt tokens."""
+        return self._text_for(categories)[1]
 
     def __call__(self, batch: RoiBatch) -> torch.Tensor:
         """Priors [N, S, S] in [0, 1] (float32, on the model's device), each covering its ROI box."""

@@ -8,7 +8,13 @@ import torch
 from helpers import aisdiff
 
 from priors.annotations import AmodalAnnotations
-from priors.training.crops import MIN_VISIBLE_FRACTION, box_masks, load_object_crops, sample_batch
+from priors.training.crops import (
+    MIN_VISIBLE_FRACTION,
+    box_masks,
+    extra_masks,
+    load_object_crops,
+    sample_batch,
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +51,22 @@ def test_examples_are_consistent_and_reproducible(crops):
     assert (kept < 0.99).any() and (first.hole.sum((1, 2, 3)) > 0).float().mean() > 0.5  # occluders happen
 
 
+def test_extra_masks_follow_stable_diffusion_inpainting(crops):
+    """Full masks hide everything; random rectangles join the hole and hide the object pixels they cover."""
+    _, c = crops
+    base = sample_batch(c, 64, torch.Generator().manual_seed(5))
+    visible = (base.masked != 0).any(1, keepdim=True).float()
+    full_vis, full_hole = extra_masks(visible, base.hole, 1.0, 0.0, torch.Generator().manual_seed(0))
+    assert full_vis.sum() == 0 and (full_hole == 1).all()
+    vis, hole = extra_masks(visible, base.hole, 0.0, 1.0, torch.Generator().manual_seed(0))
+    assert (hole >= base.hole).all() and (hole.sum((1, 2, 3)) >= 12 * 12).all()  # holds a 0.2 x 64 px square
+    assert torch.equal(vis, visible * (1 - hole)) and (vis * hole).sum() == 0
+    side = (hole - base.hole).sum((1, 2, 3)).sqrt() / 64  # (where the rectangle adds to the hole)
+    assert (side <= 0.6 + 1e-6).all()
+    same_vis, same_hole = extra_masks(visible, base.hole, 0.0, 0.0, torch.Generator().manual_seed(0))
+    assert torch.equal(same_vis, visible) and torch.equal(same_hole, base.hole)
+
+
 def test_train_diffusion_end_to_end(make_benchmark, tmp_path):
     """A few steps at 32 px: the saved folder is a diffusers model that load_model and DiffSP use."""
     from priors.diffsp import DiffSP, DiffSPConfig, prepare_rois
@@ -54,7 +76,8 @@ def test_train_diffusion_end_to_end(make_benchmark, tmp_path):
     out = tmp_path / "model"
     proc = aisdiff("train-diffusion", "--ann", str(root / "annotations" / "train.json"), "--images",
                    str(root / "images"), "--out", str(out), "--resolution", "32", "--vae-steps", "2",
-                   "--unet-steps", "3", "--batch-size", "4", "--threads", "1")
+                   "--unet-steps", "3", "--text-to-image-steps", "1", "--full-mask-probability", "0.25",
+                   "--random-mask-probability", "0.25", "--batch-size", "4", "--threads", "1")
     assert proc.returncode == 0, proc.stderr
     for name in ("model_index.json", "README.md", "loss.png", "losses.json", "train_config.json",
                  "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
@@ -62,7 +85,8 @@ def test_train_diffusion_end_to_end(make_benchmark, tmp_path):
         assert (out / name).is_file(), name
     losses = json.loads((out / "losses.json").read_text())
     assert len(losses["vae"]) == 2 and len(losses["unet"]) == 3
-    assert "a photo of a {category}" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "a photo of a {category}" in card and "The first 1 steps mask every crop whole" in card
     model = load_model(str(out))
     assert model.resolution == 32 and model.pipe.unet.config.in_channels == 9
     diffsp = DiffSP(model, DiffSPConfig(steps=2, self_res=8, cross_res=4))
@@ -76,6 +100,10 @@ def test_train_diffusion_end_to_end(make_benchmark, tmp_path):
     again = aisdiff("train-diffusion", "--ann", str(root / "annotations" / "train.json"), "--images",
                     str(root / "images"), "--out", str(out))
     assert again.returncode == 2 and "--overwrite" in again.stderr
+    bad = aisdiff("train-diffusion", "--ann", str(root / "annotations" / "train.json"), "--images",
+                  str(root / "images"), "--out", str(tmp_path / "other"), "--unet-steps", "3",
+                  "--text-to-image-steps", "5")
+    assert bad.returncode == 2 and "--text-to-image-steps 5" in bad.stderr
 
 
 def test_tune_diffsp_reports_the_visible_baseline(make_benchmark, tmp_path):

@@ -49,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     if cfg.resolution % 32:
         raise AisdiffError(f"--resolution {cfg.resolution} must be a multiple of 32 (VAE factor 4, UNet factor 8)")
+    if not 0 <= cfg.text_to_image_steps <= cfg.unet_steps:
+        raise AisdiffError(f"--text-to-image-steps {cfg.text_to_image_steps} must lie between 0 and --unet-steps "
+                           f"{cfg.unet_steps} (they are the first of the UNet steps)")
     device = torch.device(args.device)
     annotations = AmodalAnnotations(args.ann, images_dir=args.images)
     started = time.time()

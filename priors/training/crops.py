@@ -26,6 +26,7 @@ OCCLUDER_PROBABILITY = (0.85, 0.35)  # chance of a first and of a second occlude
 FRONT_PROBABILITY = 0.8  # an occluder is in front of the object (hides it) or behind it (only in the hole)
 OCCLUDER_SCALE = (0.7, 1.4)  # occluder size relative to the object
 OCCLUDER_OFFSET = (0.35, 0.9)  # centre distance in object sizes
+RECT_SIDE = (0.2, 0.6)  # random extra mask rectangles: width and height as fractions of the crop side
 
 
 @dataclass
@@ -119,6 +120,23 @@ def box_masks(boxes: torch.Tensor, size: int) -> torch.Tensor:
     return (inside_y[:, :, None] & inside_x[:, None, :]).float()[:, None]
 
 
+def extra_masks(visible: torch.Tensor, hole: torch.Tensor, full_probability: float, random_probability: float,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stable Diffusion inpainting's training masks on top of the occluders: with `full_probability` the
+    whole crop is masked (nothing visible: the prompt alone says what to draw), else with
+    `random_probability` a random rectangle (RECT_SIDE of the crop side) joins the hole and hides what it
+    covers. Both make the object's pixels depend on the prompt, not only on the visible pixels."""
+    b, _, r, _ = visible.shape
+    u = torch.rand(b, 6, generator=generator)
+    full = (u[:, 0] < full_probability)[:, None, None, None]
+    side = (RECT_SIDE[0] + u[:, 1:3] * (RECT_SIDE[1] - RECT_SIDE[0])) * r
+    corner = u[:, 3:5] * (r - side)
+    rect = box_masks(torch.cat([corner, corner + side], 1), r)
+    rect = rect * (u[:, 5] < random_probability).float()[:, None, None, None]
+    hole = torch.where(full, torch.ones_like(hole), torch.maximum(hole, rect))
+    return visible * (1 - hole), hole
+
+
 @dataclass
 class InpaintingBatch:
     """Targets and inputs in [-1, 1]: the whole object on blank, the visible-only crop, the hole mask."""
@@ -129,9 +147,10 @@ class InpaintingBatch:
     labels: torch.Tensor
 
 
-def sample_batch(crops: ObjectCrops, batch_size: int, generator: torch.Generator,
-                 context: float = 1.2) -> InpaintingBatch:
-    """A random batch: objects and occluders drawn from the crops, random horizontal flips."""
+def sample_batch(crops: ObjectCrops, batch_size: int, generator: torch.Generator, context: float = 1.2,
+                 full_mask_probability: float = 0.0, random_mask_probability: float = 0.0) -> InpaintingBatch:
+    """A random batch: objects and occluders drawn from the crops, random horizontal flips; optionally
+    Stable Diffusion inpainting's extra masks (see `extra_masks`)."""
     n = len(crops)
     idx = torch.randint(n, (batch_size,), generator=generator)
     image, amodal, boxes = crops.images[idx], crops.amodal[idx], crops.boxes[idx].clone()
@@ -141,5 +160,7 @@ def sample_batch(crops: ObjectCrops, batch_size: int, generator: torch.Generator
     boxes[flip] = torch.stack([r - boxes[flip, 2], boxes[flip, 1], r - boxes[flip, 0], boxes[flip, 3]], 1)
     occluders = [crops.amodal[torch.randint(n, (batch_size,), generator=generator)] for _ in OCCLUDER_PROBABILITY]
     visible, hole = occlude(amodal, boxes, occluders, context, generator)
+    if full_mask_probability or random_mask_probability:
+        visible, hole = extra_masks(visible, hole, full_mask_probability, random_mask_probability, generator)
     pixels = image * 2 - 1
     return InpaintingBatch(target=pixels * amodal, masked=pixels * visible, hole=hole, labels=crops.labels[idx])

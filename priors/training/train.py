@@ -31,11 +31,14 @@ class TrainConfig:
     context: float = 1.2
     vae_steps: int = 1500
     unet_steps: int = 6000
+    text_to_image_steps: int = 0  # the first UNet steps mask everything (SD inpainting starts from txt2img)
     batch_size: int = 32
     vae_lr: float = 1e-3
     unet_lr: float = 5e-4
     kl_weight: float = 1e-6
     uncond_probability: float = 0.1
+    full_mask_probability: float = 0.0  # Stable Diffusion inpainting's recipe: 0.25 and 0.25 (README: tried)
+    random_mask_probability: float = 0.0
     seed: int = 0
 
 
@@ -89,7 +92,11 @@ def train_vae(vae, crops: ObjectCrops, cfg: TrainConfig, generator: torch.Genera
 
 def train_unet(pipe, crops: ObjectCrops, cfg: TrainConfig, generator: torch.Generator, device: torch.device,
                progress: bool = True) -> list[float]:
-    """Epsilon-prediction training of the inpainting UNet and the text encoder; returns per-step losses."""
+    """Epsilon-prediction training of the inpainting UNet and the text encoder; returns per-step losses.
+
+    Stable Diffusion inpainting was fine-tuned from the text-to-image model, whose cross-attention already
+    ties category tokens to object pixels; the first `text_to_image_steps` steps play that part (the whole
+    crop masked, the prompt alone says what to draw), the rest mix occluders with SD's extra masks."""
     from diffusers import DDPMScheduler
 
     noise_scheduler = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items()
@@ -105,8 +112,10 @@ def train_unet(pipe, crops: ObjectCrops, cfg: TrainConfig, generator: torch.Gene
     text_encoder.train()
     scale = vae.config.scaling_factor
     losses = []
-    for _ in tqdm(range(cfg.unet_steps), desc="unet", disable=not progress):
-        batch = sample_batch(crops, cfg.batch_size, generator, cfg.context)
+    for step in tqdm(range(cfg.unet_steps), desc="unet", disable=not progress):
+        text_to_image = step < cfg.text_to_image_steps
+        batch = sample_batch(crops, cfg.batch_size, generator, cfg.context,
+                             1.0 if text_to_image else cfg.full_mask_probability, cfg.random_mask_probability)
         with torch.no_grad():
             both = vae.encode(torch.cat([batch.target, batch.masked]).to(device)).latent_dist.mode() * scale
             latents, masked_latents = both.chunk(2)
@@ -180,14 +189,19 @@ def write_card(out: Path, cfg: TrainConfig, crops: ObjectCrops, data: dict, loss
         "training objects' shapes next to each object, in front (hiding part of it, at least 30% stays "
         "visible) or behind, and flips at random. Input: the visible pixels only and the occluders' visible "
         "region (cut to the object's box) as the inpainting mask; target: the whole object on a blank "
-        "background; prompt: `a photo of a {category}` (10% empty).",
+        "background; prompt: `a photo of a {category}` (10% empty)." + (
+            f" As Stable Diffusion inpainting was trained, {cfg.full_mask_probability:.0%} of the examples mask the "
+            f"whole crop and {cfg.random_mask_probability:.0%} of the others add a random rectangle to the mask."
+            if cfg.full_mask_probability or cfg.random_mask_probability else ""),
         f"- Categories: {', '.join(crops.categories)}.",
         "",
         "## Training",
         f"- VAE: {cfg.vae_steps} steps, batch {cfg.batch_size}, AdamW lr {cfg.vae_lr}, L1 + MSE + "
         f"{cfg.kl_weight} x KL; latent scaling factor 1/std = {data['scaling_factor']}.",
         f"- UNet + text encoder: {cfg.unet_steps} steps, batch {cfg.batch_size}, AdamW lr {cfg.unet_lr} "
-        "(warm-up, cosine to 10%), epsilon prediction, Stable Diffusion's scaled-linear schedule (1000 steps).",
+        "(warm-up, cosine to 10%), epsilon prediction, Stable Diffusion's scaled-linear schedule (1000 steps)." + (
+            f" The first {cfg.text_to_image_steps} steps mask every crop whole (text-to-image, the stage SD "
+            "inpainting was fine-tuned from)." if cfg.text_to_image_steps else ""),
         f"- Seed {cfg.seed}; {seconds / 60:.1f} min on {device} ({platform.processor() or platform.machine()}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads).",
         f"- Final losses (moving average of 50 steps): VAE {final['vae']}, UNet {final['unet']}.",

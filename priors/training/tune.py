@@ -69,9 +69,9 @@ def sample_instances(ann: AmodalAnnotations, min_occlusion: float, limit: int | 
     return sorted(chosen, key=lambda i: (i.image_id, i.ann_id))
 
 
-def attention_maps(diffsp: DiffSP, ann: AmodalAnnotations, instances: list[Instance], batch_size: int,
-                   progress: bool = True):
-    """Averaged attention of every instance's ROI: yields (instances, a_self, a_cross, token weights, boxes)."""
+def roi_batches(diffsp: DiffSP, ann: AmodalAnnotations, instances: list[Instance], batch_size: int,
+                progress: bool = True):
+    """DiffSP's inputs for every instance's ground-truth ROI, by image: yields (instances, RoiBatch)."""
     cfg = diffsp.config
     by_image: dict[int, list[Instance]] = {}
     for inst in instances:
@@ -86,13 +86,19 @@ def attention_maps(diffsp: DiffSP, ann: AmodalAnnotations, instances: list[Insta
             part = group[start:start + batch_size]
             vis = torch.from_numpy(np.stack([i.visible_mask() for i in part]))
             occ = torch.from_numpy(np.stack([decode(occluders[i.ann_id]) for i in part]))
-            batch = prepare_rois(image.to(diffsp.model.device), [i.amodal_box for i in part], vis, occ,
-                                 [i.category for i in part],
-                                 [roi_seed(cfg.seed, SOURCE_GT, i.image_id, i.ann_id) for i in part],
-                                 cfg.resolution, cfg.context)
-            yield part, *diffsp.attention(batch), batch.boxes
+            yield part, prepare_rois(image.to(diffsp.model.device), [i.amodal_box for i in part], vis, occ,
+                                     [i.category for i in part],
+                                     [roi_seed(cfg.seed, SOURCE_GT, i.image_id, i.ann_id) for i in part],
+                                     cfg.resolution, cfg.context)
             bar.update(len(part))
     bar.close()
+
+
+def attention_maps(diffsp: DiffSP, ann: AmodalAnnotations, instances: list[Instance], batch_size: int,
+                   progress: bool = True):
+    """Averaged attention of every instance's ROI: yields (instances, a_self, a_cross, token weights, boxes)."""
+    for part, batch in roi_batches(diffsp, ann, instances, batch_size, progress):
+        yield part, *diffsp.attention(batch), batch.boxes
 
 
 def score(model, ann: AmodalAnnotations, instances: list[Instance], base: DiffSPConfig, taus: list[int],
