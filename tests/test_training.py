@@ -67,6 +67,22 @@ def test_extra_masks_follow_stable_diffusion_inpainting(crops):
     assert torch.equal(same_vis, visible) and torch.equal(same_hole, base.hole)
 
 
+def test_companions_stand_behind_the_object(crops):
+    """A companion is a second whole object behind the object: in the target and, outside the hole, in the
+    input; never over the object. Without companions the batch is the plain one."""
+    _, c = crops
+    plain = sample_batch(c, 64, torch.Generator().manual_seed(7))
+    assert (plain.companions == -1).all()
+    both = sample_batch(c, 64, torch.Generator().manual_seed(7), companion_probability=1.0)
+    assert torch.equal(both.labels, plain.labels) and (both.companions >= 0).all()
+    drawn = (both.target != 0).any(1, keepdim=True) & (plain.target == 0).all(1, keepdim=True)
+    assert drawn.any(), "companions must show in the crops"
+    obj = (plain.target != 0).any(1, keepdim=True)
+    assert torch.equal(both.target[obj.expand_as(both.target)], plain.target[obj.expand_as(plain.target)])
+    shown = (both.masked != 0).any(1, keepdim=True)
+    assert (shown & drawn).any() and not (shown & both.hole.bool()).any()
+
+
 def test_train_diffusion_end_to_end(make_benchmark, tmp_path):
     """A few steps at 32 px: the saved folder is a diffusers model that load_model and DiffSP use."""
     from priors.diffsp import DiffSP, DiffSPConfig, prepare_rois
@@ -77,7 +93,8 @@ def test_train_diffusion_end_to_end(make_benchmark, tmp_path):
     proc = aisdiff("train-diffusion", "--ann", str(root / "annotations" / "train.json"), "--images",
                    str(root / "images"), "--out", str(out), "--resolution", "32", "--vae-steps", "2",
                    "--unet-steps", "3", "--text-to-image-steps", "1", "--full-mask-probability", "0.25",
-                   "--random-mask-probability", "0.25", "--batch-size", "4", "--threads", "1")
+                   "--random-mask-probability", "0.25", "--companion-probability", "0.5", "--batch-size", "4",
+                   "--threads", "1")
     assert proc.returncode == 0, proc.stderr
     for name in ("model_index.json", "README.md", "loss.png", "losses.json", "train_config.json",
                  "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
@@ -87,6 +104,7 @@ def test_train_diffusion_end_to_end(make_benchmark, tmp_path):
     assert len(losses["vae"]) == 2 and len(losses["unet"]) == 3
     card = (out / "README.md").read_text()
     assert "a photo of a {category}" in card and "The first 1 steps mask every crop whole" in card
+    assert "a photo of a {category} and a {other}" in card
     model = load_model(str(out))
     assert model.resolution == 32 and model.pipe.unet.config.in_channels == 9
     diffsp = DiffSP(model, DiffSPConfig(steps=2, self_res=8, cross_res=4))

@@ -26,6 +26,7 @@ OCCLUDER_PROBABILITY = (0.85, 0.35)  # chance of a first and of a second occlude
 FRONT_PROBABILITY = 0.8  # an occluder is in front of the object (hides it) or behind it (only in the hole)
 OCCLUDER_SCALE = (0.7, 1.4)  # occluder size relative to the object
 OCCLUDER_OFFSET = (0.35, 0.9)  # centre distance in object sizes
+COMPANION_OFFSET = (0.3, 0.6)  # companions stand closer than occluders, so that they show in the crop
 RECT_SIDE = (0.2, 0.6)  # random extra mask rectangles: width and height as fractions of the crop side
 
 
@@ -73,13 +74,33 @@ def _place(shapes: torch.Tensor, centres: torch.Tensor, sizes: torch.Tensor, con
            flips: torch.Tensor) -> torch.Tensor:
     """Resample occluder shapes [B, 1, R, R] (each centred in its crop, its box 1/context of the crop) so that
     each is `sizes` wide (normalized units) around `centres` [B, 2] (normalized [-1, 1] coordinates)."""
+    return (_warp(shapes, centres, sizes, context, flips) >= 0.5).float()
+
+
+def _warp(crops: torch.Tensor, centres: torch.Tensor, sizes: torch.Tensor, context: float,
+          flips: torch.Tensor) -> torch.Tensor:
+    """Bilinear resampling of object crops [B, C, R, R] for `_place` (images as well as masks)."""
     scale = sizes * context / 2  # the source object's longer side is 2 / context in normalized units
-    theta = torch.zeros(len(shapes), 2, 3)
+    theta = torch.zeros(len(crops), 2, 3)
     theta[:, 0, 0] = flips / scale
     theta[:, 1, 1] = 1 / scale
     theta[:, :, 2] = -centres / scale[:, None] * torch.stack([flips, torch.ones_like(flips)], 1)
-    grid = F.affine_grid(theta, list(shapes.shape), align_corners=False)
-    return (F.grid_sample(shapes, grid, align_corners=False) >= 0.5).float()
+    grid = F.affine_grid(theta, list(crops.shape), align_corners=False)
+    return F.grid_sample(crops, grid, align_corners=False)
+
+
+def _beside(crops: torch.Tensor, boxes: torch.Tensor, context: float, u: torch.Tensor,
+            offsets: tuple[float, float] = OCCLUDER_OFFSET) -> torch.Tensor:
+    """Resample object crops [B, C, R, R] next to each object (its box in `boxes`): direction, distance (in
+    `offsets`, object sizes), size and flip drawn from the uniform numbers u[:, 0:4]."""
+    r = crops.shape[-1]
+    size = (boxes[:, 2:] - boxes[:, :2]).amax(1) / r * 2  # the object's longer side, normalized
+    centre = (boxes[:, :2] + boxes[:, 2:]) / r - 1
+    angle = u[:, 0] * 2 * math.pi
+    offset = (offsets[0] + u[:, 1] * (offsets[1] - offsets[0])) * size
+    scale = OCCLUDER_SCALE[0] + u[:, 2] * (OCCLUDER_SCALE[1] - OCCLUDER_SCALE[0])
+    where = centre + offset[:, None] * torch.stack([angle.cos(), angle.sin()], 1)
+    return _warp(crops, where, size * scale, context, torch.where(u[:, 3] < 0.5, -1.0, 1.0))
 
 
 def occlude(amodal: torch.Tensor, boxes: torch.Tensor, occluders: list[torch.Tensor], context: float,
@@ -91,16 +112,10 @@ def occlude(amodal: torch.Tensor, boxes: torch.Tensor, occluders: list[torch.Ten
     hole is cut to the object's box.
     """
     b, _, r, _ = amodal.shape
-    size = ((boxes[:, 2:] - boxes[:, :2]).amax(1) / r * 2)  # object's longer side, normalized
-    centre = (boxes[:, :2] + boxes[:, 2:]) / r - 1
     visible, taken = amodal.clone(), torch.zeros_like(amodal)
     for shapes, prob in zip(occluders, OCCLUDER_PROBABILITY, strict=False):
         u = torch.rand(b, 6, generator=generator)
-        angle = u[:, 0] * 2 * math.pi
-        offset = (OCCLUDER_OFFSET[0] + u[:, 1] * (OCCLUDER_OFFSET[1] - OCCLUDER_OFFSET[0])) * size
-        scale = OCCLUDER_SCALE[0] + u[:, 2] * (OCCLUDER_SCALE[1] - OCCLUDER_SCALE[0])
-        where = centre + offset[:, None] * torch.stack([angle.cos(), angle.sin()], 1)
-        occ = _place(shapes, where, size * scale, context, torch.where(u[:, 3] < 0.5, -1.0, 1.0))
+        occ = (_beside(shapes, boxes, context, u) >= 0.5).float()
         occ = occ * (u[:, 4] < prob).float()[:, None, None, None]
         front_visible = visible * (1 - occ)
         enough = front_visible.sum((1, 2, 3)) >= MIN_VISIBLE_FRACTION * amodal.sum((1, 2, 3))
@@ -137,20 +152,42 @@ def extra_masks(visible: torch.Tensor, hole: torch.Tensor, full_probability: flo
     return visible * (1 - hole), hole
 
 
+def add_companions(crops: ObjectCrops, scene: torch.Tensor, amodal: torch.Tensor, visible: torch.Tensor,
+                   hole: torch.Tensor, boxes: torch.Tensor, context: float, probability: float,
+                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """With `probability`, a second whole object (a "companion", drawn from the crops) stands next to each
+    object, behind it, in the target as well as in the input (outside the hole). Returns the scene [B, 3, R, R]
+    in [-1, 1], the visible mask of both objects and each companion's category (-1: none). A prompt that
+    names both objects makes each category token matter in its own region, as in captioned images."""
+    b = len(scene)
+    pick = torch.randint(len(crops), (b,), generator=generator)
+    u = torch.rand(b, 5, generator=generator)
+    warped = _beside(torch.cat([crops.images[pick] * 2 - 1, crops.amodal[pick]], 1), boxes, context, u,
+                     COMPANION_OFFSET)
+    present = (u[:, 4] < probability).float()[:, None, None, None]
+    mask = (warped[:, 3:] >= 0.5).float() * (1 - amodal) * present  # behind the object
+    scene = scene * (1 - mask) + warped[:, :3] * mask
+    labels = torch.where(present.flatten() > 0, crops.labels[pick], torch.full_like(pick, -1))
+    return scene, torch.maximum(visible, mask * (1 - hole)), labels
+
+
 @dataclass
 class InpaintingBatch:
-    """Targets and inputs in [-1, 1]: the whole object on blank, the visible-only crop, the hole mask."""
+    """Targets and inputs in [-1, 1]: the whole object (and any companion) on blank, the visible-only crop,
+    the hole mask, the object's category and the companion's (-1: none)."""
 
     target: torch.Tensor
     masked: torch.Tensor
     hole: torch.Tensor
     labels: torch.Tensor
+    companions: torch.Tensor
 
 
 def sample_batch(crops: ObjectCrops, batch_size: int, generator: torch.Generator, context: float = 1.2,
-                 full_mask_probability: float = 0.0, random_mask_probability: float = 0.0) -> InpaintingBatch:
+                 full_mask_probability: float = 0.0, random_mask_probability: float = 0.0,
+                 companion_probability: float = 0.0) -> InpaintingBatch:
     """A random batch: objects and occluders drawn from the crops, random horizontal flips; optionally
-    Stable Diffusion inpainting's extra masks (see `extra_masks`)."""
+    companion objects (`add_companions`) and Stable Diffusion inpainting's extra masks (`extra_masks`)."""
     n = len(crops)
     idx = torch.randint(n, (batch_size,), generator=generator)
     image, amodal, boxes = crops.images[idx], crops.amodal[idx], crops.boxes[idx].clone()
@@ -160,7 +197,11 @@ def sample_batch(crops: ObjectCrops, batch_size: int, generator: torch.Generator
     boxes[flip] = torch.stack([r - boxes[flip, 2], boxes[flip, 1], r - boxes[flip, 0], boxes[flip, 3]], 1)
     occluders = [crops.amodal[torch.randint(n, (batch_size,), generator=generator)] for _ in OCCLUDER_PROBABILITY]
     visible, hole = occlude(amodal, boxes, occluders, context, generator)
+    scene, companions = (image * 2 - 1) * amodal, torch.full((batch_size,), -1)
+    if companion_probability:
+        scene, visible, companions = add_companions(crops, scene, amodal, visible, hole, boxes, context,
+                                                    companion_probability, generator)
     if full_mask_probability or random_mask_probability:
         visible, hole = extra_masks(visible, hole, full_mask_probability, random_mask_probability, generator)
-    pixels = image * 2 - 1
-    return InpaintingBatch(target=pixels * amodal, masked=pixels * visible, hole=hole, labels=crops.labels[idx])
+    return InpaintingBatch(target=scene, masked=scene * visible, hole=hole, labels=crops.labels[idx],
+                           companions=companions)

@@ -21,6 +21,7 @@ from ..models import SCHEDULER_CONFIG, TINY_WORDS, build_tiny_pipeline
 from .crops import ObjectCrops, sample_batch
 
 PROMPT = "a photo of a {category}"
+PAIR_PROMPT = "a photo of a {category} and a {other}"  # an object and its companion
 
 
 @dataclass
@@ -39,6 +40,7 @@ class TrainConfig:
     uncond_probability: float = 0.1
     full_mask_probability: float = 0.0  # Stable Diffusion inpainting's recipe: 0.25 and 0.25 (README: tried)
     random_mask_probability: float = 0.0
+    companion_probability: float = 0.0  # a second object behind, named in the prompt (README: tried)
     seed: int = 0
 
 
@@ -102,7 +104,9 @@ def train_unet(pipe, crops: ObjectCrops, cfg: TrainConfig, generator: torch.Gene
     noise_scheduler = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items()
                                        if k not in ("set_alpha_to_one", "steps_offset")})
     unet, text_encoder, vae, tokenizer = pipe.unet, pipe.text_encoder, pipe.vae, pipe.tokenizer
+    n = len(crops.categories)
     prompts = [PROMPT.format(category=c) for c in crops.categories] + [""]
+    prompts += [PAIR_PROMPT.format(category=c, other=o) for c in crops.categories for o in crops.categories]
     tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                        return_tensors="pt").input_ids.to(device)
     params = [*unet.parameters(), *text_encoder.parameters()]
@@ -115,7 +119,8 @@ def train_unet(pipe, crops: ObjectCrops, cfg: TrainConfig, generator: torch.Gene
     for step in tqdm(range(cfg.unet_steps), desc="unet", disable=not progress):
         text_to_image = step < cfg.text_to_image_steps
         batch = sample_batch(crops, cfg.batch_size, generator, cfg.context,
-                             1.0 if text_to_image else cfg.full_mask_probability, cfg.random_mask_probability)
+                             1.0 if text_to_image else cfg.full_mask_probability, cfg.random_mask_probability,
+                             cfg.companion_probability)
         with torch.no_grad():
             both = vae.encode(torch.cat([batch.target, batch.masked]).to(device)).latent_dist.mode() * scale
             latents, masked_latents = both.chunk(2)
@@ -123,8 +128,8 @@ def train_unet(pipe, crops: ObjectCrops, cfg: TrainConfig, generator: torch.Gene
         noise = torch.randn(latents.shape, generator=generator).to(device)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
         noisy = noise_scheduler.add_noise(latents, noise, t.to(device))
-        labels = batch.labels.clone()
-        labels[torch.rand(len(labels), generator=generator) < cfg.uncond_probability] = len(crops.categories)
+        labels = torch.where(batch.companions < 0, batch.labels, n + 1 + batch.labels * n + batch.companions)
+        labels[torch.rand(len(labels), generator=generator) < cfg.uncond_probability] = n  # the empty prompt
         text = text_encoder(tokens[labels.to(device)])[0]
         eps = unet(torch.cat([noisy, hole, masked_latents], 1), t.to(device), encoder_hidden_states=text).sample
         loss = F.mse_loss(eps, noise)
@@ -192,7 +197,10 @@ def write_card(out: Path, cfg: TrainConfig, crops: ObjectCrops, data: dict, loss
         "background; prompt: `a photo of a {category}` (10% empty)." + (
             f" As Stable Diffusion inpainting was trained, {cfg.full_mask_probability:.0%} of the examples mask the "
             f"whole crop and {cfg.random_mask_probability:.0%} of the others add a random rectangle to the mask."
-            if cfg.full_mask_probability or cfg.random_mask_probability else ""),
+            if cfg.full_mask_probability or cfg.random_mask_probability else "") + (
+            f" In {cfg.companion_probability:.0%} of the examples a second whole training object stands behind "
+            "the object, in the input and the target, and the prompt names both: `a photo of a {category} and a "
+            "{other}`." if cfg.companion_probability else ""),
         f"- Categories: {', '.join(crops.categories)}.",
         "",
         "## Training",
