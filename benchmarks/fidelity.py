@@ -14,8 +14,9 @@ same schedule and seed (its own mask head from scratch) and is tested on val:
   (e) AISDiff, the ground-truth amodal mask as the prior       aisdiff_r18_fpn_oracle_synthetic.py
 (c) and (d) train on cached priors (`aisdiff precompute` on train) and test with on-the-fly DiffSP, with the
 DiffSP settings given here (defaults: those tuned on train for the trained model, see the README).
-Every step goes through the `aisdiff` commands and reuses what an earlier run left in WORK_DIR (a finished
-run's metrics.json), so an interrupted benchmark resumes. Prints a table of mean and spread over seeds and
+Every step goes through the `aisdiff` commands and reuses what an earlier run with the same settings left in
+WORK_DIR (a finished run's metrics.json; the settings, prior model identity included, are in each run's
+settings.json), so an interrupted benchmark resumes and a retrained model is never mixed with old results. Prints a table of mean and spread over seeds and
 writes WORK_DIR/fidelity.{json,md}.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -93,11 +95,28 @@ def size_options(config: str, args: argparse.Namespace) -> list[str]:
                   f"model.test_cfg.rpn.max_per_img={args.proposals}", f"model.train_cfg.rcnn.sampler.num={args.rois}"]
 
 
+def reuse(work: Path, settings: dict) -> bool:
+    """Whether `work` holds a run with exactly these settings; otherwise empty it and record them (a run of
+    other settings, a retrained model say, is never reused)."""
+    path = work / "settings.json"
+    text = json.dumps(settings, indent=1, sort_keys=True, default=str)
+    if path.is_file() and path.read_text() == text:
+        return True
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    path.write_text(text)
+    return False
+
+
+def size_settings(args: argparse.Namespace) -> dict:
+    return {k: getattr(args, k) for k in ("scale", "proposals", "rois", "train_images", "val_images")}
+
+
 def pretrain_detector(args: argparse.Namespace) -> Path:
     """The shared starting point: Mask R-CNN (variant a's config) trained `--pretrain-iters` iterations."""
     work = args.work_dir / "detector"
     ckpt = work / f"iter_{args.pretrain_iters}.pth"
-    if not ckpt.is_file():
+    if not reuse(work, {"iters": args.pretrain_iters, **size_settings(args)}) or not ckpt.is_file():
         print(f"shared detector: training {args.pretrain_iters} iterations -> {work}", flush=True)
         config = VARIANTS["a"][1]
         aisdiff("train", str(CONFIGS / config), "--work-dir", str(work), "--cfg-options", "randomness.seed=0",
@@ -113,7 +132,12 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[
     _, config, model = VARIANTS[variant]
     work = args.work_dir / f"{variant}_seed{seed}"
     metrics = work / "metrics.json"
-    if metrics.is_file():
+    settings = {"config": config, "iters": args.iters, "detector": str(detector), **size_settings(args)}
+    if model is not None:  # the priors' model (its weights' sha256) and DiffSP settings, from the store
+        from priors.store import PriorStore
+
+        settings["priors"] = PriorStore.open(stores[model]).settings
+    if reuse(work, settings) and metrics.is_file():
         return json.loads(metrics.read_text())
     options = [f"load_from={detector}", f"randomness.seed={seed}", f"train_cfg.max_iters={args.iters}",
                f"default_hooks.checkpoint.interval={args.iters}", "val_cfg=None", "val_dataloader=None",
