@@ -11,9 +11,9 @@ from priors.models import TINY_MODEL_DIR, load_model
 # DiffSP settings tuned on the synthetic train split (`aisdiff tune-diffsp`, see the README) and the figures
 # they give on a fixed val set (the first 10 val images of seed 0, its 17 instances occluded > 10%),
 # recorded from a run of this test: (prior IoU, visible-mask IoU).
-TUNED = {"steps": 10, "tau": 4, "self-res": 16, "cross-res": 8}
-THRESHOLD = 0.1
-RECORDED = {"tiny": (0.5761, 0.5475), "tiny-random": (0.5759, 0.5475)}
+TUNED = {"steps": 10, "tau": 2, "self-res": 8, "cross-res": 8}
+THRESHOLD = 0.4
+RECORDED = {"tiny": (0.7566, 0.5475), "tiny-random": (0.4143, 0.5475)}
 TOLERANCE = 0.01  # float summation order may differ across CPUs; the figures are means over 17 ROIs
 
 
@@ -56,13 +56,12 @@ def val_reports(tmp_path_factory):
 
 
 def test_trained_priors_on_a_fixed_val_set_match_the_recorded_figures(val_reports):
-    """On this heavily occluded set the thresholded prior beats the visible mask, but only as the box does:
-    at the tuned threshold the prior covers nearly its whole box, and the random model scores the same.
-    The shipped model does not yet carry shape knowledge into its attention (README: prior quality)."""
+    """The trained model's thresholded prior beats the visible mask on this heavily occluded set, and the
+    random model's (which knows no shapes) does not: the shape knowledge is the model's, not the box's."""
     for model, (prior, visible) in RECORDED.items():
         report = val_reports[model]
         assert report["instances"] == 17
         assert report["visible_iou"] == pytest.approx(visible, abs=1e-3)
         assert report["prior_iou"] == pytest.approx(prior, abs=TOLERANCE)
-    assert val_reports["tiny"]["prior_iou"] > val_reports["tiny"]["visible_iou"]
-    assert abs(val_reports["tiny"]["prior_iou"] - val_reports["tiny-random"]["prior_iou"]) < TOLERANCE
+    assert val_reports["tiny"]["prior_iou"] > val_reports["tiny"]["visible_iou"] + 0.1
+    assert val_reports["tiny-random"]["prior_iou"] < val_reports["tiny-random"]["visible_iou"]

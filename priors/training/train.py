@@ -38,9 +38,9 @@ class TrainConfig:
     unet_lr: float = 5e-4
     kl_weight: float = 1e-6
     uncond_probability: float = 0.1
-    full_mask_probability: float = 0.0  # Stable Diffusion inpainting's recipe: 0.25 and 0.25 (README: tried)
-    random_mask_probability: float = 0.0
-    companion_probability: float = 0.0  # a second object behind, named in the prompt (README: tried)
+    full_mask_probability: float = 0.0  # Stable Diffusion inpainting's recipe: 0.25 (README: tried, no help)
+    random_mask_probability: float = 0.25  # SD inpainting's random rectangles, on top of the occluders
+    companion_probability: float = 0.5  # a second object behind, named in the prompt: token-specific attention
     seed: int = 0
 
 
@@ -196,8 +196,9 @@ def write_card(out: Path, cfg: TrainConfig, crops: ObjectCrops, data: dict, loss
         "region (cut to the object's box) as the inpainting mask; target: the whole object on a blank "
         "background; prompt: `a photo of a {category}` (10% empty)." + (
             f" As Stable Diffusion inpainting was trained, {cfg.full_mask_probability:.0%} of the examples mask the "
-            f"whole crop and {cfg.random_mask_probability:.0%} of the others add a random rectangle to the mask."
-            if cfg.full_mask_probability or cfg.random_mask_probability else "") + (
+            "whole crop." if cfg.full_mask_probability else "") + (
+            f" {cfg.random_mask_probability:.0%} of the examples add a random rectangle to the mask, as in Stable "
+            "Diffusion inpainting's training." if cfg.random_mask_probability else "") + (
             f" In {cfg.companion_probability:.0%} of the examples a second whole training object stands behind "
             "the object, in the input and the target, and the prompt names both: `a photo of a {category} and a "
             "{other}`." if cfg.companion_probability else ""),
