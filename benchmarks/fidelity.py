@@ -16,8 +16,8 @@ same schedule and seed (its own mask head from scratch) and is tested on val:
 DiffSP settings given here (defaults: those tuned on train for the trained model, see the README).
 Every step goes through the `aisdiff` commands and reuses what an earlier run with the same settings left in
 WORK_DIR (a finished run's metrics.json; the settings, prior model identity included, are in each run's
-settings.json), so an interrupted benchmark resumes and a retrained model is never mixed with old results. Prints a table of mean and spread over seeds and
-writes WORK_DIR/fidelity.{json,md}.
+settings.json), so an interrupted benchmark resumes and a retrained model is never mixed with old results.
+Prints a table of mean and spread over seeds and writes WORK_DIR/fidelity.{json,md}.
 """
 from __future__ import annotations
 

@@ -70,16 +70,11 @@ def load_object_crops(annotations: AmodalAnnotations, resolution: int, context: 
     return ObjectCrops(torch.cat(images), torch.cat(amodal), torch.cat(boxes), torch.tensor(labels), categories)
 
 
-def _place(shapes: torch.Tensor, centres: torch.Tensor, sizes: torch.Tensor, context: float,
-           flips: torch.Tensor) -> torch.Tensor:
-    """Resample occluder shapes [B, 1, R, R] (each centred in its crop, its box 1/context of the crop) so that
-    each is `sizes` wide (normalized units) around `centres` [B, 2] (normalized [-1, 1] coordinates)."""
-    return (_warp(shapes, centres, sizes, context, flips) >= 0.5).float()
-
-
 def _warp(crops: torch.Tensor, centres: torch.Tensor, sizes: torch.Tensor, context: float,
           flips: torch.Tensor) -> torch.Tensor:
-    """Bilinear resampling of object crops [B, C, R, R] for `_place` (images as well as masks)."""
+    """Bilinearly resample object crops [B, C, R, R] (images or masks, each object centred in its crop, its box
+    1/context of the crop) so that each is `sizes` wide (normalized units) around `centres` [B, 2] (normalized
+    [-1, 1] coordinates), mirrored where `flips` is -1."""
     scale = sizes * context / 2  # the source object's longer side is 2 / context in normalized units
     theta = torch.zeros(len(crops), 2, 3)
     theta[:, 0, 0] = flips / scale
