@@ -16,7 +16,8 @@ same schedule and seed (its own mask head from scratch) and is tested on val:
 DiffSP settings given here (defaults: those tuned on train for the trained model, see the README).
 Every step goes through the `aisdiff` commands and reuses what an earlier run with the same settings left in
 WORK_DIR (a finished run's metrics.json; the settings, prior model identity included, are in each run's
-settings.json), so an interrupted benchmark resumes and a retrained model is never mixed with old results.
+settings.json; a train prior store's, in WORK_DIR/priors_MODEL/settings.json), so an interrupted benchmark
+resumes and a retrained model or other DiffSP settings are never mixed with old results.
 Prints a table of mean and spread over seeds and writes WORK_DIR/fidelity.{json,md}.
 """
 from __future__ import annotations
@@ -63,12 +64,18 @@ def diffsp_flags(args: argparse.Namespace) -> dict[str, int]:
 
 def prepare(args: argparse.Namespace) -> dict[str, Path]:
     """The benchmark data and, per diffusion model used, the train prior store."""
+    from priors.models import load_model
+
     data = args.work_dir / "synthetic"
     aisdiff("demo-data", str(data), "--train-images", str(args.train_images), "--val-images", str(args.val_images),
             "--seed", "0", log=args.work_dir / "demo-data.log")
     stores = {}
     for model in sorted({VARIANTS[v][2] for v in args.variants} - {None}):
-        stores[model] = args.work_dir / f"priors_train_{model}.zarr"
+        # one folder per model, emptied when the model's weights or the settings change (as runs are), so a
+        # store of an earlier benchmark is resumed when it matches and never refused when it does not
+        folder = args.work_dir / f"priors_{model}"
+        reuse(folder, {"model": load_model(model).identity, **diffsp_flags(args), **size_settings(args)})
+        stores[model] = folder / "train.zarr"
         flags = [f"--{k.replace('_', '-')}={v}" for k, v in diffsp_flags(args).items()]
         print(f"train priors with {model} -> {stores[model]}", flush=True)
         aisdiff("precompute", "--ann", str(data / "annotations" / "train.json"), "--images", str(data / "images"),
@@ -96,8 +103,8 @@ def size_options(config: str, args: argparse.Namespace) -> list[str]:
 
 
 def reuse(work: Path, settings: dict) -> bool:
-    """Whether `work` holds a run with exactly these settings; otherwise empty it and record them (a run of
-    other settings, a retrained model say, is never reused)."""
+    """Whether `work` holds a run (or a store) of exactly these settings; otherwise empty it and record them
+    (work of other settings, a retrained model say, is never reused)."""
     path = work / "settings.json"
     text = json.dumps(settings, indent=1, sort_keys=True, default=str)
     if path.is_file() and path.read_text() == text:

@@ -234,9 +234,14 @@ class DiffSP:
         prior = a_c
         for _ in range(cfg.tau if tau is None else tau):  # (A_S)^tau . A_C as tau mat-vec products: no matrix power is formed
             prior = torch.bmm(a_self, prior)
-        prior = prior.view(n, cfg.self_res, cfg.self_res)
-        lo = prior.amin(dim=(1, 2), keepdim=True)
-        hi = prior.amax(dim=(1, 2), keepdim=True)
-        prior = (prior - lo) / (hi - lo).clamp_min(1e-12)
-        region = boxes.to(prior.device) * (cfg.self_res / cfg.resolution)  # box in attention-map cells
-        return geometry.roi_resample(prior[:, None], region, cfg.prior_size)[:, 0].clamp_(0, 1)
+        return grid_to_priors(prior.view(n, cfg.self_res, cfg.self_res), boxes, cfg.resolution, cfg.prior_size)
+
+
+def grid_to_priors(grid: torch.Tensor, boxes: torch.Tensor, resolution: int, prior_size: int) -> torch.Tensor:
+    """Maps [N, s, s] over the model's input crops -> priors [N, S, S] over the ROI boxes (given in crop
+    pixels, `resolution` wide): min-max normalized per map, then resampled onto each box."""
+    lo = grid.amin(dim=(1, 2), keepdim=True)
+    hi = grid.amax(dim=(1, 2), keepdim=True)
+    grid = (grid - lo) / (hi - lo).clamp_min(1e-12)
+    region = boxes.to(grid.device) * (grid.shape[-1] / resolution)  # box in grid cells
+    return geometry.roi_resample(grid[:, None], region, prior_size)[:, 0].clamp_(0, 1)

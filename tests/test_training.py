@@ -137,3 +137,21 @@ def test_tune_diffsp_reports_the_visible_baseline(make_benchmark, tmp_path):
     assert 0 < data["baseline"]["prior_iou"] < 1 and "visible mask" in proc.stdout
     scores = [r["prior_iou"] for r in data["results"]]
     assert scores == sorted(scores, reverse=True)
+    (ceiling,) = data["ceilings"]  # one self_res tried: its grid's ceiling
+    assert ceiling["settings"]["amodal mask on the grid (ceiling)"] == data["results"][0]["settings"]["self_res"]
+    assert "(ceiling)" in proc.stdout
+
+
+def test_grid_ceiling_is_what_a_perfect_prior_scores(make_benchmark):
+    """The amodal mask through a grid as fine as the crop comes back whole; coarser grids lose its outline."""
+    from priors.diffsp import DiffSPConfig
+    from priors.training.tune import grid_ceiling, sample_instances, visible_baseline
+
+    root = make_benchmark("kins2020", train_images=6, val_images=2, seed=0)
+    ann = AmodalAnnotations(root / "annotations" / "train.json", images_dir=root / "images")
+    instances = sample_instances(ann, 0.1, None, 0)
+    config = DiffSPConfig(resolution=64, self_res=8, cross_res=8)
+    scores = {g: grid_ceiling(instances, g, config, [0.3, 0.5]).prior_iou for g in (4, 8, 16, 64)}
+    assert scores[64] > 0.95
+    assert scores[4] < scores[8] < scores[16] < scores[64]
+    assert scores[16] > visible_baseline(instances, config.prior_size).prior_iou
