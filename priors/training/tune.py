@@ -60,6 +60,13 @@ class Scored:
     prior_iou: float
     by_bucket: dict[str, float]
 
+    @classmethod
+    def of(cls, settings: dict, ious: list[float], buckets: list[str]) -> Scored:
+        """Mean of per-instance IoUs, overall and per occlusion bucket (`buckets[i]` is instance i's)."""
+        values = np.asarray(ious)
+        return cls(settings, float(values.mean()),
+                   {b: float(values[[x == b for x in buckets]].mean()) for b in dict.fromkeys(buckets)})
+
 
 def sample_instances(ann: AmodalAnnotations, min_occlusion: float, limit: int | None, seed: int) -> list[Instance]:
     """Occluded instances (rate > min_occlusion), a fixed random sample of at most `limit`, by image."""
@@ -120,12 +127,7 @@ def score(model, ann: AmodalAnnotations, instances: list[Instance], base: DiffSP
                 ious[(tau, t)] += [geometry.mask_iou(p > t, a) for p, a in zip(priors, amodal, strict=True)]
     settings = {k: v for k, v in diffsp.config.attrs().items()
                 if k in ("steps", "self_res", "cross_res", "guidance_scale")}
-    out = []
-    for (tau, t), values in ious.items():
-        values = np.asarray(values)
-        by_bucket = {b: float(values[[x == b for x in buckets]].mean()) for b in dict.fromkeys(buckets)}
-        out.append(Scored({**settings, "tau": tau, "threshold": t}, float(values.mean()), by_bucket))
-    return out
+    return [Scored.of({**settings, "tau": tau, "threshold": t}, values, buckets) for (tau, t), values in ious.items()]
 
 
 def visible_baseline(instances: list[Instance], size: int) -> Scored:
@@ -136,9 +138,7 @@ def visible_baseline(instances: list[Instance], size: int) -> Scored:
                                                 inst.amodal_box, size)
         values.append(geometry.mask_iou(visible, amodal))
         buckets.append(occlusion_bin(inst.occlusion_rate))
-    values = np.asarray(values)
-    return Scored({"visible mask": True}, float(values.mean()),
-                  {b: float(values[[x == b for x in buckets]].mean()) for b in dict.fromkeys(buckets)})
+    return Scored.of({"visible mask": True}, values, buckets)
 
 
 def grid_ceiling(instances: list[Instance], grid: int, config: DiffSPConfig, thresholds: list[float]) -> Scored:
@@ -148,18 +148,17 @@ def grid_ceiling(instances: list[Instance], grid: int, config: DiffSPConfig, thr
     for inst in instances:
         box = geometry.as_boxes([inst.amodal_box])
         crop = geometry.context_boxes(box, config.context)
-        amodal = torch.from_numpy(inst.amodal_mask().astype(np.float32))[None, None]
+        mask = inst.amodal_mask()
+        amodal = torch.from_numpy(mask.astype(np.float32))[None, None]
         cells = F.adaptive_avg_pool2d(geometry.roi_resample(amodal, crop, config.resolution), grid)[:, 0]
         prior = grid_to_priors(cells, geometry.boxes_in_frame(box, crop, config.resolution), config.resolution,
                                config.prior_size)[0]
-        truth = geometry.masks_in_box(inst.amodal_mask()[None], inst.amodal_box, config.prior_size)[0]
+        truth = geometry.masks_in_box(mask[None], inst.amodal_box, config.prior_size)[0]
         for t in thresholds:
             values[t].append(geometry.mask_iou(prior > t, truth))
         buckets.append(occlusion_bin(inst.occlusion_rate))
     best = max(thresholds, key=lambda t: np.mean(values[t]))
-    ious = np.asarray(values[best])
-    return Scored({"amodal mask on the grid (ceiling)": grid, "threshold": best}, float(ious.mean()),
-                  {b: float(ious[[x == b for x in buckets]].mean()) for b in dict.fromkeys(buckets)})
+    return Scored.of({"amodal mask on the grid (ceiling)": grid, "threshold": best}, values[best], buckets)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -174,7 +173,8 @@ def run(args: argparse.Namespace) -> int:
         results += score(model, ann, instances, base, args.tau, args.thresholds, args.batch_size)
     results.sort(key=lambda r: -r.prior_iou)
     baseline = visible_baseline(instances, DiffSPConfig().prior_size)
-    ceilings = [grid_ceiling(instances, grid, DiffSPConfig().resolved(model), args.thresholds)
+    native = DiffSPConfig().resolved(model)  # the model's resolution and the crop context
+    ceilings = [grid_ceiling(instances, grid, native, args.thresholds)
                 for grid in sorted({r.settings["self_res"] for r in results})]
     buckets = sorted(baseline.by_bucket)
     print(f"{len(instances)} instances of {args.ann} with occlusion > {args.min_occlusion:.0%}; model {args.model}")
