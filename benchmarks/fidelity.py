@@ -3,10 +3,11 @@
     python benchmarks/fidelity.py [--seeds 0 1] [--iters 300] [--variants a b c d e] [--work-dir DIR]
 
 On the synthetic benchmark (generated into WORK_DIR/synthetic/ if absent), all variants start from one
-shared detector (Mask R-CNN R18-FPN trained `--pretrain-iters` iterations on the amodal boxes and masks,
-standing in for the pretrained backbone a real run would have: from scratch, 300 CPU iterations detect
-almost nothing, so no mask head could show a difference). Each variant then trains `--iters` more with the
-same schedule and seed (its own mask head from scratch) and is tested on val:
+shared detector (variant a's Mask R-CNN R18-FPN without its mask head, trained `--pretrain-iters`
+iterations on the amodal boxes, standing in for the pretrained backbone a real run would have: from
+scratch, 300 CPU iterations detect almost nothing, so no mask head could show a difference). Each variant
+then trains `--iters` more with the same schedule and seed, its mask head from scratch (none has a head
+start), and is tested on val:
   (a) plain mmdet Mask R-CNN trained on amodal masks          maskrcnn_r18_fpn_amodal_synthetic.py
   (b) the AISDiff head with the `none` prior                   aisdiff_r18_fpn_noprior_synthetic.py
   (c) AISDiff, priors from the random tiny model (tiny-random) aisdiff_r18_fpn_synthetic.py
@@ -120,16 +121,19 @@ def size_settings(args: argparse.Namespace) -> dict:
 
 
 def pretrain_detector(args: argparse.Namespace) -> Path:
-    """The shared starting point: Mask R-CNN (variant a's config) trained `--pretrain-iters` iterations."""
+    """The shared starting point: variant a's Mask R-CNN without the mask head (a box detector, so that no
+    variant's mask head starts ahead) trained `--pretrain-iters` iterations."""
     work = args.work_dir / "detector"
     ckpt = work / f"iter_{args.pretrain_iters}.pth"
-    if not reuse(work, {"iters": args.pretrain_iters, **size_settings(args)}) or not ckpt.is_file():
+    if not reuse(work, {"iters": args.pretrain_iters, "mask_head": None, **size_settings(args)}) \
+            or not ckpt.is_file():
         print(f"shared detector: training {args.pretrain_iters} iterations -> {work}", flush=True)
         config = VARIANTS["a"][1]
         aisdiff("train", str(CONFIGS / config), "--work-dir", str(work), "--cfg-options", "randomness.seed=0",
                 f"train_cfg.max_iters={args.pretrain_iters}", f"default_hooks.checkpoint.interval={args.pretrain_iters}",
                 f"param_scheduler.1.end={args.pretrain_iters}",
                 f"param_scheduler.1.milestones=[{int(args.pretrain_iters * 0.8)}]", "val_cfg=None", "val_dataloader=None", "val_evaluator=None",
+                "model.roi_head.mask_head=None", "model.roi_head.mask_roi_extractor=None",
                 *size_options(config, args), log=work.with_suffix(".train.log"))
     return ckpt
 
@@ -139,7 +143,9 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[
     _, config, model = VARIANTS[variant]
     work = args.work_dir / f"{variant}_seed{seed}"
     metrics = work / "metrics.json"
-    settings = {"config": config, "iters": args.iters, "detector": str(detector), **size_settings(args)}
+    # the detector by its settings, not its path: a detector retrained differently makes every run stale
+    settings = {"config": config, "iters": args.iters, "detector": json.loads((detector.parent / "settings.json").read_text()),
+                **size_settings(args)}
     if model is not None:  # the priors' model (its weights' sha256) and DiffSP settings, from the store
         from priors.store import PriorStore
 
@@ -201,9 +207,9 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=200)
     parser.add_argument("--val-images", type=int, default=50)
     parser.add_argument("--steps", type=int, default=10, help="DiffSP steps T")
-    parser.add_argument("--tau", type=int, default=2)
-    parser.add_argument("--self-res", type=int, default=8)
-    parser.add_argument("--cross-res", type=int, default=8)
+    parser.add_argument("--tau", type=int, default=0)
+    parser.add_argument("--self-res", type=int, default=16)
+    parser.add_argument("--cross-res", type=int, default=16)
     args = parser.parse_args()
     args.work_dir = args.work_dir.resolve()
     args.work_dir.mkdir(parents=True, exist_ok=True)

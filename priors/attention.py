@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -69,10 +70,19 @@ class AttentionSums:
         return self.self_sum / self.self_count, self.cross_sum / self.cross_count
 
 
-class CaptureAttnProcessor:
-    """Attention with explicit probabilities, added into `AttentionSums` (for UNet transformer blocks)."""
+class AttentionSink(Protocol):
+    """Where a capturing processor hands its probabilities [B, heads, queries, keys] (`AttentionSums`, or
+    the token maps that train the tiny model's grounding); with `cond_only` it gets the second half only."""
 
-    def __init__(self, sums: AttentionSums, kind: str, name: str) -> None:
+    cond_only: bool
+
+    def add(self, kind: str, probs: torch.Tensor) -> None: ...
+
+
+class CaptureAttnProcessor:
+    """Attention with explicit probabilities, handed to a sink (for UNet transformer blocks)."""
+
+    def __init__(self, sums: AttentionSink, kind: str, name: str) -> None:
         self.sums, self.kind, self.name = sums, kind, name
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
@@ -121,11 +131,10 @@ def capture_attention(unet, latent_size: int, self_res: int, cross_res: int,
                       cond_only: bool = False) -> Iterator[AttentionSums]:
     """Install capturing processors on the UNet's self-attention layers at `self_res` and cross-attention
     layers at `cross_res` (token grid sides); yield the running sums; restore the original processors."""
-    original = unet.attn_processors
     sums = AttentionSums(self_res, cross_res, cond_only)
     wanted = {"self": self_res, "cross": cross_res}
     layers = layer_resolutions(unet, latent_size)
-    processors = dict(original)
+    processors = unet.attn_processors
     for name, (kind, res) in layers.items():
         if res == wanted[kind]:
             processors[name] = CaptureAttnProcessor(sums, kind, name)
@@ -134,8 +143,17 @@ def capture_attention(unet, latent_size: int, self_res: int, cross_res: int,
             present = sorted({r for k, r in layers.values() if k == kind})
             raise ValueError(f"the UNet has no {kind}-attention layer at {res}x{res} for latent size {latent_size} "
                              f"(it has {kind}-attention at {present}); choose {kind}_res among those")
-    unet.set_attn_processor(processors)  # (diffusers pops from the dict it is given)
-    try:
+    with swapped_processors(unet, processors):
         yield sums
+
+
+@contextmanager
+def swapped_processors(unet, processors: dict) -> Iterator[None]:
+    """Give the UNet these attention processors (name -> processor, all layers) and restore its own on exit,
+    also after an exception."""
+    original = unet.attn_processors
+    unet.set_attn_processor(dict(processors))  # (diffusers pops from the dict it is given)
+    try:
+        yield
     finally:
         unet.set_attn_processor(dict(original))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from priors.training.crops import (
     load_object_crops,
     sample_batch,
 )
+from priors.training.train import PAIR_PROMPT, PROMPT, grounding_loss, object_token_weights
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +85,39 @@ def test_companions_stand_behind_the_object(crops):
     assert (shown & drawn).any() and not (shown & both.hole.bool()).any()
 
 
+def test_object_token_weights_pick_the_named_object(tiny_model):
+    """The object's category token (the first named, position 5 after the start token and 'a photo of a'),
+    in single and pair prompts; nothing for the empty prompt."""
+    tok = tiny_model.pipe.tokenizer
+    prompts = [(PROMPT.format(category="star"), "star"), ("", None),
+               (PAIR_PROMPT.format(category="heart", other="ball"), "heart")]
+    weights = object_token_weights(tok, prompts)
+    assert weights.shape == (3, tok.model_max_length)
+    assert weights[0].nonzero().flatten().tolist() == [5] and weights[0, 5] == 1
+    assert tok(prompts[0][0])["input_ids"][5] == tok("star")["input_ids"][1]
+    assert weights[1].sum() == 0
+    assert weights[2].nonzero().flatten().tolist() == [5] and tok(prompts[2][0])["input_ids"][5] == \
+        tok("heart")["input_ids"][1]
+
+
+def test_grounding_loss_values():
+    """Zero for attention exactly on the mask; (1 - share inside)^2 + ln 2 for a flat 0.5 map; examples
+    without a named object are left out."""
+    amodal = torch.zeros(2, 1, 8, 8)
+    amodal[:, :, 2:6, 2:6] = 1  # a quarter of the crop
+    on_mask = [amodal.flatten(1)]
+    keep = torch.tensor([True, True])
+    assert grounding_loss(on_mask, amodal, keep).item() == pytest.approx(0.0, abs=1e-4)
+    flat = [torch.full((2, 64), 0.5)]
+    assert grounding_loss(flat, amodal, keep).item() == pytest.approx(0.75**2 + math.log(2), abs=1e-6)
+    # a 4 x 4 layer sees the mask area-resampled: the same quarter, now 2 x 2 cells
+    assert grounding_loss([torch.full((2, 16), 0.5)], amodal, keep).item() == pytest.approx(
+        0.75**2 + math.log(2), abs=1e-6)
+    mixed = [torch.stack([amodal[0].flatten(), torch.full((64,), 0.5)])]
+    assert grounding_loss(mixed, amodal, torch.tensor([True, False])).item() == pytest.approx(0.0, abs=1e-4)
+    assert grounding_loss(mixed, amodal, torch.tensor([False, False])).item() == 0
+
+
 def test_train_diffusion_end_to_end(make_benchmark, tmp_path):
     """A few steps at 32 px: the saved folder is a diffusers model that load_model and DiffSP use."""
     from priors.diffsp import DiffSP, DiffSPConfig, prepare_rois
@@ -94,15 +129,16 @@ def test_train_diffusion_end_to_end(make_benchmark, tmp_path):
                    str(root / "images"), "--out", str(out), "--resolution", "32", "--vae-steps", "2",
                    "--unet-steps", "3", "--text-to-image-steps", "1", "--full-mask-probability", "0.25",
                    "--random-mask-probability", "0.25", "--companion-probability", "0.5", "--batch-size", "4",
-                   "--threads", "1")
+                   "--grounding-weight", "0.1", "--threads", "1")
     assert proc.returncode == 0, proc.stderr
     for name in ("model_index.json", "README.md", "loss.png", "losses.json", "train_config.json",
                  "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
                  "text_encoder/model.safetensors"):
         assert (out / name).is_file(), name
     losses = json.loads((out / "losses.json").read_text())
-    assert len(losses["vae"]) == 2 and len(losses["unet"]) == 3
+    assert len(losses["vae"]) == 2 and len(losses["unet"]) == len(losses["grounding"]) == 3
     card = (out / "README.md").read_text()
+    assert "0.1 x a token grounding loss" in card and "grounding" in card.split("Final losses")[1]
     assert "a photo of a {category}" in card and "The first 1 steps mask every crop whole" in card
     assert "a photo of a {category} and a {other}" in card
     model = load_model(str(out))

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     generator = torch.Generator().manual_seed(cfg.seed)
     pipe = build_architecture(cfg.resolution, crops.categories, cfg.seed).to(device)
     losses = {"vae": train_vae(pipe.vae, crops, cfg, generator, device)}
-    losses["unet"] = train_unet(pipe, crops, cfg, generator, device)
+    losses.update(train_unet(pipe, crops, cfg, generator, device))
     seconds = time.time() - started
 
     tmp = out.with_name(out.name + ".partial")

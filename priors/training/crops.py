@@ -169,11 +169,13 @@ def add_companions(crops: ObjectCrops, scene: torch.Tensor, amodal: torch.Tensor
 @dataclass
 class InpaintingBatch:
     """Targets and inputs in [-1, 1]: the whole object (and any companion) on blank, the visible-only crop,
-    the hole mask, the object's category and the companion's (-1: none)."""
+    the hole mask, the object's amodal mask (where it is in the target), its category and the companion's
+    (-1: none)."""
 
     target: torch.Tensor
     masked: torch.Tensor
     hole: torch.Tensor
+    amodal: torch.Tensor
     labels: torch.Tensor
     companions: torch.Tensor
 
@@ -198,5 +200,5 @@ def sample_batch(crops: ObjectCrops, batch_size: int, generator: torch.Generator
                                                     companion_probability, generator)
     if full_mask_probability or random_mask_probability:
         visible, hole = extra_masks(visible, hole, full_mask_probability, random_mask_probability, generator)
-    return InpaintingBatch(target=scene, masked=scene * visible, hole=hole, labels=crops.labels[idx],
+    return InpaintingBatch(target=scene, masked=scene * visible, hole=hole, amodal=amodal, labels=crops.labels[idx],
                            companions=companions)

@@ -9,14 +9,17 @@ The result is saved with `save_pretrained` (safetensors) plus a model card and t
 from __future__ import annotations
 
 import json
+import math
 import platform
-from dataclasses import asdict, dataclass
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..attention import CaptureAttnProcessor, layer_resolutions, swapped_processors
 from ..models import SCHEDULER_CONFIG, TINY_WORDS, build_tiny_pipeline
 from .crops import ObjectCrops, sample_batch
 
@@ -41,6 +44,7 @@ class TrainConfig:
     full_mask_probability: float = 0.0  # Stable Diffusion inpainting's recipe: 0.25 (README: tried, no help)
     random_mask_probability: float = 0.25  # SD inpainting's random rectangles, on top of the occluders
     companion_probability: float = 0.5  # a second object behind, named in the prompt: token-specific attention
+    grounding_weight: float = 0.0  # token grounding loss (TokenCompose-style) on the object's cross-attention
     seed: int = 0
 
 
@@ -63,6 +67,59 @@ def _lr_lambda(steps: int, warmup: int = 100):
             return (step + 1) / warmup
         return 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / max(steps - warmup, 1)))
     return factor
+
+
+def object_token_weights(tokenizer, prompts: list[tuple[str, str | None]]) -> torch.Tensor:
+    """Weights [P, L] that average each prompt's cross-attention over its object's category tokens (1/k on
+    the k tokens of the category named first; a row of zeros for a prompt that names none)."""
+    prefix = PROMPT.split("{category}", 1)[0].rstrip()
+    start = len(tokenizer(prefix)["input_ids"]) - 1  # the start token and the prefix, not the end token
+    weights = torch.zeros(len(prompts), tokenizer.model_max_length)
+    for row, (_, category) in enumerate(prompts):
+        if category is not None:
+            k = len(tokenizer(category)["input_ids"]) - 2
+            weights[row, start:start + k] = 1.0 / k
+    return weights
+
+
+@dataclass
+class TokenMaps:
+    """An attention sink that keeps, per cross-attention layer, each example's head-averaged attention to its
+    object's tokens [B, queries] with gradients: the grounding loss's input."""
+
+    weights: torch.Tensor  # [B, L]: `object_token_weights` rows of this batch's prompts
+    maps: list[torch.Tensor] = field(default_factory=list)
+    cond_only: bool = False
+
+    def add(self, kind: str, probs: torch.Tensor) -> None:
+        self.maps.append(torch.bmm(probs.mean(dim=1), self.weights[:, :, None].to(probs))[..., 0])
+
+
+def grounding_loss(maps: list[torch.Tensor], amodal: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """TokenCompose's token and pixel losses (Wang et al., CVPR 2024), averaged over layers: the share of the
+    object token's attention that falls outside the object's mask, squared, plus the binary cross-entropy of
+    its attention against the mask (area-resampled to the layer's grid). `keep`: examples with a named object.
+
+    Stable Diffusion's cross-attention ties a category word to the object's pixels from web-scale captions;
+    a few thousand crops are too few for that, so this loss supplies it from the train split's masks.
+    """
+    if not keep.any():
+        return amodal.new_zeros(())
+    losses = []
+    for a in maps:
+        side = math.isqrt(a.shape[1])
+        target = F.interpolate(amodal, size=(side, side), mode="area").flatten(1).to(a)
+        a, target = a[keep], target[keep]
+        inside = (a * target).sum(1) / a.sum(1).clamp_min(1e-8)
+        losses.append((1 - inside).pow(2).mean() + F.binary_cross_entropy(a.clamp(1e-6, 1 - 1e-6), target))
+    return torch.stack(losses).mean()
+
+
+def cross_attention_to(unet, sink: TokenMaps) -> dict:
+    """The UNet's attention processors with every cross-attention layer handing its probabilities to `sink`."""
+    kinds = layer_resolutions(unet, unet.config.sample_size)
+    return {name: CaptureAttnProcessor(sink, "cross", name) if kinds.get(name, ("self",))[0] == "cross" else proc
+            for name, proc in unet.attn_processors.items()}
 
 
 def train_vae(vae, crops: ObjectCrops, cfg: TrainConfig, generator: torch.Generator, device: torch.device,
@@ -93,8 +150,9 @@ def train_vae(vae, crops: ObjectCrops, cfg: TrainConfig, generator: torch.Genera
 
 
 def train_unet(pipe, crops: ObjectCrops, cfg: TrainConfig, generator: torch.Generator, device: torch.device,
-               progress: bool = True) -> list[float]:
-    """Epsilon-prediction training of the inpainting UNet and the text encoder; returns per-step losses.
+               progress: bool = True) -> dict[str, list[float]]:
+    """Epsilon-prediction training of the inpainting UNet and the text encoder; returns per-step losses
+    ("unet": the denoising loss; "grounding": the token grounding loss, when `cfg.grounding_weight` is set).
 
     Stable Diffusion inpainting was fine-tuned from the text-to-image model, whose cross-attention already
     ties category tokens to object pixels; the first `text_to_image_steps` steps play that part (the whole
@@ -105,40 +163,49 @@ def train_unet(pipe, crops: ObjectCrops, cfg: TrainConfig, generator: torch.Gene
                                        if k not in ("set_alpha_to_one", "steps_offset")})
     unet, text_encoder, vae, tokenizer = pipe.unet, pipe.text_encoder, pipe.vae, pipe.tokenizer
     n = len(crops.categories)
-    prompts = [PROMPT.format(category=c) for c in crops.categories] + [""]
-    prompts += [PAIR_PROMPT.format(category=c, other=o) for c in crops.categories for o in crops.categories]
-    tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                       return_tensors="pt").input_ids.to(device)
+    prompts = [(PROMPT.format(category=c), c) for c in crops.categories] + [("", None)]
+    prompts += [(PAIR_PROMPT.format(category=c, other=o), c) for c in crops.categories for o in crops.categories]
+    tokens = tokenizer([p for p, _ in prompts], padding="max_length", max_length=tokenizer.model_max_length,
+                       truncation=True, return_tensors="pt").input_ids.to(device)
+    token_weights = object_token_weights(tokenizer, prompts).to(device)
+    sink = TokenMaps(token_weights[:0])
     params = [*unet.parameters(), *text_encoder.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.unet_steps))
     unet.train()
     text_encoder.train()
     scale = vae.config.scaling_factor
-    losses = []
-    for step in tqdm(range(cfg.unet_steps), desc="unet", disable=not progress):
-        text_to_image = step < cfg.text_to_image_steps
-        batch = sample_batch(crops, cfg.batch_size, generator, cfg.context,
-                             1.0 if text_to_image else cfg.full_mask_probability, cfg.random_mask_probability,
-                             cfg.companion_probability)
-        with torch.no_grad():
-            both = vae.encode(torch.cat([batch.target, batch.masked]).to(device)).latent_dist.mode() * scale
-            latents, masked_latents = both.chunk(2)
-        hole = F.interpolate(batch.hole.to(device), size=latents.shape[-2:])
-        noise = torch.randn(latents.shape, generator=generator).to(device)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
-        noisy = noise_scheduler.add_noise(latents, noise, t.to(device))
-        labels = torch.where(batch.companions < 0, batch.labels, n + 1 + batch.labels * n + batch.companions)
-        labels[torch.rand(len(labels), generator=generator) < cfg.uncond_probability] = n  # the empty prompt
-        text = text_encoder(tokens[labels.to(device)])[0]
-        eps = unet(torch.cat([noisy, hole, masked_latents], 1), t.to(device), encoder_hidden_states=text).sample
-        loss = F.mse_loss(eps, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+    losses: dict[str, list[float]] = {"unet": [], **({"grounding": []} if cfg.grounding_weight else {})}
+    with swapped_processors(unet, cross_attention_to(unet, sink)) if cfg.grounding_weight else nullcontext():
+        for step in tqdm(range(cfg.unet_steps), desc="unet", disable=not progress):
+            text_to_image = step < cfg.text_to_image_steps
+            batch = sample_batch(crops, cfg.batch_size, generator, cfg.context,
+                                 1.0 if text_to_image else cfg.full_mask_probability, cfg.random_mask_probability,
+                                 cfg.companion_probability)
+            with torch.no_grad():
+                both = vae.encode(torch.cat([batch.target, batch.masked]).to(device)).latent_dist.mode() * scale
+                latents, masked_latents = both.chunk(2)
+            hole = F.interpolate(batch.hole.to(device), size=latents.shape[-2:])
+            noise = torch.randn(latents.shape, generator=generator).to(device)
+            t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
+            noisy = noise_scheduler.add_noise(latents, noise, t.to(device))
+            labels = torch.where(batch.companions < 0, batch.labels, n + 1 + batch.labels * n + batch.companions)
+            labels[torch.rand(len(labels), generator=generator) < cfg.uncond_probability] = n  # the empty prompt
+            labels = labels.to(device)
+            sink.weights, sink.maps = token_weights[labels], []
+            text = text_encoder(tokens[labels])[0]
+            eps = unet(torch.cat([noisy, hole, masked_latents], 1), t.to(device), encoder_hidden_states=text).sample
+            loss = F.mse_loss(eps, noise)
+            losses["unet"].append(loss.item())
+            if cfg.grounding_weight:
+                ground = grounding_loss(sink.maps, batch.amodal.to(device), labels != n)
+                losses["grounding"].append(ground.item())
+                loss = loss + cfg.grounding_weight * ground
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
     unet.eval()
     text_encoder.eval()
     return losses
@@ -209,11 +276,17 @@ def write_card(out: Path, cfg: TrainConfig, crops: ObjectCrops, data: dict, loss
         f"{cfg.kl_weight} x KL; latent scaling factor 1/std = {data['scaling_factor']}.",
         f"- UNet + text encoder: {cfg.unet_steps} steps, batch {cfg.batch_size}, AdamW lr {cfg.unet_lr} "
         "(warm-up, cosine to 10%), epsilon prediction, Stable Diffusion's scaled-linear schedule (1000 steps)." + (
+            f" Plus {cfg.grounding_weight} x a token grounding loss on every cross-attention layer (TokenCompose's "
+            "token and pixel losses, Wang et al., CVPR 2024): the attention of the object's category token should "
+            "lie on the object's whole (amodal) mask in the target. Stable Diffusion learned that tie of word to "
+            f"pixels from web-scale captions; {len(crops)} crops are too few to learn it from denoising alone."
+            if cfg.grounding_weight else "") + (
             f" The first {cfg.text_to_image_steps} steps mask every crop whole (text-to-image, the stage SD "
             "inpainting was fine-tuned from)." if cfg.text_to_image_steps else ""),
         f"- Seed {cfg.seed}; {seconds / 60:.1f} min on {device} ({platform.processor() or platform.machine()}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads).",
-        f"- Final losses (moving average of 50 steps): VAE {final['vae']}, UNet {final['unet']}.",
+        f"- Final losses (moving average of 50 steps): VAE {final['vae']}, UNet {final['unet']}"
+        + (f", grounding {final['grounding']}." if "grounding" in final else "."),
         f"- Weights saved in {save_dtype} (safetensors); `from_pretrained(..., torch_dtype=...)` casts them.",
         "",
         "![loss curves](loss.png)",
