@@ -23,7 +23,14 @@ CONFIG = REPO / "configs" / "aisdiff" / "aisdiff_r18_fpn_synthetic.py"
 LOSSES = ("loss_rpn_cls", "loss_rpn_bbox", "loss_det_cls", "loss_bbox", "loss_cls", "loss_mask_visible",
           "loss_mask_occluder", "loss_mask_amodal")
 STORE_TOLERANCE = 1e-4 + 2**-10  # DiffSP batch tolerance plus one float16 step at 1.0
-DIFFSP_FLAGS = ["--tau", "2", "--self-res", "8", "--cross-res", "8"]  # CONFIG's on-the-fly settings
+
+
+def config_diffsp_flags() -> list[str]:
+    """CONFIG's on-the-fly DiffSP settings as `aisdiff precompute` flags: its train store must match them."""
+    from mmengine.config import Config
+
+    prior = Config.fromfile(str(CONFIG)).model.roi_head.test_prior
+    return [f"--{key.replace('_', '-')}={prior[key]}" for key in ("tau", "self_res", "cross_res")]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +40,7 @@ def data(tmp_path_factory):
     syn = root / "synthetic"
     synthetic.generate(syn, train_images=6, val_images=2, seed=5)
     proc = subprocess.run([str(BIN / "aisdiff"), "precompute", "--ann", str(syn / "annotations" / "train.json"),
-                           "--images", str(syn / "images"), "--out", str(syn / "priors_train.zarr"), *DIFFSP_FLAGS],
+                           "--images", str(syn / "images"), "--out", str(syn / "priors_train.zarr"), *config_diffsp_flags()],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return root
@@ -205,7 +212,7 @@ def test_proposal_cache_gives_the_on_the_fly_priors(data, trained, tmp_path):
                                            "occluder_segmentation"}
     proc = subprocess.run([str(BIN / "aisdiff"), "precompute", "--ann", str(syn / "annotations" / "val.json"),
                            "--images", str(syn / "images"), "--proposals", str(tmp_path / "proposals.json"),
-                           "--out", str(tmp_path / "proposals.zarr"), *DIFFSP_FLAGS], capture_output=True, text=True)
+                           "--out", str(tmp_path / "proposals.zarr"), *config_diffsp_flags()], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     store = PriorStore.open(tmp_path / "proposals.zarr")
     assert (store.rows().source == SOURCE_PROPOSAL).sum() == len(records)
