@@ -119,6 +119,21 @@ def prepare_rois(image: torch.Tensor, boxes, visible: torch.Tensor, occluder: to
                     categories=list(categories), seeds=list(seeds))
 
 
+def category_token_positions(tokenizer, prompt: str, category: str) -> list[int]:
+    """Positions of the category's tokens in `prompt` ("... {category} ..."; the start token is position 0
+    and skipped). Also where a prompt that goes on after the category (a second object named) has them."""
+    def tokens(text: str) -> list[int]:
+        return tokenizer(text, truncation=True, max_length=tokenizer.model_max_length)["input_ids"]
+
+    prefix, suffix = prompt.split("{category}", 1)
+    full = tokens(prompt.format(category=category))
+    start = len(tokens(prefix.rstrip())) - 1  # without the end token
+    end = len(full) - 1 - (len(tokens(suffix.strip())) - 2)  # before the suffix and end token
+    if end <= start:
+        raise ValueError(f"category {category!r} has no token of its own in the prompt (truncated?)")
+    return list(range(start, end))
+
+
 class DiffSP:
     """Shape priors from a Stable Diffusion inpainting model's attention (see the module docstring)."""
 
@@ -139,9 +154,6 @@ class DiffSP:
         return {**self.config.attrs(), "model": self.model.identity, "dtype": self.model.dtype}
 
     # -- text --------------------------------------------------------------------------------------
-    def _tokens(self, text: str) -> list[int]:
-        return self.pipe.tokenizer(text, truncation=True, max_length=self.pipe.tokenizer.model_max_length)["input_ids"]
-
     def _encode(self, texts: list[str]) -> torch.Tensor:
         tok = self.pipe.tokenizer(texts, padding="max_length", truncation=True,
                                   max_length=self.pipe.tokenizer.model_max_length, return_tensors="pt")
@@ -149,14 +161,8 @@ class DiffSP:
             return self.pipe.text_encoder(tok.input_ids.to(self.model.device))[0]
 
     def category_token_positions(self, category: str) -> list[int]:
-        """Positions of the category's tokens in the prompt (the start token is position 0 and skipped)."""
-        prefix, suffix = self.config.prompt.split("{category}", 1)
-        full = self._tokens(self.config.prompt.format(category=category))
-        start = len(self._tokens(prefix.rstrip())) - 1  # without the end token
-        end = len(full) - 1 - (len(self._tokens(suffix.strip())) - 2)  # before the suffix and end token
-        if end <= start:
-            raise ValueError(f"category {category!r} has no token of its own in the prompt (truncated?)")
-        return list(range(start, end))
+        """Positions of the category's tokens in the configured prompt (see `category_token_positions`)."""
+        return category_token_positions(self.pipe.tokenizer, self.config.prompt, category)
 
     def _text_for(self, categories: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt embeddings [N, L, D] and token weights [N, L] (1/k on the category's k tokens)."""

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..attention import CaptureAttnProcessor, layer_resolutions, swapped_processors
+from ..diffsp import category_token_positions
 from ..models import SCHEDULER_CONFIG, TINY_WORDS, build_tiny_pipeline
 from .crops import ObjectCrops, sample_batch
 
@@ -71,14 +72,12 @@ def _lr_lambda(steps: int, warmup: int = 100):
 
 def object_token_weights(tokenizer, prompts: list[tuple[str, str | None]]) -> torch.Tensor:
     """Weights [P, L] that average each prompt's cross-attention over its object's category tokens (1/k on
-    the k tokens of the category named first; a row of zeros for a prompt that names none)."""
-    prefix = PROMPT.split("{category}", 1)[0].rstrip()
-    start = len(tokenizer(prefix)["input_ids"]) - 1  # the start token and the prefix, not the end token
+    the k tokens of the category named first, found as DiffSP finds them; zeros for a prompt naming none)."""
     weights = torch.zeros(len(prompts), tokenizer.model_max_length)
     for row, (_, category) in enumerate(prompts):
         if category is not None:
-            k = len(tokenizer(category)["input_ids"]) - 2
-            weights[row, start:start + k] = 1.0 / k
+            positions = category_token_positions(tokenizer, PROMPT, category)  # pair prompts start alike
+            weights[row, positions] = 1.0 / len(positions)
     return weights
 
 
