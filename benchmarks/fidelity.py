@@ -16,14 +16,18 @@ start), and is tested on val:
 (c) and (d) train on cached priors (`aisdiff precompute` on train) and test with on-the-fly DiffSP, with the
 DiffSP settings given here (defaults: those tuned on train for the trained model, see the README).
 Every step goes through the `aisdiff` commands and reuses what an earlier run with the same settings left in
-WORK_DIR (a finished run's metrics.json; the settings, prior model identity included, are in each run's
-settings.json; a train prior store's, in WORK_DIR/priors_MODEL/settings.json), so an interrupted benchmark
-resumes and a retrained model or other DiffSP settings are never mixed with old results.
+WORK_DIR (a finished run's metrics.json; the settings, the parsed config's sha256 and the prior model
+identity included, are in each run's settings.json; a train prior store's, in WORK_DIR/priors_MODEL/
+settings.json), so an interrupted benchmark resumes and an edited config, a retrained model or other DiffSP
+settings are never mixed with old results. Code is not tracked: after changing the packages, use a new
+WORK_DIR.
 Prints a table of mean and spread over seeds and writes WORK_DIR/fidelity.{json,md}.
 """
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import json
 import os
 import platform
@@ -85,15 +89,26 @@ def prepare(args: argparse.Namespace) -> dict[str, Path]:
     return stores
 
 
-def size_options(config: str, args: argparse.Namespace) -> list[str]:
-    """--cfg-options for the benchmark's size: image scale, RPN proposals and sampled RoIs per image."""
+@functools.cache
+def load_config(config: str):
+    """A variant's config, parsed (with its `_base_` files) as `aisdiff train` will."""
     from mmengine.config import Config
     from mmengine.logging import MMLogger
 
     MMLogger.get_current_instance().setLevel("WARNING")  # (parsing prints the $AISDIFF_DATA notice)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cfg = Config.fromfile(str(CONFIGS / config))
+        return Config.fromfile(str(CONFIGS / config))
+
+
+def config_digest(config: str) -> str:
+    """sha256 of the parsed config: an edited config (or one of its bases) makes earlier runs stale."""
+    return hashlib.sha256(load_config(config).pretty_text.encode()).hexdigest()
+
+
+def size_options(config: str, args: argparse.Namespace) -> list[str]:
+    """--cfg-options for the benchmark's size: image scale, RPN proposals and sampled RoIs per image."""
+    cfg = load_config(config)
     out = []
     for key, pipeline in (("train_dataloader", cfg.train_dataloader.dataset.pipeline),
                           ("test_dataloader", cfg.test_dataloader.dataset.pipeline)):
@@ -125,10 +140,11 @@ def pretrain_detector(args: argparse.Namespace) -> Path:
     variant's mask head starts ahead) trained `--pretrain-iters` iterations."""
     work = args.work_dir / "detector"
     ckpt = work / f"iter_{args.pretrain_iters}.pth"
-    if not reuse(work, {"iters": args.pretrain_iters, "mask_head": None, **size_settings(args)}) \
-            or not ckpt.is_file():
+    config = VARIANTS["a"][1]
+    settings = {"config_sha256": config_digest(config), "iters": args.pretrain_iters, "mask_head": None,
+                **size_settings(args)}
+    if not reuse(work, settings) or not ckpt.is_file():
         print(f"shared detector: training {args.pretrain_iters} iterations -> {work}", flush=True)
-        config = VARIANTS["a"][1]
         aisdiff("train", str(CONFIGS / config), "--work-dir", str(work), "--cfg-options", "randomness.seed=0",
                 f"train_cfg.max_iters={args.pretrain_iters}", f"default_hooks.checkpoint.interval={args.pretrain_iters}",
                 f"param_scheduler.1.end={args.pretrain_iters}",
@@ -144,7 +160,7 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[
     work = args.work_dir / f"{variant}_seed{seed}"
     metrics = work / "metrics.json"
     # the detector by its settings, not its path: a detector retrained differently makes every run stale
-    settings = {"config": config, "iters": args.iters, "detector": json.loads((detector.parent / "settings.json").read_text()),
+    settings = {"config": config, "config_sha256": config_digest(config), "iters": args.iters, "detector": json.loads((detector.parent / "settings.json").read_text()),
                 **size_settings(args)}
     if model is not None:  # the priors' model (its weights' sha256) and DiffSP settings, from the store
         from priors.store import PriorStore

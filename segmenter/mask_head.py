@@ -18,8 +18,16 @@ from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 
+def kaiming_init_(layer: nn.Module) -> nn.Module:
+    """mmdet's mask-head initialization (ConvModule, FCNMaskHead): Kaiming normal, fan_out, ReLU gain, zero
+    bias. PyTorch's default leaves the gated amodal path's logits near 0 for hundreds of iterations."""
+    nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
 def _conv3x3(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True))
+    return nn.Sequential(kaiming_init_(nn.Conv2d(cin, cout, 3, padding=1)), nn.ReLU(inplace=True))
 
 
 class NonLocalBlock(nn.Module):
@@ -47,8 +55,8 @@ class MaskPredictor(nn.Sequential):
     """deconv2x2 stride 2 (+ ReLU) then 1x1 conv to one mask channel: 14x14 features -> 28x28 logits."""
 
     def __init__(self, channels: int) -> None:
-        super().__init__(nn.ConvTranspose2d(channels, channels, 2, stride=2), nn.ReLU(inplace=True),
-                         nn.Conv2d(channels, 1, 1))
+        super().__init__(kaiming_init_(nn.ConvTranspose2d(channels, channels, 2, stride=2)), nn.ReLU(inplace=True),
+                         kaiming_init_(nn.Conv2d(channels, 1, 1)))
 
 
 class OcclusionBranch(nn.Module):
@@ -74,12 +82,15 @@ class AISDiffMaskHead(BaseModule):
         self.occluder = OcclusionBranch(in_channels, conv_channels)
         self.visible = OcclusionBranch(in_channels, conv_channels)
         if conv_channels != in_channels:  # visible input = RoI feature + occluder feature
-            self.occluder_to_input = nn.Conv2d(conv_channels, in_channels, 1)
-        self.cls_fc = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(conv_channels, num_classes))
+            self.occluder_to_input = kaiming_init_(nn.Conv2d(conv_channels, in_channels, 1))
+        classifier = nn.Linear(conv_channels, num_classes)
+        nn.init.normal_(classifier.weight, std=0.01)  # as mmdet's box classifier
+        nn.init.zeros_(classifier.bias)
+        self.cls_fc = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), classifier)
         self.amodal_features = nn.Sequential(*[_conv3x3(in_channels if i == 0 else conv_channels, conv_channels)
                                                for i in range(num_amodal_convs)])
         attention = [_conv3x3(conv_channels, conv_channels) for _ in range(num_attention_convs - 1)]
-        self.attention = nn.Sequential(*attention, nn.Conv2d(conv_channels, 1, 3, padding=1))
+        self.attention = nn.Sequential(*attention, kaiming_init_(nn.Conv2d(conv_channels, 1, 3, padding=1)))
         self.amodal_predictor = MaskPredictor(conv_channels)
         self.loss_mask = MODELS.build(loss_mask or dict(type="CrossEntropyLoss", use_mask=True, loss_weight=1.0))
         self.loss_cls = MODELS.build(loss_cls or dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0))

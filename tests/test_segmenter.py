@@ -396,3 +396,28 @@ def test_every_config_builds_its_model_and_reads_data_roots_from_the_environment
     if name.endswith("synthetic.py"):  # small enough to build here (the others load ImageNet weights)
         model = MODELS.build(cfg.model)
         assert sum(p.numel() for p in model.parameters()) > 1_000_000
+        model.train()  # (where mmdet's ResNet freezes its frozen stages and puts BN in eval mode)
+        # from scratch: no stage frozen at its random weights, no BN normalizing with its initial statistics
+        assert all(p.requires_grad for p in model.backbone.parameters())
+        assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.backbone.modules())
+
+
+def test_mask_head_starts_from_mmdet_initialization():
+    """Convolutions Kaiming-normal (fan_out, ReLU gain) with zero bias as mmdet's mask heads, non-local blocks
+    the identity, the category classifier N(0, 0.01): PyTorch's default initialization left the gated amodal
+    path at chance (BCE ln 2) through the fidelity benchmark's whole schedule."""
+    from segmenter.mask_head import AISDiffMaskHead, NonLocalBlock
+
+    torch.manual_seed(0)
+    head = AISDiffMaskHead(num_classes=7, in_channels=256, conv_channels=128)
+    blocks = [m for m in head.modules() if isinstance(m, NonLocalBlock)]
+    assert len(blocks) == 2 and all(not b.out.weight.any() and not b.out.bias.any() for b in blocks)
+    own = {id(c) for b in blocks for c in b.children()}  # (query/key/value keep PyTorch's default)
+    convs = [m for m in head.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) and id(m) not in own]
+    assert len(convs) == 15
+    for conv in convs:
+        w = conv.weight
+        expected = (2.0 / (w.shape[0] * w[0, 0].numel())) ** 0.5  # torch's fan_out: dim 0 times the kernel
+        assert not conv.bias.any() and abs(w.std().item() / expected - 1) < 4 / (2 * w.numel()) ** 0.5, conv
+    classifier = head.cls_fc[-1]
+    assert not classifier.bias.any() and abs(classifier.weight.std().item() / 0.01 - 1) < 0.1

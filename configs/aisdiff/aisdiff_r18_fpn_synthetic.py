@@ -8,7 +8,10 @@ _base_ = [
     '../_base_/schedules/synthetic_300.py', '../_base_/iter_runtime.py'
 ]
 model = dict(
-    backbone=dict(depth=18, init_cfg=None),
+    # from scratch (no pretrained weights offline), as mmdet's configs/scratch: every stage trains and GroupNorm
+    # replaces eval-mode BN (frozen random stages and BN with its initial statistics do not learn)
+    backbone=dict(depth=18, init_cfg=None, frozen_stages=-1, norm_eval=False, zero_init_residual=False,
+                  norm_cfg=dict(type='GN', num_groups=32, requires_grad=True)),
     neck=dict(in_channels=[64, 128, 256, 512]),
     roi_head=dict(
         bbox_head=dict(num_classes=7),
