@@ -14,7 +14,9 @@ start), and is tested on val:
   (d) AISDiff, priors from the trained tiny model (tiny)       aisdiff_r18_fpn_synthetic.py
   (e) AISDiff, the ground-truth amodal mask as the prior       aisdiff_r18_fpn_oracle_synthetic.py
 (c) and (d) train on cached priors (`aisdiff precompute` on train) and test with on-the-fly DiffSP, with the
-DiffSP settings given here (defaults: those tuned on train for the trained model, see the README).
+DiffSP settings given here (defaults: those tuned on train for the trained model, see the README). Test
+priors of (c), (d) and (e) are for the box head's class (`--prior-labels detector`): after a short schedule the
+mask head's own classifier, the paper's source of the prompt, is still near chance.
 Every step goes through the `aisdiff` commands and reuses what an earlier run with the same settings left in
 WORK_DIR (a finished run's metrics.json; the settings, the parsed config's sha256 and the prior model
 identity included, are in each run's settings.json; a train prior store's, in WORK_DIR/priors_MODEL/
@@ -50,6 +52,7 @@ VARIANTS = {
     "d": ("AISDiff, trained-model prior", "aisdiff_r18_fpn_synthetic.py", "tiny"),
     "e": ("AISDiff, oracle prior (GT amodal)", "aisdiff_r18_fpn_oracle_synthetic.py", None),
 }
+PRIOR_READS_CLASS = ("c", "d", "e")  # DiffSP's prompt; the oracle's ground truth of that class
 COLUMNS = (("amodal", "AP"), ("amodal", "AP50"), ("amodal", "AP75"), ("amodal", "AR"), ("visible", "AP"))
 
 
@@ -166,6 +169,8 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[
         from priors.store import PriorStore
 
         settings["priors"] = PriorStore.open(stores[model]).settings
+    if variant in PRIOR_READS_CLASS:
+        settings["prior_labels"] = args.prior_labels
     if reuse(work, settings) and metrics.is_file():
         return json.loads(metrics.read_text())
     options = [f"load_from={detector}", f"randomness.seed={seed}", f"train_cfg.max_iters={args.iters}",
@@ -175,6 +180,8 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[
         options += [f"train_dataloader.dataset.prior_store={stores[model]}",
                     f"model.roi_head.test_prior.model={model}", f"model.roi_head.test_prior.store={stores[model]}"]
         options += [f"model.roi_head.test_prior.{k}={v}" for k, v in diffsp_flags(args).items()]
+    if variant in PRIOR_READS_CLASS:
+        options.append(f"model.roi_head.prior_labels={args.prior_labels}")
     start = time.time()
     print(f"({variant}) seed {seed}: training {args.iters} iterations -> {work}", flush=True)
     if not (work / f"iter_{args.iters}.pth").is_file():
@@ -224,6 +231,9 @@ def main() -> None:
     parser.add_argument("--val-images", type=int, default=50)
     parser.add_argument("--steps", type=int, default=10, help="DiffSP steps T")
     parser.add_argument("--tau", type=int, default=0)
+    parser.add_argument("--prior-labels", choices=("head", "detector"), default="detector",
+                        help="the class test priors are computed for: the mask head's category (the paper's) or "
+                             "the box head's label (default: at this schedule the head's classifier is near chance)")
     parser.add_argument("--self-res", type=int, default=16)
     parser.add_argument("--cross-res", type=int, default=16)
     args = parser.parse_args()

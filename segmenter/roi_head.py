@@ -19,15 +19,26 @@ from mmdet.structures.bbox import bbox2roi
 from mmdet.structures.mask import mask_target
 from torch import Tensor
 
+from priors.errors import AisdiffError
+
 MASK_KINDS = ("amodal", "visible", "occluder")
 
 
 @MODELS.register_module()
 class AISDiffRoIHead(StandardRoIHead):
-    """StandardRoIHead with the AISDiff mask head and prior providers (`train_prior`, `test_prior`)."""
+    """StandardRoIHead with the AISDiff mask head and prior providers (`train_prior`, `test_prior`).
 
-    def __init__(self, *args, train_prior: dict | None = None, test_prior: dict | None = None, **kwargs) -> None:
+    `prior_labels` names the class a test prior is computed for: "head" (the paper: the mask head's own
+    category prediction) or "detector" (the box head's label, the one the detection is scored under; for
+    short schedules, where the mask head's classifier is still near chance).
+    """
+
+    def __init__(self, *args, train_prior: dict | None = None, test_prior: dict | None = None,
+                 prior_labels: str = "head", **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        if prior_labels not in ("head", "detector"):
+            raise AisdiffError(f"AISDiffRoIHead: prior_labels={prior_labels!r}; use 'head' or 'detector'")
+        self.prior_labels = prior_labels
         self.train_prior = MODELS.build(train_prior or dict(type="CachedPriors"))
         self.test_prior = MODELS.build(test_prior or dict(type="NoPriors"))
         # set by the AISDiff detector for providers that run DiffSP: RGB [0, 1] images and their metadata
@@ -69,6 +80,7 @@ class AISDiffRoIHead(StandardRoIHead):
         counts = [len(res.bboxes) for res in results_list]
         probs = {k: first[k].sigmoid()[:, 0].split(counts) for k in ("visible", "occluder")}
         labels = first["cls"].argmax(1).split(counts)
+        prior_labels = labels if self.prior_labels == "head" else [res.labels for res in results_list]
         thr = self.test_cfg.mask_thr_binary
         priors = []
         for i, (res, meta) in enumerate(zip(results_list, batch_img_metas, strict=True)):
@@ -77,7 +89,7 @@ class AISDiffRoIHead(StandardRoIHead):
                 occluder = paste_masks(probs["occluder"][i], res.bboxes, meta, False, thr)
             else:
                 visible = occluder = None
-            priors.append(self.test_prior.test_priors(self, i, res.bboxes, visible, occluder, labels[i], meta))
+            priors.append(self.test_prior.test_priors(self, i, res.bboxes, visible, occluder, prior_labels[i], meta))
         amodal = self.mask_head.forward_amodal(feats, torch.cat(priors)).sigmoid()[:, 0].split(counts)
         maps = {"masks": amodal, "visible_masks": probs["visible"], "occluder_masks": probs["occluder"]}
         for i, (res, meta) in enumerate(zip(results_list, batch_img_metas, strict=True)):

@@ -187,6 +187,36 @@ def test_prediction_with_on_the_fly_priors(data, trained, tmp_path):
     assert pred.bboxes.shape == (n, 4) and pred.mask_labels.shape == (n,)
 
 
+@pytest.mark.parametrize(("source", "field"), [("head", "mask_labels"), ("detector", "labels")])
+def test_test_priors_are_computed_for_the_chosen_labels(data, trained, tmp_path, source, field):
+    """`prior_labels`: the oracle's priors (ground truth of the given class) follow the mask head's category
+    or the box head's label, as chosen."""
+    from segmenter.prior_providers import OraclePriors
+
+    work, _, _ = trained
+    val = str(data / "synthetic" / "annotations" / "val.json")
+    cfg = load_cfg(data, tmp_path)
+    cfg.model.roi_head.prior_labels = source
+    cfg.model.roi_head.test_prior = dict(type="OraclePriors", ann_file=val)
+    sample = _predict(cfg, work / "iter_3.pth")
+    pred, meta = sample.pred_instances, sample.metainfo
+    boxes = pred.bboxes * pred.bboxes.new_tensor(meta["scale_factor"]).repeat(2)  # back to the network input
+    expected = OraclePriors(ann_file=val).test_priors(None, 0, boxes, None, None, pred[field], meta)
+    torch.testing.assert_close(pred.priors, expected)
+    assert (pred.labels != pred.mask_labels).any() and expected.amax((1, 2)).sum() > 0  # (a case that tells)
+
+
+def test_prior_labels_must_name_a_source(data, tmp_path):
+    from mmdet.registry import MODELS
+
+    from priors.errors import AisdiffError
+
+    cfg = load_cfg(data, tmp_path)
+    cfg.model.roi_head.prior_labels = "gt"
+    with pytest.raises(AisdiffError, match="prior_labels='gt'; use 'head' or 'detector'"):
+        MODELS.build(cfg.model)
+
+
 def test_proposal_cache_gives_the_on_the_fly_priors(data, trained, tmp_path):
     """Dump the model's detections as proposals, precompute them, and read them back at test time."""
     from mmengine.runner import Runner
@@ -404,8 +434,10 @@ def test_every_config_builds_its_model_and_reads_data_roots_from_the_environment
 
 def test_mask_head_starts_from_mmdet_initialization():
     """Convolutions Kaiming-normal (fan_out, ReLU gain) with zero bias as mmdet's mask heads, non-local blocks
-    the identity, the category classifier N(0, 0.01): PyTorch's default initialization left the gated amodal
-    path at chance (BCE ln 2) through the fidelity benchmark's whole schedule."""
+    the identity, the spatial gate 1/2 everywhere, mask logits N(0, 0.001) and the category classifier
+    N(0, 0.01). With PyTorch's default the amodal path stayed at chance (BCE ln 2) through the fidelity
+    benchmark's schedule; with Kaiming mask logits (std 4 to 12 at the start) the first gradients saturated
+    the gate and the amodal path died."""
     from segmenter.mask_head import AISDiffMaskHead, NonLocalBlock
 
     torch.manual_seed(0)
@@ -413,8 +445,15 @@ def test_mask_head_starts_from_mmdet_initialization():
     blocks = [m for m in head.modules() if isinstance(m, NonLocalBlock)]
     assert len(blocks) == 2 and all(not b.out.weight.any() and not b.out.bias.any() for b in blocks)
     own = {id(c) for b in blocks for c in b.children()}  # (query/key/value keep PyTorch's default)
+    gate = head.attention[-1]
+    assert not gate.weight.any() and not gate.bias.any()
+    own.add(id(gate))
+    for branch in (head.occluder.predictor, head.visible.predictor, head.amodal_predictor):
+        logits = branch[-1]  # near-zero logits at the start (Detectron2's mask predictor)
+        assert not logits.bias.any() and abs(logits.weight.std().item() / 0.001 - 1) < 0.25
+        own.add(id(logits))
     convs = [m for m in head.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) and id(m) not in own]
-    assert len(convs) == 15
+    assert len(convs) == 11
     for conv in convs:
         w = conv.weight
         expected = (2.0 / (w.shape[0] * w[0, 0].numel())) ** 0.5  # torch's fan_out: dim 0 times the kernel
