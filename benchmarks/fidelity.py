@@ -1,6 +1,7 @@
 """Fidelity benchmark: does the diffusion shape prior help the amodal head?
 
-    python benchmarks/fidelity.py [--seeds 0 1] [--iters 300] [--variants a b c d e] [--work-dir DIR]
+    python benchmarks/fidelity.py [--seeds 0 1 2] [--iters 120] [--pretrain-iters 2000] [--variants a b c d e]
+                                  [--work-dir DIR]
 
 On the synthetic benchmark (generated into WORK_DIR/synthetic/ if absent), all variants start from one
 shared detector (variant a's Mask R-CNN R18-FPN without its mask head, trained `--pretrain-iters`
@@ -221,9 +222,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work-dir", type=Path, default=REPO / "work_dirs" / "fidelity")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--iters", type=int, default=200, help="training iterations of each variant")
-    parser.add_argument("--pretrain-iters", type=int, default=500, help="iterations of the shared detector")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--iters", type=int, default=120, help="training iterations of each variant")
+    parser.add_argument("--pretrain-iters", type=int, default=2000, help="iterations of the shared detector")
     parser.add_argument("--scale", type=int, default=256, help="longer image side for training and testing")
     parser.add_argument("--proposals", type=int, default=300, help="RPN proposals per image")
     parser.add_argument("--rois", type=int, default=128, help="RoIs sampled per image for the heads")

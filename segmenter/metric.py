@@ -81,7 +81,7 @@ class AmodalMetric(BaseMetric):
                 "img_id": int(sample["img_id"]), "bboxes": pred["bboxes"].cpu().numpy(),
                 "scores": pred["scores"].cpu().numpy(), "labels": labels, **encode,
                 # the class the AISDiff head conditions DiffSP on (its visible-branch classifier)
-                "prior_labels": pred["mask_labels"].cpu().numpy() if "mask_labels" in pred else labels})
+                "prior_labels": pred["prior_labels"].cpu().numpy() if "prior_labels" in pred else labels})
 
     def _detections(self, results: list[dict], label2cat: dict[int, int], kind: str) -> list[dict]:
         key = "masks" if kind == "amodal" else "visible_masks"

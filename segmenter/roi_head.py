@@ -95,7 +95,7 @@ class AISDiffRoIHead(StandardRoIHead):
         for i, (res, meta) in enumerate(zip(results_list, batch_img_metas, strict=True)):
             for key, per_image in maps.items():
                 res[key] = paste_masks(per_image[i], res.bboxes, meta, rescale, self.test_cfg.mask_thr_binary)
-            res.mask_labels = labels[i]
+            res.mask_labels, res.prior_labels = labels[i], prior_labels[i]
             res.priors = priors[i]
             if rescale:  # boxes to the original image, as mmdet's mask head does
                 res.bboxes = res.bboxes / res.bboxes.new_tensor(meta["scale_factor"]).repeat(2)

@@ -203,6 +203,7 @@ def test_test_priors_are_computed_for_the_chosen_labels(data, trained, tmp_path,
     boxes = pred.bboxes * pred.bboxes.new_tensor(meta["scale_factor"]).repeat(2)  # back to the network input
     expected = OraclePriors(ann_file=val).test_priors(None, 0, boxes, None, None, pred[field], meta)
     torch.testing.assert_close(pred.priors, expected)
+    assert torch.equal(pred.prior_labels, pred[field])
     assert (pred.labels != pred.mask_labels).any() and expected.amax((1, 2)).sum() > 0  # (a case that tells)
 
 
