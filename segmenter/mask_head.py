@@ -15,14 +15,15 @@ import torch
 import torch.nn.functional as F
 from mmdet.registry import MODELS
 from mmengine.model import BaseModule
+from mmengine.model.weight_init import constant_init, kaiming_init, normal_init
 from torch import Tensor, nn
 
 
 def kaiming_init_(layer: nn.Module) -> nn.Module:
-    """mmdet's mask-head initialization (ConvModule, FCNMaskHead): Kaiming normal, fan_out, ReLU gain, zero
-    bias. With PyTorch's default the gated amodal path learned nothing in the fidelity benchmark's schedule."""
-    nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
-    nn.init.zeros_(layer.bias)
+    """`layer` with mmdet's mask-head initialization (ConvModule, FCNMaskHead: mmengine's `kaiming_init`,
+    normal, fan_out, ReLU gain, zero bias). With PyTorch's default the gated amodal path learned nothing in
+    the fidelity benchmark's schedule."""
+    kaiming_init(layer)
     return layer
 
 
@@ -58,8 +59,7 @@ class MaskPredictor(nn.Sequential):
         logits = nn.Conv2d(channels, 1, 1)
         # near-zero logits at the start (Detectron2's mask predictor): Kaiming's fan_out of 1 gives logits of
         # std 4 to 12 here, whose early gradients saturate the amodal gate and kill the amodal path
-        nn.init.normal_(logits.weight, std=0.001)
-        nn.init.zeros_(logits.bias)
+        normal_init(logits, std=0.001)
         super().__init__(kaiming_init_(nn.ConvTranspose2d(channels, channels, 2, stride=2)), nn.ReLU(inplace=True),
                          logits)
 
@@ -89,15 +89,15 @@ class AISDiffMaskHead(BaseModule):
         if conv_channels != in_channels:  # visible input = RoI feature + occluder feature
             self.occluder_to_input = kaiming_init_(nn.Conv2d(conv_channels, in_channels, 1))
         classifier = nn.Linear(conv_channels, num_classes)
-        nn.init.normal_(classifier.weight, std=0.01)  # as mmdet's box classifier
-        nn.init.zeros_(classifier.bias)
+        normal_init(classifier, std=0.01)  # as mmdet's box classifier
         self.cls_fc = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), classifier)
         self.amodal_features = nn.Sequential(*[_conv3x3(in_channels if i == 0 else conv_channels, conv_channels)
                                                for i in range(num_amodal_convs)])
         attention = [_conv3x3(conv_channels, conv_channels) for _ in range(num_attention_convs - 1)]
         gate = nn.Conv2d(conv_channels, 1, 3, padding=1)
-        nn.init.zeros_(gate.weight)  # the gate starts at sigmoid(0) = 1/2 everywhere: it scales the prior evenly
-        nn.init.zeros_(gate.bias)  # until it has learned where to look (as a non-local block starts at identity)
+        # the gate starts at sigmoid(0) = 1/2 everywhere: it scales the prior evenly until it has learned where
+        # to look (as a non-local block starts at the identity)
+        constant_init(gate, 0)
         self.attention = nn.Sequential(*attention, gate)
         self.amodal_predictor = MaskPredictor(conv_channels)
         self.loss_mask = MODELS.build(loss_mask or dict(type="CrossEntropyLoss", use_mask=True, loss_weight=1.0))

@@ -80,7 +80,7 @@ class AmodalMetric(BaseMetric):
             self.results.append({
                 "img_id": int(sample["img_id"]), "bboxes": pred["bboxes"].cpu().numpy(),
                 "scores": pred["scores"].cpu().numpy(), "labels": labels, **encode,
-                # the class the AISDiff head conditions DiffSP on (its visible-branch classifier)
+                # the class the AISDiff head conditioned DiffSP on (`prior_labels`: its own or the box head's)
                 "prior_labels": pred["prior_labels"].cpu().numpy() if "prior_labels" in pred else labels})
 
     def _detections(self, results: list[dict], label2cat: dict[int, int], kind: str) -> list[dict]:
