@@ -1,14 +1,16 @@
 """Fidelity benchmark: does the diffusion shape prior help the amodal head?
 
-    python benchmarks/fidelity.py [--seeds 0 1 2] [--iters 120] [--pretrain-iters 2000] [--variants a b c d e]
-                                  [--work-dir DIR]
+    python benchmarks/fidelity.py [--seeds 0 1 2] [--iters 300] [--pretrain-iters 2000] [--detector frozen]
+                                  [--variants a b c d e] [--work-dir DIR]
 
 On the synthetic benchmark (generated into WORK_DIR/synthetic/ if absent), all variants start from one
 shared detector (variant a's Mask R-CNN R18-FPN without its mask head, trained `--pretrain-iters`
 iterations on the amodal boxes, standing in for the pretrained backbone a real run would have: from
 scratch, 300 CPU iterations detect almost nothing, so no mask head could show a difference). Each variant
 then trains `--iters` more with the same schedule and seed, its mask head from scratch (none has a head
-start), and is tested on val:
+start), and is tested on val. With `--detector frozen` (the default) the shared detector stays fixed
+(`FreezeModulesHook` on backbone, neck, RPN and box head): every variant detects the same boxes and only the
+mask heads, where the variants differ, train; `--detector trained` fine-tunes it with the mask head.
   (a) plain mmdet Mask R-CNN trained on amodal masks          maskrcnn_r18_fpn_amodal_synthetic.py
   (b) the AISDiff head with the `none` prior                   aisdiff_r18_fpn_noprior_synthetic.py
   (c) AISDiff, priors from the random tiny model (tiny-random) aisdiff_r18_fpn_synthetic.py
@@ -46,6 +48,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CONFIGS = REPO / "configs" / "aisdiff"
+DETECTOR = ("backbone", "neck", "rpn_head", "roi_head.bbox_head")  # what `--detector frozen` keeps fixed
 VARIANTS = {
     "a": ("Mask R-CNN (amodal masks)", "maskrcnn_r18_fpn_amodal_synthetic.py", None),
     "b": ("AISDiff, no prior", "aisdiff_r18_fpn_noprior_synthetic.py", None),
@@ -94,23 +97,23 @@ def prepare(args: argparse.Namespace) -> dict[str, Path]:
 
 
 @functools.cache
-def load_config(config: str):
-    """A variant's config, parsed (with its `_base_` files) as `aisdiff train` will."""
+def load_config(config: Path):
+    """A config, parsed (with its `_base_` files) as `aisdiff train` will."""
     from mmengine.config import Config
     from mmengine.logging import MMLogger
 
     MMLogger.get_current_instance().setLevel("WARNING")  # (parsing prints the $AISDIFF_DATA notice)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return Config.fromfile(str(CONFIGS / config))
+        return Config.fromfile(str(config))
 
 
-def config_digest(config: str) -> str:
+def config_digest(config: Path) -> str:
     """sha256 of the parsed config: an edited config (or one of its bases) makes earlier runs stale."""
     return hashlib.sha256(load_config(config).pretty_text.encode()).hexdigest()
 
 
-def size_options(config: str, args: argparse.Namespace) -> list[str]:
+def size_options(config: Path, args: argparse.Namespace) -> list[str]:
     """--cfg-options for the benchmark's size: image scale, RPN proposals and sampled RoIs per image."""
     cfg = load_config(config)
     out = []
@@ -139,20 +142,37 @@ def size_settings(args: argparse.Namespace) -> dict:
     return {k: getattr(args, k) for k in ("scale", "proposals", "rois", "train_images", "val_images")}
 
 
+def variant_config(args: argparse.Namespace, variant: str) -> Path:
+    """A variant's config; with `--detector frozen`, its child (in WORK_DIR/configs/) that adds the
+    FreezeModulesHook on the detector, so that only the mask head trains."""
+    config = CONFIGS / VARIANTS[variant][1]
+    if args.detector == "trained":
+        return config
+    child = args.work_dir / "configs" / f"frozen_{config.name}"
+    child.parent.mkdir(exist_ok=True)
+    child.write_text(f"_base_ = [{str(config)!r}]\n"
+                     f"custom_hooks = [dict(type='FreezeModulesHook', modules={list(DETECTOR)!r})]\n")
+    return child
+
+
+def schedule_options(iters: int) -> list[str]:
+    """--cfg-options for an `iters`-iteration schedule: the config's warm-up, lr / 10 at 80 %, one checkpoint."""
+    return [f"train_cfg.max_iters={iters}", f"default_hooks.checkpoint.interval={iters}",
+            f"param_scheduler.1.end={iters}", f"param_scheduler.1.milestones=[{int(iters * 0.8)}]"]
+
+
 def pretrain_detector(args: argparse.Namespace) -> Path:
     """The shared starting point: variant a's Mask R-CNN without the mask head (a box detector, so that no
     variant's mask head starts ahead) trained `--pretrain-iters` iterations."""
     work = args.work_dir / "detector"
     ckpt = work / f"iter_{args.pretrain_iters}.pth"
-    config = VARIANTS["a"][1]
+    config = CONFIGS / VARIANTS["a"][1]
     settings = {"config_sha256": config_digest(config), "iters": args.pretrain_iters, "mask_head": None,
                 **size_settings(args)}
     if not reuse(work, settings) or not ckpt.is_file():
         print(f"shared detector: training {args.pretrain_iters} iterations -> {work}", flush=True)
-        aisdiff("train", str(CONFIGS / config), "--work-dir", str(work), "--cfg-options", "randomness.seed=0",
-                f"train_cfg.max_iters={args.pretrain_iters}", f"default_hooks.checkpoint.interval={args.pretrain_iters}",
-                f"param_scheduler.1.end={args.pretrain_iters}",
-                f"param_scheduler.1.milestones=[{int(args.pretrain_iters * 0.8)}]", "val_cfg=None", "val_dataloader=None", "val_evaluator=None",
+        aisdiff("train", str(config), "--work-dir", str(work), "--cfg-options", "randomness.seed=0",
+                *schedule_options(args.pretrain_iters), "val_cfg=None", "val_dataloader=None", "val_evaluator=None",
                 "model.roi_head.mask_head=None", "model.roi_head.mask_roi_extractor=None",
                 *size_options(config, args), log=work.with_suffix(".train.log"))
     return ckpt
@@ -160,11 +180,13 @@ def pretrain_detector(args: argparse.Namespace) -> Path:
 
 def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[str, Path], detector: Path) -> dict:
     """Train and test one variant with one seed (or read the metrics of an earlier run)."""
-    _, config, model = VARIANTS[variant]
+    model = VARIANTS[variant][2]
+    config = variant_config(args, variant)
     work = args.work_dir / f"{variant}_seed{seed}"
     metrics = work / "metrics.json"
     # the detector by its settings, not its path: a detector retrained differently makes every run stale
-    settings = {"config": config, "config_sha256": config_digest(config), "iters": args.iters, "detector": json.loads((detector.parent / "settings.json").read_text()),
+    settings = {"config": config.name, "config_sha256": config_digest(config), "iters": args.iters,
+                "detector": json.loads((detector.parent / "settings.json").read_text()), "detector_mode": args.detector,
                 **size_settings(args)}
     if model is not None:  # the priors' model (its weights' sha256) and DiffSP settings, from the store
         from priors.store import PriorStore
@@ -174,9 +196,8 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[
         settings["prior_labels"] = args.prior_labels
     if reuse(work, settings) and metrics.is_file():
         return json.loads(metrics.read_text())
-    options = [f"load_from={detector}", f"randomness.seed={seed}", f"train_cfg.max_iters={args.iters}",
-               f"default_hooks.checkpoint.interval={args.iters}", "val_cfg=None", "val_dataloader=None",
-               "val_evaluator=None", *size_options(config, args)]
+    options = [f"load_from={detector}", f"randomness.seed={seed}", *schedule_options(args.iters), "val_cfg=None",
+               "val_dataloader=None", "val_evaluator=None", *size_options(config, args)]
     if model is not None:
         options += [f"train_dataloader.dataset.prior_store={stores[model]}",
                     f"model.roi_head.test_prior.model={model}", f"model.roi_head.test_prior.store={stores[model]}"]
@@ -186,10 +207,11 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[
     start = time.time()
     print(f"({variant}) seed {seed}: training {args.iters} iterations -> {work}", flush=True)
     if not (work / f"iter_{args.iters}.pth").is_file():
-        aisdiff("train", str(CONFIGS / config), "--work-dir", str(work), "--cfg-options", *options,
+        aisdiff("train", str(config), "--work-dir", str(work), "--cfg-options", *options,
                 log=work.with_suffix(".train.log"))
-    test_options = [o for o in options if not o.startswith(("val_", "train_cfg", "default_hooks", "load_from"))]
-    aisdiff("test", str(CONFIGS / config), str(work / f"iter_{args.iters}.pth"), "--work-dir", str(work),
+    test_options = [o for o in options
+                    if not o.startswith(("val_", "train_cfg", "default_hooks", "load_from", "param_scheduler"))]
+    aisdiff("test", str(config), str(work / f"iter_{args.iters}.pth"), "--work-dir", str(work),
             "--metrics-json", str(metrics), "--cfg-options", *test_options, log=work.with_suffix(".test.log"))
     print(f"({variant}) seed {seed}: done in {time.time() - start:.0f} s", flush=True)
     return json.loads(metrics.read_text())
@@ -223,7 +245,9 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=REPO / "work_dirs" / "fidelity")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--iters", type=int, default=120, help="training iterations of each variant")
+    parser.add_argument("--iters", type=int, default=300, help="training iterations of each variant")
+    parser.add_argument("--detector", choices=("frozen", "trained"), default="frozen",
+                        help="keep the shared detector fixed while the mask heads train (default), or fine-tune it")
     parser.add_argument("--pretrain-iters", type=int, default=2000, help="iterations of the shared detector")
     parser.add_argument("--scale", type=int, default=256, help="longer image side for training and testing")
     parser.add_argument("--proposals", type=int, default=300, help="RPN proposals per image")
@@ -250,7 +274,8 @@ def main() -> None:
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads per run: default"
     header = (f"Synthetic benchmark ({args.train_images} train / {args.val_images} val images, scale {args.scale}, "
               f"{args.proposals} proposals, {args.rois} sampled RoIs), "
-              f"R18-FPN from a shared {args.pretrain_iters}-iteration detector + {args.iters} iterations, batch 2, "
+              f"R18-FPN from a shared {args.pretrain_iters}-iteration detector ({args.detector}) + {args.iters} "
+              f"iterations, batch 2, "
               f"seeds {args.seeds}; DiffSP {diffsp_flags(args)}; {machine}; "
               f"{(time.time() - start) / 60:.0f} min.")
     print("\n" + header + "\n\n" + text)

@@ -3,10 +3,11 @@
 Registered: the `AmodalDataset`; the transforms `LoadAmodalAnnotations`, `LoadCachedPriors`,
 `AmodalResize`, `AmodalRandomFlip`, `AmodalRandomCrop`, `AmodalPad`, `PackAmodalInputs`; the `AISDiff`
 detector, `AISDiffRoIHead` and `AISDiffMaskHead`; the prior providers `CachedPriors`, `OnTheFlyPriors`,
-`ProposalCachePriors` and `NoPriors`; the `AmodalMetric`.
+`ProposalCachePriors` and `NoPriors`; the `AmodalMetric`; the `FreezeModulesHook`.
 """
 from . import checkpoint  # noqa: F401  (registers the trusted local checkpoint loader for mmengine)
 from .datasets import AmodalDataset
+from .hooks import FreezeModulesHook
 from .mask_head import AISDiffMaskHead
 from .metric import AmodalMetric
 from .prior_providers import CachedPriors, NoPriors, OnTheFlyPriors, ProposalCachePriors
@@ -23,6 +24,6 @@ from .transforms import (
 
 __all__ = [
     "AISDiff", "AISDiffMaskHead", "AISDiffRoIHead", "AmodalDataset", "AmodalMetric", "AmodalPad", "AmodalRandomCrop",
-    "AmodalRandomFlip", "AmodalResize", "CachedPriors", "LoadAmodalAnnotations", "LoadCachedPriors", "NoPriors",
+    "AmodalRandomFlip", "AmodalResize", "CachedPriors", "FreezeModulesHook", "LoadAmodalAnnotations", "LoadCachedPriors", "NoPriors",
     "OnTheFlyPriors", "PackAmodalInputs", "ProposalCachePriors",
 ]

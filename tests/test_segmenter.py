@@ -218,6 +218,52 @@ def test_prior_labels_must_name_a_source(data, tmp_path):
         MODELS.build(cfg.model)
 
 
+DETECTOR = ("backbone", "neck", "rpn_head", "roi_head.bbox_head")
+
+
+def test_freeze_modules_hook_trains_only_the_mask_head(data, trained, tmp_path):
+    """FreezeModulesHook (the fidelity benchmark's fixed detector): the named modules keep the loaded weights
+    exactly and run in eval mode; every mask-head parameter trains."""
+    from mmengine.hooks import Hook
+    from mmengine.runner import Runner
+
+    from segmenter.checkpoint import load_from_local_trusted
+
+    class RecordModes(Hook):
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+            modes.append((runner.model.backbone.training, runner.model.roi_head.mask_head.training))
+
+    work, _, _ = trained
+    cfg = load_cfg(data, tmp_path, iters=2)
+    cfg.load_from = str(work / "iter_3.pth")
+    cfg.custom_hooks = [dict(type="FreezeModulesHook", modules=list(DETECTOR))]
+    runner, modes = Runner.from_cfg(cfg), []
+    runner.register_hook(RecordModes())
+    runner.train()
+    start = load_from_local_trusted(str(work / "iter_3.pth"), map_location="cpu")["state_dict"]
+    after = runner.model.state_dict()
+    frozen = [k for k in after if k.startswith(tuple(f"{name}." for name in DETECTOR))]
+    head = [name for name, p in runner.model.named_parameters() if name.startswith("roi_head.mask_head.")]
+    assert frozen and all(torch.equal(after[k], start[k]) for k in frozen)
+    assert head and [k for k in head if torch.equal(after[k], start[k])] == []
+    assert modes == [(False, True), (False, True)]
+
+
+@pytest.mark.parametrize(("modules", "message"), [
+    (["backbone", "roi_head.mask_heads"], "has no submodule roi_head.mask_heads .*top-level modules: "
+                                          "data_preprocessor, backbone, neck, rpn_head, roi_head"),
+    ("backbone", "give a list of submodule names")])
+def test_freeze_modules_hook_names_a_bad_module(data, tmp_path, modules, message):
+    from mmengine.runner import Runner
+
+    from priors.errors import AisdiffError
+
+    cfg = load_cfg(data, tmp_path, iters=1)
+    cfg.custom_hooks = [dict(type="FreezeModulesHook", modules=modules)]
+    with pytest.raises(AisdiffError, match=message):
+        Runner.from_cfg(cfg).train()
+
+
 def test_proposal_cache_gives_the_on_the_fly_priors(data, trained, tmp_path):
     """Dump the model's detections as proposals, precompute them, and read them back at test time."""
     from mmengine.runner import Runner

@@ -1,0 +1,51 @@
+"""Training hooks of the AISDiff plugin."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mmdet.registry import HOOKS
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from torch.nn.parallel import DistributedDataParallel
+
+from priors.errors import AisdiffError
+
+
+@HOOKS.register_module()
+class FreezeModulesHook(Hook):
+    """Keep named submodules fixed for the whole run (no gradients, norm layers in eval mode), e.g. to train
+    only the mask heads on a given detector: `custom_hooks=[dict(type='FreezeModulesHook',
+    modules=['backbone', 'neck', 'rpn_head', 'roi_head.bbox_head'])]`."""
+
+    def __init__(self, modules: Sequence[str]) -> None:
+        if isinstance(modules, str) or not modules:
+            raise AisdiffError(f"FreezeModulesHook: modules={modules!r}; give a list of submodule names "
+                               "such as ['backbone', 'neck']")
+        self.modules = list(modules)
+        self._frozen = []
+
+    def before_train(self, runner) -> None:
+        model = runner.model
+        if isinstance(model, DistributedDataParallel) and not model.find_unused_parameters:
+            # DDP registered these parameters for reduction when it wrapped the model; frozen, they never get
+            # gradients, which DDP only tolerates when it looks for unused parameters
+            raise AisdiffError("FreezeModulesHook under distributed training needs model_wrapper_cfg="
+                               "dict(type='MMDistributedDataParallel', find_unused_parameters=True)")
+        model = model.module if is_model_wrapper(model) else model
+        named = dict(model.named_modules())
+        missing = [name for name in self.modules if name not in named]
+        if missing:
+            children = ", ".join(name for name, _ in model.named_children())
+            raise AisdiffError(f"FreezeModulesHook: the model has no submodule {', '.join(missing)} "
+                               f"(its top-level modules: {children}); fix `modules` in the config")
+        self._frozen = [named[name] for name in self.modules]
+        count = 0
+        for module in self._frozen:
+            for param in module.parameters():
+                param.requires_grad_(False)
+                count += param.numel()
+        runner.logger.info(f"FreezeModulesHook: {count} parameters of {', '.join(self.modules)} frozen")
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        for module in self._frozen:  # the loop calls model.train() before every iteration
+            module.eval()
