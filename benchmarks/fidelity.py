@@ -196,8 +196,7 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[
         settings["prior_labels"] = args.prior_labels
     if reuse(work, settings) and metrics.is_file():
         return json.loads(metrics.read_text())
-    options = [f"load_from={detector}", f"randomness.seed={seed}", *schedule_options(args.iters), "val_cfg=None",
-               "val_dataloader=None", "val_evaluator=None", *size_options(config, args)]
+    options = [f"randomness.seed={seed}", *size_options(config, args)]  # for training and testing
     if model is not None:
         options += [f"train_dataloader.dataset.prior_store={stores[model]}",
                     f"model.roi_head.test_prior.model={model}", f"model.roi_head.test_prior.store={stores[model]}"]
@@ -207,12 +206,11 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[
     start = time.time()
     print(f"({variant}) seed {seed}: training {args.iters} iterations -> {work}", flush=True)
     if not (work / f"iter_{args.iters}.pth").is_file():
-        aisdiff("train", str(config), "--work-dir", str(work), "--cfg-options", *options,
+        aisdiff("train", str(config), "--work-dir", str(work), "--cfg-options", f"load_from={detector}",
+                *schedule_options(args.iters), "val_cfg=None", "val_dataloader=None", "val_evaluator=None", *options,
                 log=work.with_suffix(".train.log"))
-    test_options = [o for o in options
-                    if not o.startswith(("val_", "train_cfg", "default_hooks", "load_from", "param_scheduler"))]
     aisdiff("test", str(config), str(work / f"iter_{args.iters}.pth"), "--work-dir", str(work),
-            "--metrics-json", str(metrics), "--cfg-options", *test_options, log=work.with_suffix(".test.log"))
+            "--metrics-json", str(metrics), "--cfg-options", *options, log=work.with_suffix(".test.log"))
     print(f"({variant}) seed {seed}: done in {time.time() - start:.0f} s", flush=True)
     return json.loads(metrics.read_text())
 
