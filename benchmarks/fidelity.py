@@ -1,7 +1,7 @@
 """Fidelity benchmark: does the diffusion shape prior help the amodal head?
 
     python benchmarks/fidelity.py [--seeds 0 1 2] [--iters 300] [--pretrain-iters 2000] [--detector frozen]
-                                  [--variants a b c d e] [--work-dir DIR]
+                                  [--variants a b c d e] [--work-dir DIR] [--cfg-options KEY=VALUE ...]
 
 On the synthetic benchmark (generated into WORK_DIR/synthetic/ if absent), all variants start from one
 shared detector (variant a's Mask R-CNN R18-FPN without its mask head, trained `--pretrain-iters`
@@ -26,7 +26,10 @@ identity included, are in each run's settings.json; a train prior store's, in WO
 settings.json), so an interrupted benchmark resumes and an edited config, a retrained model or other DiffSP
 settings are never mixed with old results. Code is not tracked: after changing the packages, use a new
 WORK_DIR.
-Prints a table of mean and spread over seeds and writes WORK_DIR/fidelity.{json,md}.
+`--cfg-options` adds config options to every chosen variant's training and test (an ablation, e.g.
+`--variants b d --cfg-options model.roi_head.mask_head.num_amodal_convs=4`); such runs and their tables are
+kept apart from the plain ones by a tag derived from the options, so both can share WORK_DIR and its detector.
+Prints a table of mean and spread over seeds and writes WORK_DIR/fidelity[_TAG].{json,md}.
 """
 from __future__ import annotations
 
@@ -178,11 +181,18 @@ def pretrain_detector(args: argparse.Namespace) -> Path:
     return ckpt
 
 
+def ablation_tag(args: argparse.Namespace) -> str:
+    """"" for the plain benchmark, else "_opts-" and 8 hex digits of `--cfg-options` (run and table names)."""
+    if not args.cfg_options:
+        return ""
+    return "_opts-" + hashlib.sha256("\n".join(args.cfg_options).encode()).hexdigest()[:8]
+
+
 def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[str, Path], detector: Path) -> dict:
     """Train and test one variant with one seed (or read the metrics of an earlier run)."""
     model = VARIANTS[variant][2]
     config = variant_config(args, variant)
-    work = args.work_dir / f"{variant}_seed{seed}"
+    work = args.work_dir / f"{variant}_seed{seed}{ablation_tag(args)}"
     metrics = work / "metrics.json"
     # the detector by its settings, not its path: a detector retrained differently makes every run stale
     settings = {"config": config.name, "config_sha256": config_digest(config), "iters": args.iters,
@@ -194,6 +204,8 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[
         settings["priors"] = PriorStore.open(stores[model]).settings
     if variant in PRIOR_READS_CLASS:
         settings["prior_labels"] = args.prior_labels
+    if args.cfg_options:
+        settings["cfg_options"] = args.cfg_options
     if reuse(work, settings) and metrics.is_file():
         return json.loads(metrics.read_text())
     options = [f"randomness.seed={seed}", *size_options(config, args)]  # for training and testing
@@ -203,6 +215,7 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[
         options += [f"model.roi_head.test_prior.{k}={v}" for k, v in diffsp_flags(args).items()]
     if variant in PRIOR_READS_CLASS:
         options.append(f"model.roi_head.prior_labels={args.prior_labels}")
+    options += args.cfg_options
     start = time.time()
     print(f"({variant}) seed {seed}: training {args.iters} iterations -> {work}", flush=True)
     if not (work / f"iter_{args.iters}.pth").is_file():
@@ -259,6 +272,8 @@ def main() -> None:
                              "the box head's label (default: at this schedule the head's classifier is near chance)")
     parser.add_argument("--self-res", type=int, default=16)
     parser.add_argument("--cross-res", type=int, default=16)
+    parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config options for every chosen variant (an ablation; its runs are kept apart)")
     args = parser.parse_args()
     args.work_dir = args.work_dir.resolve()
     args.work_dir.mkdir(parents=True, exist_ok=True)
@@ -274,11 +289,13 @@ def main() -> None:
               f"{args.proposals} proposals, {args.rois} sampled RoIs), "
               f"R18-FPN from a shared {args.pretrain_iters}-iteration detector ({args.detector}) + {args.iters} "
               f"iterations, batch 2, "
-              f"seeds {args.seeds}; DiffSP {diffsp_flags(args)}; {machine}; "
+              f"seeds {args.seeds}; DiffSP {diffsp_flags(args)}; "
+              + (f"options {' '.join(args.cfg_options)}; " if args.cfg_options else "") + f"{machine}; "
               f"{(time.time() - start) / 60:.0f} min.")
     print("\n" + header + "\n\n" + text)
-    (args.work_dir / "fidelity.md").write_text(header + "\n\n" + text + "\n")
-    (args.work_dir / "fidelity.json").write_text(json.dumps(
+    out = args.work_dir / f"fidelity{ablation_tag(args)}"
+    out.with_suffix(".md").write_text(header + "\n\n" + text + "\n")
+    out.with_suffix(".json").write_text(json.dumps(
         {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
          "results": results}, indent=1))
 
