@@ -5,7 +5,8 @@ Visible branch: input RoI feature + occluder feature, the same structure -> visi
 features -> (global average pool) FC -> category logits.
 Shape Prior Amodal Predictor: conv3x3 stack on the RoI feature -> amodal feature; conv3x3 stack + sigmoid
 on it -> spatial attention, times the shape prior M_sp (resized to the feature size), times the amodal
-feature; deconv2x2/s2 + 1x1 -> amodal mask. Masks are class-agnostic (one channel).
+feature; deconv2x2/s2 + 1x1 -> amodal mask. Visible and occluder masks are one channel; the amodal mask is one
+channel per category unless `class_agnostic_amodal` (the channel of the category its prior is for).
 """
 from __future__ import annotations
 
@@ -53,10 +54,10 @@ class NonLocalBlock(nn.Module):
 
 
 class MaskPredictor(nn.Sequential):
-    """deconv2x2 stride 2 (+ ReLU) then 1x1 conv to one mask channel: 14x14 features -> 28x28 logits."""
+    """deconv2x2 stride 2 (+ ReLU) then 1x1 conv to `out_channels` masks: 14x14 features -> 28x28 logits."""
 
-    def __init__(self, channels: int) -> None:
-        logits = nn.Conv2d(channels, 1, 1)
+    def __init__(self, channels: int, out_channels: int = 1) -> None:
+        logits = nn.Conv2d(channels, out_channels, 1)
         # near-zero logits at the start (Detectron2's mask predictor): Kaiming's fan_out of 1 gives logits of
         # std 4 to 12 here, whose early gradients saturate the amodal gate and kill the amodal path
         normal_init(logits, std=0.001)
@@ -79,7 +80,7 @@ class AISDiffMaskHead(BaseModule):
     """Occlusion-aware visible segmentation, classification and the Shape Prior Amodal Predictor."""
 
     def __init__(self, num_classes: int, in_channels: int = 256, conv_channels: int = 256, roi_size: int = 14,
-                 num_amodal_convs: int = 2, num_attention_convs: int = 2,
+                 num_amodal_convs: int = 2, num_attention_convs: int = 2, class_agnostic_amodal: bool = True,
                  loss_mask: dict | None = None, loss_cls: dict | None = None,
                  loss_weights: dict | None = None, init_cfg: dict | None = None) -> None:
         super().__init__(init_cfg=init_cfg)
@@ -99,7 +100,8 @@ class AISDiffMaskHead(BaseModule):
         # to look (as a non-local block starts at the identity)
         constant_init(gate, 0)
         self.attention = nn.Sequential(*attention, gate)
-        self.amodal_predictor = MaskPredictor(conv_channels)
+        # per category, as mmdet's FCNMaskHead (class_agnostic=False): the channel of the class the prior is for
+        self.amodal_predictor = MaskPredictor(conv_channels, 1 if class_agnostic_amodal else num_classes)
         self.loss_mask = MODELS.build(loss_mask or dict(type="CrossEntropyLoss", use_mask=True, loss_weight=1.0))
         self.loss_cls = MODELS.build(loss_cls or dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0))
         self.loss_weights = {"amodal": 1.0, "visible": 1.0, "occluder": 1.0, **(loss_weights or {})}
@@ -112,17 +114,22 @@ class AISDiffMaskHead(BaseModule):
         return {"occluder": self.occluder.predictor(occ), "visible": self.visible.predictor(vis),
                 "cls": self.cls_fc(vis)}
 
-    def forward_amodal(self, feats: Tensor, priors: Tensor) -> Tensor:
-        """Amodal mask logits [n, 1, 28, 28] from RoI features and shape priors [n, S, S] in [0, 1]."""
+    def forward_amodal(self, feats: Tensor, priors: Tensor, labels: Tensor) -> Tensor:
+        """Amodal mask logits [n, 1, 28, 28] from RoI features and shape priors [n, S, S] in [0, 1]; per-category
+        heads give the channel of `labels` [n] (the classes the priors are for)."""
         amodal = self.amodal_features(feats)
         prior = F.interpolate(priors[:, None].to(amodal.dtype), size=amodal.shape[-2:], mode="bilinear",
                               align_corners=False)
         spatial = torch.sigmoid(self.attention(amodal)) * prior
-        return self.amodal_predictor(amodal * spatial)
+        logits = self.amodal_predictor(amodal * spatial)
+        if logits.shape[1] == 1:
+            return logits
+        return logits[torch.arange(len(logits), device=logits.device), labels.long()][:, None]
 
-    def forward(self, feats: Tensor, priors: Tensor) -> dict[str, Tensor]:
+    def forward(self, feats: Tensor, priors: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        """Every output of the head; `labels` [n] are the classes of the priors (the ground truth's in training)."""
         out = self.forward_visible(feats)
-        out["amodal"] = self.forward_amodal(feats, priors)
+        out["amodal"] = self.forward_amodal(feats, priors, labels)
         return out
 
     def loss(self, out: dict[str, Tensor], targets: dict[str, Tensor], labels: Tensor) -> dict[str, Tensor]:

@@ -56,13 +56,13 @@ class AISDiffRoIHead(StandardRoIHead):
         pos_rois = bbox2roi([res.pos_priors for res in sampling_results])
         feats = self.mask_roi_extractor(x[:self.mask_roi_extractor.num_inputs], pos_rois)
         priors = self.train_prior.training_priors(self, sampling_results, batch_gt_instances)
-        out = self.mask_head(feats, priors)
+        labels = torch.cat([res.pos_gt_labels for res in sampling_results])
+        out = self.mask_head(feats, priors, labels)
         proposals = [res.pos_priors for res in sampling_results]
         assigned = [res.pos_assigned_gt_inds for res in sampling_results]
         sources = {"amodal": "masks", "visible": "visible_masks", "occluder": "occluder_masks"}
         targets = {k: mask_target(proposals, assigned, [gt[v] for gt in batch_gt_instances], self.train_cfg)
                    for k, v in sources.items()}
-        labels = torch.cat([res.pos_gt_labels for res in sampling_results])
         return {"loss_mask": self.mask_head.loss(out, targets, labels), "mask_feats": feats}
 
     def predict_mask(self, x, batch_img_metas, results_list, rescale: bool = False):
@@ -90,7 +90,8 @@ class AISDiffRoIHead(StandardRoIHead):
             else:
                 visible = occluder = None
             priors.append(self.test_prior.test_priors(self, i, res.bboxes, visible, occluder, prior_labels[i], meta))
-        amodal = self.mask_head.forward_amodal(feats, torch.cat(priors)).sigmoid()[:, 0].split(counts)
+        amodal = self.mask_head.forward_amodal(feats, torch.cat(priors), torch.cat(prior_labels))
+        amodal = amodal.sigmoid()[:, 0].split(counts)
         maps = {"masks": amodal, "visible_masks": probs["visible"], "occluder_masks": probs["occluder"]}
         for i, (res, meta) in enumerate(zip(results_list, batch_img_metas, strict=True)):
             for key, per_image in maps.items():

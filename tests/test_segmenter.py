@@ -507,3 +507,32 @@ def test_mask_head_starts_from_mmdet_initialization():
         assert not conv.bias.any() and abs(w.std().item() / expected - 1) < 4 / (2 * w.numel()) ** 0.5, conv
     classifier = head.cls_fc[-1]
     assert not classifier.bias.any() and abs(classifier.weight.std().item() / 0.01 - 1) < 0.1
+
+
+def test_per_category_amodal_masks_are_the_channel_of_the_prior_class():
+    """class_agnostic_amodal=False: one amodal channel per category and each RoI's mask is the channel of the
+    class its prior is for (as mmdet's FCNMaskHead takes the label's channel); only those channels learn.
+    A class-agnostic head has one channel, whatever the labels."""
+    from segmenter.mask_head import AISDiffMaskHead
+
+    torch.manual_seed(0)
+    feats, priors = torch.randn(5, 16, 14, 14), torch.rand(5, 28, 28)
+    labels = torch.tensor([3, 0, 3, 6, 1])
+    head = AISDiffMaskHead(num_classes=7, in_channels=16, conv_channels=8, class_agnostic_amodal=False)
+    logits = head.amodal_predictor[-1]
+    assert logits.out_channels == 7
+    torch.nn.init.normal_(logits.weight)  # (channels that differ clearly)
+    out = head.forward_amodal(feats, priors, labels)
+    assert out.shape == (5, 1, 28, 28)
+    for c in range(7):
+        each = head.forward_amodal(feats, priors, torch.full((5,), c))
+        torch.testing.assert_close(out[labels == c], each[labels == c])
+        assert not torch.allclose(out[labels != c], each[labels != c])
+    out.sum().backward()
+    learned = logits.weight.grad.flatten(1).abs().sum(1) > 0
+    assert learned.tolist() == [c in (0, 1, 3, 6) for c in range(7)]
+
+    agnostic = AISDiffMaskHead(num_classes=7, in_channels=16, conv_channels=8)
+    assert agnostic.amodal_predictor[-1].out_channels == 1
+    torch.testing.assert_close(agnostic.forward_amodal(feats, priors, labels),
+                               agnostic.forward_amodal(feats, priors, torch.zeros(5, dtype=torch.long)))
