@@ -251,6 +251,21 @@ def table(results: dict[str, list[dict]], seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
+def bucket_table(results: dict[str, list[dict]]) -> str:
+    """Markdown table: amodal AP by occlusion rate, mean over seeds, in percent."""
+    buckets = sorted({k for runs in results.values() for r in runs for k in r if k.startswith("amodal/AP_occ_")},
+                     key=lambda k: float(k.removeprefix("amodal/AP_occ_").split("%")[0]))
+    lines = ["| variant | " + " | ".join(k.removeprefix("amodal/AP_occ_") for k in buckets) + " |",
+             "|" + "---|" * (len(buckets) + 1)]
+    for variant, runs in results.items():
+        cells = []
+        for key in buckets:
+            vals = [v for v in (value(r, "amodal", key.removeprefix("amodal/")) for r in runs) if v is not None]
+            cells.append(f"{100 * np.mean(vals):.1f}" if vals else "-")
+        lines.append(f"| ({variant}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work-dir", type=Path, default=REPO / "work_dirs" / "fidelity")
@@ -283,7 +298,7 @@ def main() -> None:
     stores = prepare(args)
     detector = pretrain_detector(args)
     results = {v: [run_variant(args, v, s, stores, detector) for s in args.seeds] for v in args.variants}
-    text = table(results, args.seeds)
+    text = table(results, args.seeds) + "\n\nAmodal AP by occlusion rate (mean over seeds):\n\n" + bucket_table(results)
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads per run: default"
     header = (f"Synthetic benchmark ({args.train_images} train / {args.val_images} val images, scale {args.scale}, "
               f"{args.proposals} proposals, {args.rois} sampled RoIs), "
