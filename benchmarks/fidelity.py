@@ -28,7 +28,10 @@ settings are never mixed with old results. Code is not tracked: after changing t
 WORK_DIR.
 `--cfg-options` adds config options to every chosen variant's training and test (an ablation, e.g.
 `--variants b d --cfg-options model.roi_head.mask_head.num_amodal_convs=4`); such runs and their tables are
-kept apart from the plain ones by a tag derived from the options, so both can share WORK_DIR and its detector.
+kept apart from the plain ones by a tag derived from the options, so both can share WORK_DIR and its detector;
+so are runs with an `--iters` other than the default (tag `_iters{N}`) or with `--detector trained` (`_trained`).
+Other sizes (images, scale, proposals, RoIs, `--pretrain-iters`) change the data or the detector: use a new
+WORK_DIR for them.
 Prints a table of mean and spread over seeds and writes WORK_DIR/fidelity[_TAG].{json,md}.
 """
 from __future__ import annotations
@@ -52,6 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CONFIGS = REPO / "configs" / "aisdiff"
 DETECTOR = ("backbone", "neck", "rpn_head", "roi_head.bbox_head")  # what `--detector frozen` keeps fixed
+DEFAULT_ITERS = 300  # each variant's schedule; runs of another length are kept apart (`ablation_tag`)
 VARIANTS = {
     "a": ("Mask R-CNN (amodal masks)", "maskrcnn_r18_fpn_amodal_synthetic.py", None),
     "b": ("AISDiff, no prior", "aisdiff_r18_fpn_noprior_synthetic.py", None),
@@ -182,10 +186,14 @@ def pretrain_detector(args: argparse.Namespace) -> Path:
 
 
 def ablation_tag(args: argparse.Namespace) -> str:
-    """"" for the plain benchmark, else "_opts-" and 8 hex digits of `--cfg-options` (run and table names)."""
-    if not args.cfg_options:
-        return ""
-    return "_opts-" + hashlib.sha256("\n".join(args.cfg_options).encode()).hexdigest()[:8]
+    """"" for the plain benchmark, else what its variants do differently on the same detector, for run and table
+    names: `_iters{N}` (another schedule), `_trained` (`--detector trained`), `_opts-` and 8 hex digits of
+    `--cfg-options`. An ablation never overwrites the plain runs."""
+    tag = f"_iters{args.iters}" if args.iters != DEFAULT_ITERS else ""
+    tag += "_trained" if args.detector == "trained" else ""
+    if args.cfg_options:
+        tag += "_opts-" + hashlib.sha256("\n".join(args.cfg_options).encode()).hexdigest()[:8]
+    return tag
 
 
 def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[str, Path], detector: Path) -> dict:
@@ -271,7 +279,7 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=REPO / "work_dirs" / "fidelity")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--iters", type=int, default=300, help="training iterations of each variant")
+    parser.add_argument("--iters", type=int, default=DEFAULT_ITERS, help="training iterations of each variant")
     parser.add_argument("--detector", choices=("frozen", "trained"), default="frozen",
                         help="keep the shared detector fixed while the mask heads train (default), or fine-tune it")
     parser.add_argument("--pretrain-iters", type=int, default=2000, help="iterations of the shared detector")
