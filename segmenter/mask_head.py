@@ -4,9 +4,10 @@ Occluder branch: conv3x3 -> non-local "GCN" block -> conv3x3, then deconv2x2/s2 
 Visible branch: input RoI feature + occluder feature, the same structure -> visible mask; the visible
 features -> (global average pool) FC -> category logits.
 Shape Prior Amodal Predictor: conv3x3 stack on the RoI feature -> amodal feature; conv3x3 stack + sigmoid
-on it -> spatial attention, times the shape prior M_sp (resized to the feature size), times the amodal
-feature; deconv2x2/s2 + 1x1 -> amodal mask. Visible and occluder masks are one channel; the amodal mask is one
-channel per category unless `class_agnostic_amodal` (the channel of the category its prior is for).
+on it -> spatial attention (none with `num_attention_convs=0`, an ablation: the prior alone), times the
+shape prior M_sp (resized to the feature size), times the amodal feature; deconv2x2/s2 + 1x1 -> amodal mask.
+Visible and occluder masks are one channel; the amodal mask is one channel per category unless
+`class_agnostic_amodal` (the channel of the category its prior is for).
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from mmdet.registry import MODELS
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import constant_init, kaiming_init, normal_init
 from torch import Tensor, nn
+
+from priors.errors import AisdiffError
 
 
 def kaiming_init_(layer: nn.Module) -> nn.Module:
@@ -94,17 +97,24 @@ class AISDiffMaskHead(BaseModule):
         self.cls_fc = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), classifier)
         self.amodal_features = nn.Sequential(*[_conv3x3(in_channels if i == 0 else conv_channels, conv_channels)
                                                for i in range(num_amodal_convs)])
-        attention = [_conv3x3(conv_channels, conv_channels) for _ in range(num_attention_convs - 1)]
-        gate = nn.Conv2d(conv_channels, 1, 3, padding=1)
-        # the gate starts at sigmoid(0) = 1/2 everywhere: it scales the prior evenly until it has learned where
-        # to look (as a non-local block starts at the identity)
-        constant_init(gate, 0)
-        self.attention = nn.Sequential(*attention, gate)
+        if num_amodal_convs < 1 or num_attention_convs < 0:
+            raise AisdiffError(f"AISDiffMaskHead: num_amodal_convs={num_amodal_convs}, num_attention_convs="
+                               f"{num_attention_convs}; use at least 1 feature conv and 0 or more gate convs")
+        self.attention = self._gate(conv_channels, num_attention_convs) if num_attention_convs else None
         # per category, as mmdet's FCNMaskHead (class_agnostic=False): the channel of the class the prior is for
         self.amodal_predictor = MaskPredictor(conv_channels, 1 if class_agnostic_amodal else num_classes)
         self.loss_mask = MODELS.build(loss_mask or dict(type="CrossEntropyLoss", use_mask=True, loss_weight=1.0))
         self.loss_cls = MODELS.build(loss_cls or dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0))
         self.loss_weights = {"amodal": 1.0, "visible": 1.0, "occluder": 1.0, **(loss_weights or {})}
+
+    @staticmethod
+    def _gate(channels: int, num_convs: int) -> nn.Sequential:
+        """`num_convs` 3x3 convs to one channel (sigmoid applied in forward): the learned spatial attention."""
+        gate = nn.Conv2d(channels, 1, 3, padding=1)
+        # the gate starts at sigmoid(0) = 1/2 everywhere: it scales the prior evenly until it has learned where
+        # to look (as a non-local block starts at the identity)
+        constant_init(gate, 0)
+        return nn.Sequential(*[_conv3x3(channels, channels) for _ in range(num_convs - 1)], gate)
 
     def forward_visible(self, feats: Tensor) -> dict[str, Tensor]:
         """Occluder and visible mask logits [n, 1, 28, 28] and category logits [n, num_classes]."""
@@ -120,7 +130,8 @@ class AISDiffMaskHead(BaseModule):
         amodal = self.amodal_features(feats)
         prior = F.interpolate(priors[:, None].to(amodal.dtype), size=amodal.shape[-2:], mode="bilinear",
                               align_corners=False)
-        spatial = torch.sigmoid(self.attention(amodal)) * prior
+        # without gate convs (an ablation) the prior alone is the spatial attention
+        spatial = prior if self.attention is None else torch.sigmoid(self.attention(amodal)) * prior
         logits = self.amodal_predictor(amodal * spatial)
         if logits.shape[1] == 1:
             return logits

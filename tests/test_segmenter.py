@@ -536,3 +536,27 @@ def test_per_category_amodal_masks_are_the_channel_of_the_prior_class():
     assert agnostic.amodal_predictor[-1].out_channels == 1
     torch.testing.assert_close(agnostic.forward_amodal(feats, priors, labels),
                                agnostic.forward_amodal(feats, priors, torch.zeros(5, dtype=torch.long)))
+
+
+def test_without_gate_convs_the_prior_alone_weighs_the_amodal_features():
+    """num_attention_convs=0 (an ablation of the paper's attention learning): no gate, the amodal logits are the
+    predictor on the amodal features times the prior resized to them; bad depths fail naming the options."""
+    import torch.nn.functional as F
+
+    from priors.errors import AisdiffError
+    from segmenter.mask_head import AISDiffMaskHead
+
+    torch.manual_seed(0)
+    feats, priors = torch.randn(3, 16, 14, 14), torch.rand(3, 28, 28)
+    head = AISDiffMaskHead(num_classes=7, in_channels=16, conv_channels=8, num_attention_convs=0)
+    assert head.attention is None
+    torch.nn.init.normal_(head.amodal_predictor[-1].weight)
+    amodal = head.amodal_features(feats)
+    prior = F.interpolate(priors[:, None], size=(14, 14), mode="bilinear", align_corners=False)
+    expected = head.amodal_predictor(amodal * prior)
+    torch.testing.assert_close(head.forward_amodal(feats, priors, torch.zeros(3, dtype=torch.long)), expected)
+    gated = AISDiffMaskHead(num_classes=7, in_channels=16, conv_channels=8, num_attention_convs=3)
+    assert len(gated.attention) == 3
+    for bad in (dict(num_attention_convs=-1), dict(num_amodal_convs=0)):
+        with pytest.raises(AisdiffError, match="num_amodal_convs=.*num_attention_convs="):
+            AISDiffMaskHead(num_classes=7, in_channels=16, conv_channels=8, **bad)
