@@ -86,6 +86,9 @@ class AISDiffMaskHead(BaseModule):
                  num_amodal_convs: int = 2, num_attention_convs: int = 2, class_agnostic_amodal: bool = True,
                  loss_mask: dict | None = None, loss_cls: dict | None = None,
                  loss_weights: dict | None = None, init_cfg: dict | None = None) -> None:
+        if num_amodal_convs < 1 or num_attention_convs < 0:
+            raise AisdiffError(f"AISDiffMaskHead: num_amodal_convs={num_amodal_convs}, num_attention_convs="
+                               f"{num_attention_convs}; use at least 1 feature conv and 0 or more gate convs")
         super().__init__(init_cfg=init_cfg)
         self.num_classes, self.roi_size = num_classes, roi_size
         self.occluder = OcclusionBranch(in_channels, conv_channels)
@@ -97,9 +100,6 @@ class AISDiffMaskHead(BaseModule):
         self.cls_fc = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), classifier)
         self.amodal_features = nn.Sequential(*[_conv3x3(in_channels if i == 0 else conv_channels, conv_channels)
                                                for i in range(num_amodal_convs)])
-        if num_amodal_convs < 1 or num_attention_convs < 0:
-            raise AisdiffError(f"AISDiffMaskHead: num_amodal_convs={num_amodal_convs}, num_attention_convs="
-                               f"{num_attention_convs}; use at least 1 feature conv and 0 or more gate convs")
         self.attention = self._gate(conv_channels, num_attention_convs) if num_attention_convs else None
         # per category, as mmdet's FCNMaskHead (class_agnostic=False): the channel of the class the prior is for
         self.amodal_predictor = MaskPredictor(conv_channels, 1 if class_agnostic_amodal else num_classes)
