@@ -51,6 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
+from priors.occlusion import OCCLUSION_BUCKETS
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CONFIGS = REPO / "configs" / "aisdiff"
@@ -261,8 +263,9 @@ def table(results: dict[str, list[dict]], seeds: list[int]) -> str:
 
 def bucket_table(results: dict[str, list[dict]]) -> str:
     """Markdown table: amodal AP by occlusion rate, mean over seeds, in percent."""
-    buckets = sorted({k for runs in results.values() for r in runs for k in r if k.startswith("amodal/AP_occ_")},
-                     key=lambda k: float(k.removeprefix("amodal/AP_occ_").split("%")[0]))
+    found = {k for runs in results.values() for r in runs for k in r if k.startswith("amodal/AP_occ_")}
+    order = [f"amodal/AP_occ_{bucket.name}" for bucket in OCCLUSION_BUCKETS]
+    buckets = [k for k in order if k in found] + sorted(found - set(order))  # (runs of older bucket names last)
     lines = ["| variant | " + " | ".join(k.removeprefix("amodal/AP_occ_") for k in buckets) + " |",
              "|" + "---|" * (len(buckets) + 1)]
     for variant, runs in results.items():

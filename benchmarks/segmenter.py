@@ -66,6 +66,7 @@ def training_share(root: Path, iters: int) -> dict[str, float]:
     from mmengine.structures import InstanceData
 
     import segmenter  # noqa: F401
+    from segmenter.prior_context import PriorContext
     from segmenter.prior_providers import CachedPriors
 
     register_all_modules()
@@ -93,10 +94,11 @@ def training_share(root: Path, iters: int) -> dict[str, float]:
 
     # warping: 128 positive proposals per image (mmdet's sampler: 512 RoIs, 25% positive), batch 2
     gt_boxes = torch.tensor([[20.0, 30.0, 120.0, 150.0]] * 6)
-    gt = InstanceData(priors=torch.rand(6, 28, 28), prior_boxes=gt_boxes, bboxes=gt_boxes)
+    gt = InstanceData(shape_priors=torch.rand(6, 28, 28), shape_prior_boxes=gt_boxes, bboxes=gt_boxes)
     sampling = InstanceData(pos_assigned_gt_inds=torch.randint(0, 6, (128,)),
                             pos_priors=gt_boxes[0] + torch.randn(128, 4) * 5)
-    warp_ms = best_ms(lambda: CachedPriors().training_priors(None, [sampling, sampling], [gt, gt]))
+    context = PriorContext(None, ((200, 200), (200, 200)), (0, 1))
+    warp_ms = best_ms(lambda: CachedPriors().training_priors([sampling, sampling], [gt, gt], context))
     batch = cfg.train_dataloader.batch_size
     return {"iteration": iteration, "fetch": fetch_ms * batch, "warp": warp_ms}
 

@@ -261,6 +261,12 @@ class AmodalAnnotations:
             self._by_image[inst.image_id].append(inst)
         self._by_ann = {inst.ann_id: inst for inst in self.instances}
 
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The class names, label i the i-th: the categories in id order (as the dataset, the prior providers
+        and the metric map labels when a config names no classes)."""
+        return tuple(self.categories[c] for c in sorted(self.categories))
+
     # -- reading ---------------------------------------------------------------------------------
     def _read_categories(self, cats: list[dict[str, Any]]) -> dict[int, str]:
         out: dict[int, str] = {}

@@ -2,28 +2,35 @@
 
 Registered: the `AmodalDataset`; the transforms `LoadAmodalAnnotations`, `LoadCachedPriors`,
 `AmodalResize`, `AmodalRandomFlip`, `AmodalRandomCrop`, `AmodalPad`, `PackAmodalInputs`; the `AISDiff`
-detector, `AISDiffRoIHead` and `AISDiffMaskHead`; the prior providers `CachedPriors`, `OnTheFlyPriors`,
-`ProposalCachePriors` and `NoPriors`; the `AmodalMetric`; the `FreezeModulesHook`.
+detector, `AISDiffRoIHead` and `AISDiffMaskHead`; the prior providers (TASK_UTILS) `CachedPriors`,
+`OnTheFlyPriors`, `ProposalCachePriors`, `NoPriors` and `OraclePriors`; the `AmodalMetric`; the
+`FreezeModulesHook`. Besides registering, the import only allow-lists the types mmengine writes into
+checkpoints for torch's safe (weights-only) unpickler (see `segmenter.checkpoint`).
 """
-from . import checkpoint  # noqa: F401  (registers the trusted local checkpoint loader for mmengine)
+from .checkpoint import allow_mmengine_checkpoints
 from .datasets import AmodalDataset
+from .detector import AISDiff
 from .hooks import FreezeModulesHook
 from .mask_head import AISDiffMaskHead
 from .metric import AmodalMetric
-from .prior_providers import CachedPriors, NoPriors, OnTheFlyPriors, ProposalCachePriors
-from .roi_head import AISDiff, AISDiffRoIHead
+from .prior_context import PriorContext
+from .prior_providers import CachedPriors, NoPriors, OnTheFlyPriors, OraclePriors, PriorProvider, ProposalCachePriors
+from .roi_head import AISDiffRoIHead
 from .transforms import (
-                         AmodalPad,
-                         AmodalRandomCrop,
-                         AmodalRandomFlip,
-                         AmodalResize,
-                         LoadAmodalAnnotations,
-                         LoadCachedPriors,
-                         PackAmodalInputs,
+    AmodalPad,
+    AmodalRandomCrop,
+    AmodalRandomFlip,
+    AmodalResize,
+    LoadAmodalAnnotations,
+    LoadCachedPriors,
+    PackAmodalInputs,
 )
 
+allow_mmengine_checkpoints()
+
 __all__ = [
-    "AISDiff", "AISDiffMaskHead", "AISDiffRoIHead", "AmodalDataset", "AmodalMetric", "AmodalPad", "AmodalRandomCrop",
-    "AmodalRandomFlip", "AmodalResize", "CachedPriors", "FreezeModulesHook", "LoadAmodalAnnotations", "LoadCachedPriors", "NoPriors",
-    "OnTheFlyPriors", "PackAmodalInputs", "ProposalCachePriors",
+    "AISDiff", "AISDiffMaskHead", "AISDiffRoIHead", "AmodalDataset", "AmodalMetric", "AmodalPad",
+    "AmodalRandomCrop", "AmodalRandomFlip", "AmodalResize", "CachedPriors", "FreezeModulesHook",
+    "LoadAmodalAnnotations", "LoadCachedPriors", "NoPriors", "OnTheFlyPriors", "OraclePriors", "PackAmodalInputs",
+    "PriorContext", "PriorProvider", "ProposalCachePriors",
 ]

@@ -30,7 +30,7 @@ class AmodalDataset(BaseDetDataset):
                                 skip_invalid=self.skip_invalid, check_masks=True)
         cat_ids = sorted(ann.categories)
         if not self._metainfo.get("classes"):
-            self._metainfo["classes"] = tuple(ann.categories[c] for c in cat_ids)
+            self._metainfo["classes"] = ann.classes
         names = list(self._metainfo["classes"])
         unknown = [ann.categories[c] for c in cat_ids if ann.categories[c] not in names]
         if unknown:

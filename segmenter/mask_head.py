@@ -1,4 +1,4 @@
-"""The AISDiff mask head (paper 3.2.1 and 3.2.3; DESIGN.md 5).
+"""The AISDiff mask head (paper 3.2.1 and 3.2.3).
 
 Occluder branch: conv3x3 -> non-local "GCN" block -> conv3x3, then deconv2x2/s2 + 1x1 -> occluder mask.
 Visible branch: input RoI feature + occluder feature, the same structure -> visible mask; the visible
@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from mmdet.models.roi_heads.mask_heads.fcn_mask_head import BYTES_PER_FLOAT, GPU_MEM_LIMIT, _do_paste_mask
 from mmdet.registry import MODELS
+from mmdet.structures.mask import mask_target
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import constant_init, kaiming_init, normal_init
 from torch import Tensor, nn
@@ -78,11 +81,30 @@ class OcclusionBranch(nn.Module):
         self.predictor = MaskPredictor(channels)
 
 
+MASK_TARGETS = {"amodal": "masks", "visible": "visible_masks", "occluder": "occluder_masks"}
+
+
 @MODELS.register_module()
 class AISDiffMaskHead(BaseModule):
-    """Occlusion-aware visible segmentation, classification and the Shape Prior Amodal Predictor."""
+    """Occlusion-aware visible segmentation, classification and the Shape Prior Amodal Predictor.
 
-    def __init__(self, num_classes: int, in_channels: int = 256, conv_channels: int = 256, roi_size: int = 14,
+    Args:
+        num_classes: number of object categories (the classifier's outputs, and the amodal channels unless
+            `class_agnostic_amodal`).
+        in_channels: channels of the RoI features (the FPN's).
+        conv_channels: channels of every conv in the branches.
+        num_amodal_convs: 3x3 convs that make the amodal feature (at least 1).
+        num_attention_convs: 3x3 convs of the learned spatial gate (0: no gate, the prior alone weighs the
+            amodal features; an ablation).
+        class_agnostic_amodal: one amodal mask channel (default), or one per category as mmdet's
+            `FCNMaskHead(class_agnostic=False)`, each RoI's mask the channel of the class its prior is for.
+        loss_mask: the mask loss of the three masks (default binary cross-entropy).
+        loss_cls: the category loss (default softmax cross-entropy).
+        loss_weights: weights of the amodal / visible / occluder mask losses (default 1 each).
+        init_cfg: mmengine's init config (the layers initialize themselves as mmdet's mask heads do).
+    """
+
+    def __init__(self, num_classes: int, in_channels: int = 256, conv_channels: int = 256,
                  num_amodal_convs: int = 2, num_attention_convs: int = 2, class_agnostic_amodal: bool = True,
                  loss_mask: dict | None = None, loss_cls: dict | None = None,
                  loss_weights: dict | None = None, init_cfg: dict | None = None) -> None:
@@ -90,11 +112,12 @@ class AISDiffMaskHead(BaseModule):
             raise AisdiffError(f"AISDiffMaskHead: num_amodal_convs={num_amodal_convs}, num_attention_convs="
                                f"{num_attention_convs}; use at least 1 feature conv and 0 or more gate convs")
         super().__init__(init_cfg=init_cfg)
-        self.num_classes, self.roi_size = num_classes, roi_size
+        self.num_classes = num_classes
         self.occluder = OcclusionBranch(in_channels, conv_channels)
         self.visible = OcclusionBranch(in_channels, conv_channels)
-        if conv_channels != in_channels:  # visible input = RoI feature + occluder feature
-            self.occluder_to_input = kaiming_init_(nn.Conv2d(conv_channels, in_channels, 1))
+        # the visible branch's input is the RoI feature plus the occluder feature, brought to its width
+        self.occluder_to_input = (nn.Identity() if conv_channels == in_channels
+                                  else kaiming_init_(nn.Conv2d(conv_channels, in_channels, 1)))
         classifier = nn.Linear(conv_channels, num_classes)
         normal_init(classifier, std=0.01)  # as mmdet's box classifier
         self.cls_fc = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), classifier)
@@ -119,16 +142,15 @@ class AISDiffMaskHead(BaseModule):
     def forward_visible(self, feats: Tensor) -> dict[str, Tensor]:
         """Occluder and visible mask logits [n, 1, 28, 28] and category logits [n, num_classes]."""
         occ = self.occluder.features(feats)
-        vis_in = feats + (self.occluder_to_input(occ) if hasattr(self, "occluder_to_input") else occ)
-        vis = self.visible.features(vis_in)
+        vis = self.visible.features(feats + self.occluder_to_input(occ))
         return {"occluder": self.occluder.predictor(occ), "visible": self.visible.predictor(vis),
                 "cls": self.cls_fc(vis)}
 
-    def forward_amodal(self, feats: Tensor, priors: Tensor, labels: Tensor) -> Tensor:
+    def forward_amodal(self, feats: Tensor, shape_priors: Tensor, labels: Tensor) -> Tensor:
         """Amodal mask logits [n, 1, 28, 28] from RoI features and shape priors [n, S, S] in [0, 1]; per-category
         heads give the channel of `labels` [n] (the classes the priors are for)."""
         amodal = self.amodal_features(feats)
-        prior = F.interpolate(priors[:, None].to(amodal.dtype), size=amodal.shape[-2:], mode="bilinear",
+        prior = F.interpolate(shape_priors[:, None].to(amodal.dtype), size=amodal.shape[-2:], mode="bilinear",
                               align_corners=False)
         # without gate convs (an ablation) the prior alone is the spatial attention
         spatial = prior if self.attention is None else torch.sigmoid(self.attention(amodal)) * prior
@@ -137,16 +159,58 @@ class AISDiffMaskHead(BaseModule):
             return logits
         return logits[torch.arange(len(logits), device=logits.device), labels.long()][:, None]
 
-    def forward(self, feats: Tensor, priors: Tensor, labels: Tensor) -> dict[str, Tensor]:
+    def forward(self, feats: Tensor, shape_priors: Tensor, labels: Tensor) -> dict[str, Tensor]:
         """Every output of the head; `labels` [n] are the classes of the priors (the ground truth's in training)."""
         out = self.forward_visible(feats)
-        out["amodal"] = self.forward_amodal(feats, priors, labels)
+        out["amodal"] = self.forward_amodal(feats, shape_priors, labels)
         return out
 
-    def loss(self, out: dict[str, Tensor], targets: dict[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
-        """loss_mask_{amodal,visible,occluder} (BCE with the matched ground truth) and loss_cls (CE)."""
-        zeros = torch.zeros(len(labels), dtype=torch.long, device=labels.device)  # class-agnostic channel
-        losses = {f"loss_mask_{k}": self.loss_weights[k] * self.loss_mask(out[k], targets[k], zeros)
-                  for k in ("amodal", "visible", "occluder")}
-        losses["loss_cls"] = self.loss_cls(out["cls"], labels)
-        return losses
+    def get_targets(self, sampling_results, batch_gt_instances, rcnn_train_cfg) -> dict[str, Tensor]:
+        """Amodal, visible and occluder mask targets [P, 28, 28] of the positive proposals (as FCNMaskHead's)."""
+        proposals = [res.pos_priors for res in sampling_results]
+        assigned = [res.pos_assigned_gt_inds for res in sampling_results]
+        return {kind: mask_target(proposals, assigned, [gt[key] for gt in batch_gt_instances], rcnn_train_cfg)
+                for kind, key in MASK_TARGETS.items()}
+
+    def loss_and_target(self, preds: dict[str, Tensor], sampling_results, batch_gt_instances,
+                        rcnn_train_cfg) -> dict:
+        """loss_mask_{amodal,visible,occluder} (BCE with the matched ground truth) and loss_cls (CE with the
+        ground-truth category) as `loss_mask`, and the targets as `mask_targets` (FCNMaskHead's API)."""
+        targets = self.get_targets(sampling_results, batch_gt_instances, rcnn_train_cfg)
+        labels = torch.cat([res.pos_gt_labels for res in sampling_results])
+        zeros = torch.zeros_like(labels)  # every mask here is one channel (amodal: already the class's)
+        losses = {f"loss_mask_{k}": self.loss_weights[k] * self.loss_mask(preds[k], targets[k], zeros)
+                  for k in MASK_TARGETS}
+        losses["loss_cls"] = self.loss_cls(preds["cls"], labels)
+        return dict(loss_mask=losses, mask_targets=targets)
+
+    def predict_by_feat(self, probs: dict[str, tuple[Tensor, ...]], results_list, batch_img_metas: list[dict],
+                        rcnn_test_cfg, rescale: bool = False):
+        """Paste each image's [n, 28, 28] mask probabilities (`probs[key][i]`, for the result keys `masks`,
+        `visible_masks`, `occluder_masks`) into its image as bool masks: the original image when `rescale`
+        (boxes too are rescaled, as FCNMaskHead does), else the network input."""
+        for i, (res, meta) in enumerate(zip(results_list, batch_img_metas, strict=True)):
+            boxes = res.bboxes
+            shape = meta["img_shape"][:2]
+            if rescale:
+                boxes = boxes / boxes.new_tensor(meta["scale_factor"]).repeat(2)
+                shape = meta["ori_shape"][:2]
+            for key, per_image in probs.items():
+                res[key] = self.paste_masks(per_image[i], boxes, shape, rcnn_test_cfg.mask_thr_binary)
+            res.bboxes = boxes
+        return results_list
+
+    @staticmethod
+    def paste_masks(probs: Tensor, boxes: Tensor, shape: tuple[int, int], threshold: float) -> Tensor:
+        """[n, 28, 28] probabilities on `boxes` -> bool masks [n, h, w] (`probs >= threshold`), pasted in
+        chunks as FCNMaskHead does: one box at a time on the CPU, within a memory budget on a GPU."""
+        h, w = int(shape[0]), int(shape[1])
+        out = torch.zeros((len(boxes), h, w), dtype=torch.bool, device=boxes.device)
+        if len(boxes) == 0:
+            return out
+        on_cpu = boxes.device.type == "cpu"
+        chunks = len(boxes) if on_cpu else int(np.ceil(len(boxes) * h * w * BYTES_PER_FLOAT / GPU_MEM_LIMIT))
+        for idx in torch.chunk(torch.arange(len(boxes), device=boxes.device), min(chunks, len(boxes))):
+            pasted, region = _do_paste_mask(probs[idx, None], boxes[idx], h, w, skip_empty=on_cpu)
+            out[(idx, *region)] = pasted >= threshold
+        return out

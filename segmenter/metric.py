@@ -1,9 +1,10 @@
 """Amodal instance segmentation metric: stock pycocotools COCOeval on amodal and on visible masks.
 
 Reports `amodal/AP`, `amodal/AP50`, `amodal/AP75`, `amodal/AR` (the headline) and `visible/AP`, ...,
-plus amodal AP per occlusion-rate bucket (`amodal/AP_occ_10-30%`, ...): ground truths outside the bucket
-are marked crowd, so detections matching them are neither true nor false positives. Results can be
-written as COCO results JSON (`outfile_prefix`) and as a proposals file (`proposals_file`, DESIGN.md 3.2).
+plus amodal AP per occlusion-rate bucket (`amodal/AP_occ_none`, `amodal/AP_occ_10-30%`, ...; the buckets of
+`priors.occlusion`): ground truths outside the bucket are marked crowd, so detections matching them are
+neither true nor false positives. Results can be written as COCO results JSON (`outfile_prefix`) and as a
+proposals file (`proposals_file`, README: proposals).
 """
 from __future__ import annotations
 
@@ -21,10 +22,10 @@ from pycocotools.cocoeval import COCOeval
 
 from priors import masks
 from priors.annotations import AmodalAnnotations
+from priors.occlusion import OCCLUSION_BUCKETS
 from priors.proposals import proposal_record
 
 KINDS = ("amodal", "visible")
-BUCKETS = ((0.0, 0.1), (0.1, 0.3), (0.3, 0.5), (0.5, 1.0))
 
 
 def coco_eval(gt: dict, detections: list[dict]) -> np.ndarray:
@@ -64,12 +65,11 @@ class AmodalMetric(BaseMetric):
     default_prefix = None
 
     def __init__(self, ann_file: str, ann_format: str | None = None, skip_invalid: bool = False,
-                 outfile_prefix: str | None = None, proposals_file: str | None = None,
-                 buckets: tuple[tuple[float, float], ...] = BUCKETS, collect_device: str = "cpu",
+                 outfile_prefix: str | None = None, proposals_file: str | None = None, collect_device: str = "cpu",
                  prefix: str | None = None) -> None:
         super().__init__(collect_device=collect_device, prefix=prefix)
         self.ann_file, self.ann_format, self.skip_invalid = ann_file, ann_format, skip_invalid
-        self.outfile_prefix, self.proposals_file, self.buckets = outfile_prefix, proposals_file, buckets
+        self.outfile_prefix, self.proposals_file = outfile_prefix, proposals_file
 
     def process(self, data_batch, data_samples) -> None:
         for sample in data_samples:
@@ -93,7 +93,7 @@ class AmodalMetric(BaseMetric):
     def compute_metrics(self, results: list[dict]) -> dict[str, float]:
         logger = MMLogger.get_current_instance()
         ann = AmodalAnnotations(self.ann_file, format=self.ann_format, skip_invalid=self.skip_invalid)
-        names = list(self.dataset_meta["classes"]) if self.dataset_meta else [ann.categories[c] for c in sorted(ann.categories)]
+        names = list(self.dataset_meta["classes"] if self.dataset_meta else ann.classes)
         by_name = {n: c for c, n in ann.categories.items()}
         label2cat = {i: by_name[n] for i, n in enumerate(names)}
         metrics: dict[str, float] = {}
@@ -108,9 +108,9 @@ class AmodalMetric(BaseMetric):
                 self._dump(f"{self.outfile_prefix}.{kind}.gt.json", gt)
                 self._dump(f"{self.outfile_prefix}.{kind}.segm.json", dets)
         amodal_dets = self._detections(results, label2cat, "amodal")
-        for lo, hi in self.buckets:
-            outside = {i.ann_id for i in ann if not lo <= i.occlusion_rate < hi}
-            metrics[f"amodal/AP_occ_{lo:.0%}-{hi:.0%}"] = coco_eval(ground_truth(ann, "amodal", outside), amodal_dets)[0]
+        for bucket in OCCLUSION_BUCKETS:
+            outside = {i.ann_id for i in ann if not bucket.contains(i.occlusion_rate)}
+            metrics[f"amodal/AP_occ_{bucket.name}"] = coco_eval(ground_truth(ann, "amodal", outside), amodal_dets)[0]
         if self.proposals_file:
             self._dump(self.proposals_file, self._proposals(results, label2cat))
             logger.info(f"wrote proposals to {self.proposals_file}")

@@ -8,22 +8,67 @@
 - `ProposalCachePriors` (testing): priors of proposal rows (source 1) of a store, matched by image and box.
 - `NoPriors`: a prior of 1 everywhere (the ablation).
 - `OraclePriors`: the ground-truth amodal mask itself as the prior (the ceiling a shape prior can reach).
-Providers are plain objects (not modules): the diffusion model's weights never enter a checkpoint.
+Providers are registered in mmdet's TASK_UTILS: plain objects, not modules, so the diffusion model's
+weights never enter a checkpoint. `PriorProvider` is the contract they keep.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
-from mmdet.registry import MODELS
+from mmdet.registry import TASK_UTILS
 from torch import Tensor
 
 from priors import geometry
-from priors.diffsp import DiffSP, DiffSPConfig, box_key, prepare_rois, roi_seed
+from priors.diffsp import DiffSP, DiffSPConfig, prepare_rois
 from priors.errors import AisdiffError
-from priors.store import SOURCE_GT, SOURCE_PROPOSAL, PriorStore, settings_differences
+from priors.identity import gt_roi_seed, proposal_roi_seed
+from priors.store import SOURCE_PROPOSAL, PriorStore, settings_differences
+
+from .prior_context import PriorContext
 
 # store settings that describe the dataset, not DiffSP: not compared with an on-the-fly provider's
 DATASET_SETTINGS = ("annotations", "annotation_format", "proposals")
+ROLES = {"train": "training_priors", "test": "test_priors"}
+
+
+class PriorProvider:
+    """The contract of a shape-prior provider (built from the config by mmdet's TASK_UTILS).
+
+    A shape prior is a float tensor [S, S] in [0, 1] that covers one box (its S x S cells span the box);
+    providers return them batched, [n, S, S], on the boxes' device. A provider serves in training when it
+    implements `training_priors`, at test when it implements `test_priors`; the RoI head checks this when
+    it is built (`check_role`). Class attributes tell the detector what to put in the `PriorContext`:
+    `needs_images` (the RGB input images) and, at test, `needs_masks` (the predicted visible and occluder
+    masks pasted into the network input; otherwise None is passed).
+    """
+
+    needs_images: bool = False
+    needs_masks: bool = False
+
+    def serves(self, role: str) -> bool:
+        """Whether this provider implements the method of `role` ("train" or "test")."""
+        method = ROLES[role]
+        return getattr(type(self), method) is not getattr(PriorProvider, method)
+
+    def check_role(self, role: str) -> None:
+        """Refuse, with the fix, a provider configured where it cannot serve."""
+        if not self.serves(role):
+            raise self._refusal(role)
+
+    def _refusal(self, role: str) -> AisdiffError:
+        can = " and ".join(f"{r}_prior" for r in ROLES if self.serves(r)) or "nothing"
+        return AisdiffError(f"{type(self).__name__} gives no {role} priors (it serves as {can}); set {role}_prior "
+                            "in the config to a provider that does (README: prior providers)")
+
+    def training_priors(self, sampling_results, batch_gt_instances, context: PriorContext) -> Tensor:
+        """Priors [P, S, S] of the positive proposals of every image in the batch, in sampling order."""
+        raise self._refusal("train")
+
+    def test_priors(self, index: int, boxes: Tensor, visible: Tensor | None, occluder: Tensor | None,
+                    labels: Tensor, img_meta: dict, context: PriorContext) -> Tensor:
+        """Priors [n, S, S] of image `index`'s detections: `boxes` [n, 4] and, when `needs_masks`, the
+        predicted masks [n, h, w] in network-input pixels; `labels` [n] the classes the priors are for."""
+        raise self._refusal("test")
 
 
 def gt_priors_for_proposals(sampling_results, batch_gt_instances) -> tuple[Tensor, Tensor, Tensor]:
@@ -32,19 +77,19 @@ def gt_priors_for_proposals(sampling_results, batch_gt_instances) -> tuple[Tenso
     priors, src, dst = [], [], []
     for res, gt in zip(sampling_results, batch_gt_instances, strict=True):
         idx = res.pos_assigned_gt_inds
-        priors.append(gt.priors[idx])
-        src.append(gt.prior_boxes[idx])
+        priors.append(gt.shape_priors[idx])
+        src.append(gt.shape_prior_boxes[idx])
         dst.append(res.pos_priors)
     return torch.cat(priors), torch.cat(src), torch.cat(dst)
 
 
 class DiffSPRunner:
-    """Lazily builds DiffSP on the head's device (shared by the providers that compute priors)."""
+    """Lazily builds DiffSP on the boxes' device and computes priors for one image's boxes (shared by the
+    providers that run DiffSP)."""
 
-    def __init__(self, model: str, dtype: str, classes: tuple[str, ...] | list[str], store: str | None,
-                 **diffsp_settings) -> None:
-        self.model_name, self.dtype, self.classes = model, dtype, tuple(classes)
-        self.config, self.store_path = DiffSPConfig(**diffsp_settings), store
+    def __init__(self, model: str, dtype: str, store: str | None, **diffsp_settings) -> None:
+        self.model_name, self.dtype, self.store_path = model, dtype, store
+        self.config = DiffSPConfig(**diffsp_settings)
         self._diffsp: DiffSP | None = None
 
     def diffsp(self, device: torch.device) -> DiffSP:
@@ -64,101 +109,124 @@ class DiffSPRunner:
             raise AisdiffError(f"on-the-fly DiffSP settings differ from the store {path} (training priors):\n  "
                                + "\n  ".join(diffs) + "\nUse the store's settings in test_prior, or another store.")
 
-    def compute(self, image: Tensor, boxes: Tensor, visible: Tensor, occluder: Tensor, labels: Tensor,
+    def compute(self, image: Tensor, boxes: Tensor, visible: Tensor, occluder: Tensor, categories: list[str],
                 seeds: list[int]) -> Tensor:
         """Priors [n, S, S] for boxes of one image: image [3, H, W] RGB in [0, 1], masks [n, H, W] (bool)."""
         if len(boxes) == 0:
             return boxes.new_zeros((0, self.config.prior_size, self.config.prior_size))
         diffsp = self.diffsp(boxes.device)
-        names = [self.classes[int(label)] for label in labels]
-        rois = prepare_rois(image, boxes, visible, occluder, names, seeds, diffsp.config.resolution,
+        rois = prepare_rois(image, boxes, visible, occluder, categories, seeds, diffsp.config.resolution,
                             diffsp.config.context)
         return diffsp(rois).to(boxes.device)
 
 
-@MODELS.register_module()
-class CachedPriors:
+@TASK_UTILS.register_module()
+class CachedPriors(PriorProvider):
     """Training priors from the prior store (see the module docstring). With `on_missing="compute"` in
     `LoadCachedPriors`, give `diffsp=dict(model=..., classes=...)` here to compute the missing ones."""
 
-    needs_images = False
-
     def __init__(self, diffsp: dict | None = None) -> None:
-        self.runner = DiffSPRunner(**{"dtype": "fp32", "store": None, **diffsp}) if diffsp else None
+        settings = dict(diffsp or {})
+        self.classes = tuple(settings.pop("classes", ()))
+        if diffsp is not None and not self.classes:
+            raise AisdiffError("CachedPriors(diffsp=...) needs classes=(...) in diffsp: the class names that "
+                               "complete DiffSP's prompt, in label order (the config's metainfo classes)")
+        self.runner = DiffSPRunner(**{"dtype": "fp32", "store": None, **settings}) if diffsp is not None else None
         self.needs_images = diffsp is not None
 
-    def training_priors(self, head, sampling_results, batch_gt_instances) -> Tensor:
-        if any(not hasattr(gt, "priors") for gt in batch_gt_instances):
+    def training_priors(self, sampling_results, batch_gt_instances, context: PriorContext) -> Tensor:
+        if any("shape_priors" not in gt for gt in batch_gt_instances):
             raise AisdiffError("the cache prior provider needs the LoadCachedPriors transform in the training "
                                "pipeline (after LoadAmodalAnnotations)")
         for i, gt in enumerate(batch_gt_instances):
-            self._fill_missing(head, i, gt)
+            self._fill_missing(i, gt, context)
         priors, src, dst = gt_priors_for_proposals(sampling_results, batch_gt_instances)
         return geometry.warp_priors(priors, src, dst)
 
-    def _fill_missing(self, head, index: int, gt) -> None:
-        missing = torch.isnan(gt.priors.flatten(1)).any(1)
+    def _fill_missing(self, index: int, gt, context: PriorContext) -> None:
+        """Compute the priors LoadCachedPriors marked missing (NaN) for image `index`'s ground truths."""
+        missing = torch.isnan(gt.shape_priors.flatten(1)).any(1)
         if not missing.any():
             return
         if self.runner is None:
             raise AisdiffError("cached priors are missing (LoadCachedPriors on_missing='compute') but the "
                                "CachedPriors provider has no diffsp=dict(model=..., classes=...) to compute them")
-        h, w = head.images_shapes[index]
+        image = context.image(index, type(self).__name__)
+        h, w = image.shape[-2:]
         idx = torch.nonzero(missing).flatten()
-        vis = gt.visible_masks[idx.cpu().numpy()].to_tensor(torch.bool, gt.priors.device)
-        occ = gt.occluder_masks[idx.cpu().numpy()].to_tensor(torch.bool, gt.priors.device)
-        seeds = [roi_seed(self.runner.config.seed, SOURCE_GT, int(head.image_ids[index]), int(a))
-                 for a in gt.ann_ids[idx]]
-        gt.priors[idx] = self.runner.compute(head.images[index, :, :h, :w], gt.prior_boxes[idx], vis[:, :h, :w],
-                                             occ[:, :h, :w], gt.labels[idx], seeds)
+        rows = idx.cpu().numpy()
+        device = gt.shape_priors.device
+        vis = gt.visible_masks[rows].to_tensor(torch.bool, device)[:, :h, :w]
+        occ = gt.occluder_masks[rows].to_tensor(torch.bool, device)[:, :h, :w]
+        image_id = context.image_id(index, type(self).__name__)
+        seeds = [gt_roi_seed(self.runner.config.seed, image_id, int(a)) for a in gt.ann_ids[idx]]
+        names = [self.classes[int(label)] for label in gt.labels[idx]]
+        gt.shape_priors[idx] = self.runner.compute(image, gt.shape_prior_boxes[idx], vis, occ, names, seeds)
 
 
-@MODELS.register_module()
-class OnTheFlyPriors:
-    """Test-time DiffSP priors from the head's own predictions (see the module docstring)."""
+@TASK_UTILS.register_module()
+class OnTheFlyPriors(PriorProvider):
+    """Test-time DiffSP priors from the head's own predictions (see the module docstring).
+
+    Args:
+        model: the inpainting model ('tiny', a local diffusers folder or a hub id).
+        classes: the class names in label order (the config's metainfo classes); when empty, those of the
+            detector's `dataset_meta` (a checkpoint's, as mmdet's init_detector sets it).
+        dtype: the model's dtype ('fp32', 'fp16', 'bf16').
+        store: a prior store (the training priors) whose DiffSP settings these must equal.
+        diffsp_settings: DiffSPConfig fields (steps, tau, self_res, ...).
+    """
 
     needs_images = needs_masks = True
 
-    def __init__(self, model: str = "tiny", classes: tuple[str, ...] | list[str] = (), ann_file: str | None = None,
-                 dtype: str = "fp32", store: str | None = None, **diffsp_settings) -> None:
-        if not classes and ann_file:  # the dataset's classes: the file's categories in id order
-            from priors.annotations import read_json
+    def __init__(self, model: str = "tiny", classes: tuple[str, ...] | list[str] = (), dtype: str = "fp32",
+                 store: str | None = None, **diffsp_settings) -> None:
+        self.classes = tuple(classes)
+        self.runner = DiffSPRunner(model, dtype, store, **diffsp_settings)
 
-            classes = [c["name"] for c in sorted(read_json(ann_file)["categories"], key=lambda c: c["id"])]
-        if not classes:
-            raise AisdiffError("OnTheFlyPriors needs classes=(...) or ann_file=... (class names for the prompt)")
-        self.runner = DiffSPRunner(model, dtype, classes, store, **diffsp_settings)
+    def class_names(self, context: PriorContext) -> tuple[str, ...]:
+        """The configured class names, checked against the detector's; else the detector's."""
+        if self.classes and context.classes and self.classes != context.classes:
+            raise AisdiffError(f"OnTheFlyPriors: the config's classes {list(self.classes)} differ from the "
+                               f"model's dataset_meta classes {list(context.classes)}; use a config and a "
+                               "checkpoint made for the same dataset")
+        if not (self.classes or context.classes):
+            raise AisdiffError("OnTheFlyPriors needs class names for DiffSP's prompt: set classes=(...) in "
+                               "test_prior (the config's metainfo classes), or load a checkpoint that records "
+                               "its dataset_meta")
+        return self.classes or context.classes
 
-    def test_priors(self, head, index: int, boxes: Tensor, visible: Tensor, occluder: Tensor, labels: Tensor,
-                    img_meta: dict) -> Tensor:
-        """Priors [n, S, S] for one image's detections: boxes and predicted masks [n, h, w] in network-input
-        pixels (the same masks a proposals dump writes, so cached proposal priors agree)."""
-        h, w = img_meta["img_shape"]
-        image = head.images[index, :, :h, :w]
-        vis, occ = visible[:, :h, :w], occluder[:, :h, :w]
+    def test_priors(self, index: int, boxes: Tensor, visible: Tensor, occluder: Tensor, labels: Tensor,
+                    img_meta: dict, context: PriorContext) -> Tensor:
+        who = type(self).__name__
+        image = context.image(index, who)
+        h, w = image.shape[-2:]
+        names = self.class_names(context)
+        image_id = context.image_id(index, who)
         scale = boxes.new_tensor(img_meta["scale_factor"]).repeat(2)
-        seeds = [roi_seed(self.runner.config.seed, SOURCE_PROPOSAL, int(img_meta["img_id"]), *box_key(b))
-                 for b in (boxes / scale).tolist()]  # a detection is a proposal: same identity, same noise
-        return self.runner.compute(image, boxes, vis, occ, labels, seeds)
+        # a detection is a proposal of the original image: same identity, same noise as its cached row
+        seeds = [proposal_roi_seed(self.runner.config.seed, image_id, b) for b in (boxes / scale).tolist()]
+        return self.runner.compute(image, boxes, visible[:, :h, :w], occluder[:, :h, :w],
+                                   [names[int(label)] for label in labels], seeds)
 
 
-@MODELS.register_module()
-class ProposalCachePriors:
+@TASK_UTILS.register_module()
+class ProposalCachePriors(PriorProvider):
     """Test-time priors read from proposal rows of a store, matched by image id and box (original image
     pixels, within `tolerance`). Made by `aisdiff precompute --proposals` from `aisdiff test --dump-proposals`."""
 
-    needs_images = needs_masks = False
-
     def __init__(self, store: str, tolerance: float = 0.5, on_missing: str = "error") -> None:
         if on_missing not in ("error", "none"):
-            raise ValueError(f"on_missing must be 'error' or 'none' (a prior of 1), not {on_missing!r}")
+            raise AisdiffError(f"ProposalCachePriors: on_missing must be 'error' or 'none' (a prior of 1), "
+                               f"not {on_missing!r}")
         self.store_path, self.tolerance, self.on_missing = store, tolerance, on_missing
         self._store: PriorStore | None = None
 
-    def test_priors(self, head, index: int, boxes: Tensor, visible: Tensor | None, occluder: Tensor | None,
-                    labels: Tensor, img_meta: dict) -> Tensor:
+    def test_priors(self, index: int, boxes: Tensor, visible: Tensor | None, occluder: Tensor | None,
+                    labels: Tensor, img_meta: dict, context: PriorContext) -> Tensor:
         store = self._store = self._store or PriorStore.open(self.store_path)
-        rows = store.rows_of_image(int(img_meta["img_id"]))
+        image_id = context.image_id(index, type(self).__name__)
+        rows = store.rows_of_image(image_id)
         meta = store.rows(rows) if len(rows) else None
         proposal = meta.source == SOURCE_PROPOSAL if meta is not None else np.zeros(0, bool)
         candidates = rows[proposal]
@@ -173,7 +241,7 @@ class ProposalCachePriors:
                 found[i] = int(candidates[int(err.argmin())])
             elif self.on_missing == "error":
                 raise AisdiffError(
-                    f"{self.store_path}: no proposal row for image {img_meta['img_id']} box "
+                    f"{self.store_path}: no proposal row for image {image_id} box "
                     f"{[round(float(v), 1) for v in box]} (detection {i}). Precompute the proposals this model "
                     "dumps (`aisdiff test --dump-proposals`, then `aisdiff precompute --proposals`), or set "
                     "on_missing='none' (a prior of 1 for detections without a row, e.g. empty visible masks).")
@@ -182,42 +250,38 @@ class ProposalCachePriors:
         return torch.from_numpy(priors).to(boxes.device)
 
 
-@MODELS.register_module()
-class NoPriors:
+@TASK_UTILS.register_module()
+class NoPriors(PriorProvider):
     """A prior of 1 everywhere: the Shape Prior Amodal Predictor's attention alone (the ablation)."""
-
-    needs_images = needs_masks = False
 
     def __init__(self, prior_size: int = 28) -> None:
         self.prior_size = prior_size
 
-    def training_priors(self, head, sampling_results, batch_gt_instances) -> Tensor:
+    def training_priors(self, sampling_results, batch_gt_instances, context: PriorContext) -> Tensor:
         n = sum(len(r.pos_priors) for r in sampling_results)
         device = sampling_results[0].pos_priors.device
         return torch.ones(n, self.prior_size, self.prior_size, device=device)
 
-    def test_priors(self, head, index, boxes, visible, occluder, labels, img_meta) -> Tensor:
+    def test_priors(self, index, boxes, visible, occluder, labels, img_meta, context) -> Tensor:
         return torch.ones(len(boxes), self.prior_size, self.prior_size, device=boxes.device)
 
 
-@MODELS.register_module()
-class OraclePriors:
+@TASK_UTILS.register_module()
+class OraclePriors(PriorProvider):
     """The ground-truth amodal mask as the prior: the ceiling of what a shape prior can give the head.
 
     Training: each positive proposal gets its assigned ground truth's amodal mask cropped to the proposal
     box (as mask targets are made). Testing: each detection gets the amodal mask of the ground truth of the
-    same class whose amodal box overlaps it most (from `ann_file`; classes are its categories in id order,
-    as the dataset configs list them), resampled onto the detection box; a
+    same class whose amodal box overlaps it most (from `ann_file`, read at the first test batch; classes are
+    its categories in id order, as the dataset configs list them), resampled onto the detection box; a
     detection that overlaps no ground truth of its class gets a prior of 0. Not a method: a measurement.
     """
-
-    needs_images = needs_masks = False
 
     def __init__(self, ann_file: str | None = None, prior_size: int = 28) -> None:
         self.ann_file, self.prior_size = ann_file, prior_size
         self._ann = None
 
-    def training_priors(self, head, sampling_results, batch_gt_instances) -> Tensor:
+    def training_priors(self, sampling_results, batch_gt_instances, context: PriorContext) -> Tensor:
         out = []
         for res, gt in zip(sampling_results, batch_gt_instances, strict=True):
             idx = res.pos_assigned_gt_inds.cpu().numpy()
@@ -226,7 +290,7 @@ class OraclePriors:
                                                                                         res.pos_priors.device))
         return torch.cat(out)
 
-    def test_priors(self, head, index, boxes, visible, occluder, labels, img_meta) -> Tensor:
+    def test_priors(self, index, boxes, visible, occluder, labels, img_meta, context) -> Tensor:
         from priors import masks
         from priors.annotations import AmodalAnnotations
 
@@ -234,14 +298,14 @@ class OraclePriors:
             raise AisdiffError("OraclePriors needs ann_file=... (the ground truth) to give test priors")
         self._ann = self._ann or AmodalAnnotations(self.ann_file)
         priors = boxes.new_zeros((len(boxes), self.prior_size, self.prior_size))
-        gts = self._ann.by_image(int(img_meta["img_id"]))
+        gts = self._ann.by_image(context.image_id(index, type(self).__name__))
         if not gts or not len(boxes):
             return priors
         original = boxes.detach().cpu().double() / boxes.new_tensor(img_meta["scale_factor"]).double().repeat(2)
         overlap = masks.box_iou_xyxy(original.numpy(), np.array([g.amodal_box for g in gts], dtype=np.float64))
-        label_of = {cat_id: i for i, cat_id in enumerate(sorted(self._ann.categories))}  # classes in id order
+        classes = self._ann.classes
         for i, label in enumerate(labels.tolist()):
-            same = [j for j, g in enumerate(gts) if label_of[g.category_id] == label]
+            same = [j for j, g in enumerate(gts) if classes.index(g.category) == label]
             if not same or overlap[i, same].max() <= 0:
                 continue
             best = gts[same[int(np.argmax(overlap[i, same]))]]

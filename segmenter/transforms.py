@@ -2,8 +2,8 @@
 
 Per instance the pipeline carries the amodal mask (`gt_masks`, the detection target, as in mmdet), the
 visible mask (`gt_visible_masks`), the occluder mask (`gt_occluder_masks`), the annotation id
-(`gt_ann_ids`) and, with `LoadCachedPriors`, the cached prior (`gt_priors`, [N, S, S]) together with the
-box it covers (`gt_prior_boxes`, [N, 4], transformed like the image but never clipped). The Amodal*
+(`gt_ann_ids`) and, with `LoadCachedPriors`, the cached shape prior (`gt_shape_priors`, [N, S, S]) together
+with the box it covers (`gt_shape_prior_boxes`, [N, 4], transformed like the image but never clipped). The Amodal*
 geometric transforms extend mmdet's to all of them: a prior covers its box, so a resize only rescales
 the box, a flip flips box and prior, a crop shifts the box (and drops the instances mmdet drops).
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import mmdet
 import numpy as np
 from mmcv.transforms import BaseTransform
 from mmdet.datasets.transforms import LoadAnnotations, PackDetInputs, Pad, RandomCrop, RandomFlip, Resize
@@ -21,8 +22,9 @@ from priors import masks as mask_utils
 from priors.errors import AisdiffError
 from priors.store import PriorStore
 
+MMDET_WRITTEN_FOR = "3.3"  # the mmdet minor version whose private transform methods the Amodal* ones override
 EXTRA_MASKS = ("gt_visible_masks", "gt_occluder_masks")
-INSTANCE_ARRAYS = ("gt_ann_ids", "gt_priors", "gt_prior_boxes")
+INSTANCE_ARRAYS = ("gt_ann_ids", "gt_shape_priors", "gt_shape_prior_boxes")
 
 
 def _each_mask_set(results: dict, fn: Callable[[dict], None]) -> None:
@@ -37,6 +39,26 @@ def _each_mask_set(results: dict, fn: Callable[[dict], None]) -> None:
             results[key] = results["gt_masks"]
     results["gt_masks"] = amodal
     fn(results)
+
+
+def check_mmdet_version(transform: str, overrides: tuple[str, ...], version: str = mmdet.__version__) -> None:
+    """Refuse an mmdet whose private transform methods may differ from those `transform` overrides."""
+    if version.split(".")[:2] != MMDET_WRITTEN_FOR.split("."):
+        raise AisdiffError(
+            f"{transform} overrides private methods of mmdet {MMDET_WRITTEN_FOR}.x ({', '.join(overrides)}), and "
+            f"mmdet {version} is installed, where they may differ. Install mmdet {MMDET_WRITTEN_FOR}.x (this "
+            "project pins mmdet==3.3.0), or check those methods against your mmdet and update MMDET_WRITTEN_FOR "
+            "in segmenter/transforms.py.")
+
+
+class OverridesMmdetPrivates:
+    """A transform that overrides mmdet's private methods `overrides`: checks the mmdet version when built."""
+
+    overrides: tuple[str, ...] = ()
+
+    def __init__(self, *args, **kwargs) -> None:
+        check_mmdet_version(type(self).__name__, self.overrides)
+        super().__init__(*args, **kwargs)
 
 
 def _bitmaps(segms: list, height: int, width: int) -> BitmapMasks:
@@ -109,8 +131,8 @@ class LoadCachedPriors(BaseTransform):
                 f"{path}: no computed prior for image {image_id}, annotation(s) "
                 f"{', '.join(str(int(ann_ids[i])) for i in missing)}. Run `aisdiff precompute` on this annotation file "
                 "with this store (it resumes), or set on_missing='compute' to compute missing priors on the fly.")
-        results["gt_priors"] = priors
-        results["gt_prior_boxes"] = results["gt_bboxes"].numpy().astype(np.float32).copy()
+        results["gt_shape_priors"] = priors
+        results["gt_shape_prior_boxes"] = results["gt_bboxes"].numpy().astype(np.float32).copy()
         return results
 
     def __repr__(self) -> str:
@@ -118,17 +140,19 @@ class LoadCachedPriors(BaseTransform):
 
 
 @TRANSFORMS.register_module()
-class AmodalResize(Resize):
+class AmodalResize(OverridesMmdetPrivates, Resize):
     """mmdet's Resize, applied to all three mask sets; prior boxes are rescaled (priors need nothing)."""
+
+    overrides = ("_resize_masks", "_resize_bboxes")
 
     def _resize_masks(self, results: dict) -> None:
         _each_mask_set(results, super()._resize_masks)
 
     def _resize_bboxes(self, results: dict) -> None:
         super()._resize_bboxes(results)
-        if results.get("gt_prior_boxes") is not None:
+        if results.get("gt_shape_prior_boxes") is not None:
             sx, sy = results["scale_factor"]
-            results["gt_prior_boxes"] = results["gt_prior_boxes"] * np.array([sx, sy, sx, sy], np.float32)
+            results["gt_shape_prior_boxes"] = results["gt_shape_prior_boxes"] * np.array([sx, sy, sx, sy], np.float32)
 
 
 def flip_boxes(boxes: np.ndarray, img_shape: tuple[int, int], direction: str) -> np.ndarray:
@@ -149,8 +173,10 @@ def flip_priors(priors: np.ndarray, direction: str) -> np.ndarray:
 
 
 @TRANSFORMS.register_module()
-class AmodalRandomFlip(RandomFlip):
+class AmodalRandomFlip(OverridesMmdetPrivates, RandomFlip):
     """mmdet's RandomFlip, applied to all three mask sets and to cached priors with their boxes."""
+
+    overrides = ("_flip",)
 
     def _flip(self, results: dict) -> None:
         super()._flip(results)
@@ -158,15 +184,17 @@ class AmodalRandomFlip(RandomFlip):
         for key in EXTRA_MASKS:
             if results.get(key) is not None:
                 results[key] = results[key].flip(direction)
-        if results.get("gt_priors") is not None:
-            results["gt_priors"] = flip_priors(results["gt_priors"], direction)
-            results["gt_prior_boxes"] = flip_boxes(results["gt_prior_boxes"], img_shape, direction)
+        if results.get("gt_shape_priors") is not None:
+            results["gt_shape_priors"] = flip_priors(results["gt_shape_priors"], direction)
+            results["gt_shape_prior_boxes"] = flip_boxes(results["gt_shape_prior_boxes"], img_shape, direction)
 
 
 @TRANSFORMS.register_module()
-class AmodalRandomCrop(RandomCrop):
+class AmodalRandomCrop(OverridesMmdetPrivates, RandomCrop):
     """mmdet's RandomCrop, applied to all three mask sets, annotation ids and cached priors: the instances
     mmdet drops are dropped everywhere, prior boxes are shifted (not clipped)."""
+
+    overrides = ("_crop_data",)
 
     def _crop_data(self, results: dict, crop_size, allow_negative_crop: bool):
         n = len(results["gt_bboxes"]) if results.get("gt_bboxes") is not None else 0
@@ -189,14 +217,16 @@ class AmodalRandomCrop(RandomCrop):
         for key in INSTANCE_ARRAYS:
             if results.get(key) is not None:
                 results[key] = results[key][keep]
-        if results.get("gt_prior_boxes") is not None:
-            results["gt_prior_boxes"] = results["gt_prior_boxes"] - np.array([dx, dy, dx, dy], np.float32)
+        if results.get("gt_shape_prior_boxes") is not None:
+            results["gt_shape_prior_boxes"] = results["gt_shape_prior_boxes"] - np.array([dx, dy, dx, dy], np.float32)
         return results
 
 
 @TRANSFORMS.register_module()
-class AmodalPad(Pad):
+class AmodalPad(OverridesMmdetPrivates, Pad):
     """mmdet's Pad, applied to all three mask sets."""
+
+    overrides = ("_pad_masks",)
 
     def _pad_masks(self, results: dict) -> None:
         _each_mask_set(results, super()._pad_masks)
@@ -205,10 +235,10 @@ class AmodalPad(Pad):
 @TRANSFORMS.register_module()
 class PackAmodalInputs(PackDetInputs):
     """PackDetInputs plus, in `gt_instances`: visible_masks, occluder_masks, ann_ids and, when loaded,
-    priors [N, S, S] and prior_boxes [N, 4]."""
+    shape_priors [N, S, S] and shape_prior_boxes [N, 4]."""
 
-    mapping_table = {**PackDetInputs.mapping_table, "gt_ann_ids": "ann_ids", "gt_priors": "priors",
-                     "gt_prior_boxes": "prior_boxes"}
+    mapping_table = {**PackDetInputs.mapping_table, "gt_ann_ids": "ann_ids", "gt_shape_priors": "shape_priors",
+                     "gt_shape_prior_boxes": "shape_prior_boxes"}
 
     def transform(self, results: dict) -> dict:
         packed = super().transform(results)

@@ -6,4 +6,4 @@ _base_ = [
 model = dict(roi_head=dict(
     bbox_head=dict(num_classes=80), mask_head=dict(num_classes=80),
     test_prior=dict(_delete_=True, type='OnTheFlyPriors', model='stable-diffusion-v1-5/stable-diffusion-inpainting',
-                    dtype='fp16', ann_file={{_base_.val_ann}}, store={{_base_.prior_store}})))
+                    dtype='fp16', classes={{_base_.classes}}, store={{_base_.prior_store}})))

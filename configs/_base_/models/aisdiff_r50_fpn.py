@@ -11,7 +11,7 @@ model = dict(
         type='AISDiffRoIHead',
         bbox_head=dict(num_classes=num_classes),
         mask_head=dict(_delete_=True, type='AISDiffMaskHead', num_classes=num_classes, in_channels=256,
-                       conv_channels=256, roi_size=14, num_amodal_convs=2, num_attention_convs=2,
+                       conv_channels=256, num_amodal_convs=2, num_attention_convs=2,
                        loss_mask=dict(type='CrossEntropyLoss', use_mask=True, loss_weight=1.0),
                        loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)),
         # training: the cached ground-truth priors (LoadCachedPriors in the pipeline), warped to proposals
