@@ -19,6 +19,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work-dir", type=Path, help="where logs and checkpoints go (default: work_dirs/CONFIG_NAME)")
     p.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
                    help="override config settings, e.g. train_cfg.max_iters=10 train_dataloader.batch_size=4")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load checkpoints with full unpickling, which can run code stored in the file: only for "
+                        "files you made or trust (default: torch's weights-only loading, mmengine's types allowed)")
 
 
 def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -35,8 +38,8 @@ def add_test_parser(subparsers: argparse._SubParsersAction) -> None:
                               description="Evaluate a checkpoint: amodal and visible AP/AR (pycocotools), AP by "
                                           "occlusion rate; optionally write the predictions as a proposals file.")
     _common(p)
-    p.add_argument("checkpoint", type=Path, help="checkpoint file (.pth) - loaded with full unpickling: trust it")
-    p.add_argument("--dump-proposals", type=Path, help="write the detections as a proposals file (DESIGN.md 3.2)")
+    p.add_argument("checkpoint", type=Path, help="checkpoint file (.pth), loaded weights-only (see --trust-checkpoint)")
+    p.add_argument("--dump-proposals", type=Path, help="write the detections as a proposals file (README: proposals)")
     p.add_argument("--out-prefix", type=Path, help="also write COCO results JSON: PREFIX.{amodal,visible}.segm.json")
     p.add_argument("--metrics-json", type=Path, help="write the metrics as JSON (default: WORK_DIR/metrics.json)")
     p.set_defaults(func=run_test)
@@ -53,10 +56,25 @@ def load_config(args: argparse.Namespace):
     return cfg
 
 
-def run_train(args: argparse.Namespace) -> int:
+def run_runner(args: argparse.Namespace, cfg, action: str):
+    """Build mmengine's Runner from `cfg` and run `action` ("train" / "test"); a checkpoint that torch's
+    weights-only unpickler refuses becomes a one-paragraph error with the opt-in."""
+    import pickle
+
     from mmengine.runner import Runner
 
-    import segmenter  # noqa: F401  (registers the modules and the trusted checkpoint loader)
+    from .checkpoint import refused_checkpoint, trusted_checkpoints
+
+    try:
+        with trusted_checkpoints(args.trust_checkpoint):
+            runner = Runner.from_cfg(cfg)
+            return getattr(runner, action)()
+    except pickle.UnpicklingError as exc:
+        raise refused_checkpoint(exc) from None
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import segmenter  # noqa: F401  (registers the modules)
 
     cfg = load_config(args)
     if args.resume == "auto":
@@ -65,7 +83,7 @@ def run_train(args: argparse.Namespace) -> int:
         if not Path(args.resume).is_file():
             raise AisdiffError(f"--resume {args.resume}: no such checkpoint file")
         cfg.resume, cfg.load_from = True, args.resume
-    Runner.from_cfg(cfg).train()
+    run_runner(args, cfg, "train")
     return 0
 
 
@@ -85,8 +103,6 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 
 def run_test(args: argparse.Namespace) -> int:
-    from mmengine.runner import Runner
-
     import segmenter  # noqa: F401
 
     if not args.checkpoint.is_file():
@@ -100,7 +116,7 @@ def run_test(args: argparse.Namespace) -> int:
             cfg.test_evaluator.proposals_file = str(args.dump_proposals)
         if args.out_prefix:
             cfg.test_evaluator.outfile_prefix = str(args.out_prefix)
-    metrics = Runner.from_cfg(cfg).test()
+    metrics = run_runner(args, cfg, "test")
     out = args.metrics_json or Path(cfg.work_dir) / "metrics.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(metrics, indent=2))
