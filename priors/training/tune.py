@@ -21,12 +21,12 @@ from tqdm.auto import tqdm
 
 from .. import geometry
 from ..annotations import AmodalAnnotations, Instance
-from ..diffsp import DiffSP, DiffSPConfig, grid_to_priors, prepare_rois, roi_seed
+from ..diffsp import DiffSP, DiffSPConfig, grid_to_priors, prepare_rois
 from ..errors import AisdiffError
+from ..identity import gt_roi_seed
 from ..images import read_image
 from ..masks import decode
 from ..models import load_model
-from ..store import SOURCE_GT
 from ..synthetic import occlusion_bin
 
 
@@ -98,7 +98,7 @@ def roi_batches(diffsp: DiffSP, ann: AmodalAnnotations, instances: list[Instance
             occ = torch.from_numpy(np.stack([decode(occluders[i.ann_id]) for i in part]))
             yield part, prepare_rois(image.to(diffsp.model.device), [i.amodal_box for i in part], vis, occ,
                                      [i.category for i in part],
-                                     [roi_seed(cfg.seed, SOURCE_GT, i.image_id, i.ann_id) for i in part],
+                                     [gt_roi_seed(cfg.seed, i.image_id, i.ann_id) for i in part],
                                      cfg.resolution, cfg.context)
             bar.update(len(part))
     bar.close()
