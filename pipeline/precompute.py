@@ -46,7 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ann", required=True, type=Path, help="annotation file (KINS 2020 / KINS / COCOA-cls / D2SA / aistron)")
     p.add_argument("--images", required=True, type=Path, help="folder of the annotation file's images")
     p.add_argument("--out", required=True, type=Path, help="prior store to create or resume (a .zarr folder)")
-    p.add_argument("--proposals", type=Path, help="COCO results JSON of detector proposals (DESIGN.md 3.2)")
+    p.add_argument("--proposals", type=Path,
+                   help="COCO results JSON of detector proposals (README, section 'Computing priors')")
     p.add_argument("--format", choices=["kins2020", "kins", "cocoa", "d2sa", "aistron"],
                    help="annotation format (default: detected from the keys)")
     p.add_argument("--model", default="tiny", help="'tiny', a local diffusers folder or a hub id (default: tiny)")
