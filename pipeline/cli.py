@@ -8,11 +8,12 @@ Errors caused by the user's input (`AisdiffError`) print as one paragraph and ex
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from importlib.metadata import entry_points
 
 from priors.errors import AisdiffError
+
+from .ranks import process_rank
 
 ENTRY_POINT_GROUP = "aisdiff.commands"
 
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except AisdiffError as exc:
-        if os.environ.get("RANK", "0") == "0":  # under `accelerate launch`, every process fails alike: say it once
+        if process_rank() == 0:  # one of many processes: the main one speaks (the others' failures reach it)
             print(f"aisdiff {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

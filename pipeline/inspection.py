@@ -24,8 +24,8 @@ from priors import geometry, masks
 from priors.annotations import AmodalAnnotations, Instance
 from priors.errors import AisdiffError
 from priors.images import read_image
+from priors.occlusion import OCCLUDED, OCCLUSION_BUCKETS, occlusion_bucket
 from priors.store import SOURCE_GT, SOURCE_PROPOSAL, PriorStore
-from priors.synthetic import OCCLUSION_BINS, occlusion_bin
 
 EPS = 1e-6
 
@@ -117,15 +117,16 @@ def _instance(ann: AmodalAnnotations, ann_id: int, store: PriorStore) -> Instanc
 
 
 def iou_table(records: list[dict]) -> dict:
-    """Mean IoUs overall, for occluded instances (> 10%) and by occlusion bucket."""
+    """Mean IoUs overall, for occluded instances (> OCCLUDED) and by occlusion bucket."""
     def mean(recs):
         return {"instances": len(recs),
                 "prior_iou": float(np.mean([r["prior_iou"] for r in recs])) if recs else None,
                 "visible_iou": float(np.mean([r["visible_iou"] for r in recs])) if recs else None}
 
-    table = {"all": mean(records), "occluded > 10%": mean([r for r in records if r["occlusion"] > 0.1])}
-    for _, _, name in OCCLUSION_BINS:
-        table[name] = mean([r for r in records if occlusion_bin(r["occlusion"]) == name])
+    table = {"all": mean(records),
+             f"occluded > {OCCLUDED:.0%}": mean([r for r in records if r["occlusion"] > OCCLUDED])}
+    for bucket in OCCLUSION_BUCKETS:
+        table[bucket.name] = mean([r for r in records if bucket.contains(r["occlusion"])])
     return table
 
 
@@ -259,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
             keys = rows.category_id[candidates].tolist()
         elif args.sample_by == "occlusion":
             candidates = candidates[rows.source[candidates] == SOURCE_GT]
-            keys = [occlusion_bin(ann.instance(int(rows.ann_id[r])).occlusion_rate) for r in candidates]
+            keys = [occlusion_bucket(ann.instance(int(rows.ann_id[r])).occlusion_rate) for r in candidates]
         else:
             keys = [0] * len(candidates)
         picked = sample_rows(candidates, keys, args.samples, args.seed)

@@ -4,7 +4,8 @@ Runs as one process, or under `accelerate launch` as many (CPU processes, GPUs, 
 are split into whole Zarr chunks and the pending chunks are dealt round-robin to the processes; each
 process streams its chunks' images through DataLoader workers, runs DiffSP in batches, and writes each
 chunk (then marks it done) as soon as it is complete. Rerunning the same command resumes; a store made
-with other settings is refused; `--overwrite` starts over.
+with other settings is refused; `--overwrite` starts over. A process that fails leaves a marker beside the
+store, so that the main process stops with its error instead of waiting for it (`pipeline.ranks`).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,7 +28,11 @@ from priors.proposals import Proposals
 from priors.store import PriorStore
 
 from .loader import ChunkRois, roi_loader
-from .rois import enumerate_rois
+from .ranks import clear_failures, failure_recorded, launched_as_many, wait_for_ranks
+from .rois import RoiTable, enumerate_rois
+
+if TYPE_CHECKING:  # imported when the command runs: `aisdiff --help` stays fast
+    from accelerate import Accelerator
 
 PROGRESS_POLL_SECONDS = 2.0
 
@@ -40,7 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ann", required=True, type=Path, help="annotation file (KINS 2020 / KINS / COCOA-cls / D2SA / aistron)")
     p.add_argument("--images", required=True, type=Path, help="folder of the annotation file's images")
     p.add_argument("--out", required=True, type=Path, help="prior store to create or resume (a .zarr folder)")
-    p.add_argument("--proposals", type=Path, help="COCO results JSON of detector proposals (DESIGN.md 3.2)")
+    p.add_argument("--proposals", type=Path,
+                   help="COCO results JSON of detector proposals (README, section 'Computing priors')")
     p.add_argument("--format", choices=["kins2020", "kins", "cocoa", "d2sa", "aistron"],
                    help="annotation format (default: detected from the keys)")
     p.add_argument("--model", default="tiny", help="'tiny', a local diffusers folder or a hub id (default: tiny)")
@@ -63,6 +70,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-invalid", action="store_true", help="skip and count invalid records instead of stopping")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store instead of resuming it")
     p.add_argument("--limit", type=int, help="only the first N ROIs (in row order)")
+    p.add_argument("--wait-timeout", type=float, default=1800,
+                   help="seconds the main process waits for the others without any chunk finishing before it "
+                        "stops with an error (default: 1800)")
     p.set_defaults(func=run)
 
 
@@ -74,14 +84,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise AisdiffError("--limit must be >= 1")
     if args.workers < 0:
         raise AisdiffError("--workers must be >= 0")
+    if not args.wait_timeout > 0:
+        raise AisdiffError("--wait-timeout must be > 0 seconds")
     if not args.images.is_dir():
         raise AisdiffError(f"--images {args.images} is not a folder; point it at the dataset's image folder.")
-
-
-def _summary(rows: list[tuple[str, str]]) -> str:
-    width = max(len(k) for k, _ in rows)
-    lines = ["precompute summary:"] + [f"  {k.ljust(width)}  {v}" for k, v in rows]
-    return "\n".join(lines)
 
 
 def _human_bytes(n: float) -> str:
@@ -95,20 +101,114 @@ def _human_bytes(n: float) -> str:
 def _warn_single_cpu_process() -> None:
     """`accelerate launch --cpu --num_processes N` without MPI starts one process: say so instead of hiding it."""
     launched_for_many = os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_ADDR" in os.environ
-    if launched_for_many and not any(k in os.environ for k in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE")):
+    if launched_for_many and not launched_as_many():
         print("aisdiff precompute: warning: running ONE process. Accelerate starts several CPU processes through "
               "MPI only: use --config_file configs/accelerate/cpu_2proc.yaml, or add --mpirun_hostfile "
               "configs/accelerate/hostfile (with the venv's bin/ on PATH for mpirun).", file=sys.stderr)
 
 
+def _diffsp(args: argparse.Namespace, device: torch.device) -> DiffSP:
+    """The model and DiffSP at the requested settings; invalid settings are an AisdiffError."""
+    model = load_model(args.model, dtype=args.dtype, device=device)
+    try:
+        config = DiffSPConfig(steps=args.steps, tau=args.tau, prior_size=args.prior_size,
+                              resolution=args.resolution, self_res=args.self_res, cross_res=args.cross_res,
+                              context=args.context, prompt=args.prompt, guidance_scale=args.guidance_scale,
+                              mask_mode=args.mask_mode, seed=args.seed)
+        return DiffSP(model, config)
+    except ValueError as exc:
+        raise AisdiffError(f"DiffSP settings for {args.model}: {exc}") from None
+
+
+def open_store(args: argparse.Namespace, settings: dict, table: RoiTable,
+               accelerator: Accelerator) -> tuple[PriorStore, bool]:
+    """The main process creates or resumes the store and clears stale failure markers; the others open it
+    after the barrier. Returns (store, resumed)."""
+    resumed = False
+    if accelerator.is_main_process:
+        store, resumed = PriorStore.open_or_create(args.out, settings, table.rows, args.prior_size,
+                                                   args.chunk_rows, overwrite=args.overwrite)
+        clear_failures(args.out)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        with failure_recorded(args.out, accelerator.process_index):
+            store = PriorStore.open(args.out, settings, mode="r+")
+    return store, resumed
+
+
+class Progress:
+    """The main process's bar: rows done by every process (read from the store at most every
+    PROGRESS_POLL_SECONDS) plus the rows this process computed but has not written yet."""
+
+    def __init__(self, store: PriorStore, done_at_start: int, main: bool) -> None:
+        from tqdm import tqdm
+
+        self.store, self.done_at_start = store, done_at_start
+        self.to_compute = len(store) - done_at_start
+        self.bar = tqdm(total=self.to_compute, unit="ROI", disable=not main or self.to_compute == 0,
+                        desc="DiffSP priors", dynamic_ncols=True)
+        self.unwritten, self.last_poll = 0, 0.0
+
+    def poll(self) -> None:
+        """Show the store's progress if the last look is older than PROGRESS_POLL_SECONDS."""
+        if not self.bar.disable and time.perf_counter() - self.last_poll > PROGRESS_POLL_SECONDS:
+            self.show(int(self.store.done().sum()))
+
+    def show(self, done: int) -> None:
+        """Show `done` rows of the store as done, plus this process's unwritten ones."""
+        self.last_poll = time.perf_counter()
+        self.bar.n = min(self.to_compute, done - self.done_at_start + self.unwritten)
+        self.bar.refresh()
+
+
+def compute_chunks(store: PriorStore, diffsp: DiffSP, dataset: ChunkRois, workers: int,
+                   progress: Progress) -> None:
+    """DiffSP over this process's chunks; each chunk is written, then marked done, once complete."""
+    size = store.prior_size
+    buffers: dict[int, tuple[np.ndarray, int]] = {}  # chunk -> (priors, rows still missing)
+    with torch.inference_mode():
+        for chunk, rows, batch in roi_loader(dataset, workers):
+            sl = store.chunk_slice(chunk)
+            buf, missing = buffers.get(chunk) or (np.zeros((sl.stop - sl.start, size, size), np.float32),
+                                                  sl.stop - sl.start)
+            buf[rows - sl.start] = diffsp(batch).float().cpu().numpy()
+            missing -= len(rows)
+            progress.unwritten += len(rows)
+            if missing:
+                buffers[chunk] = (buf, missing)
+            else:
+                buffers.pop(chunk, None)
+                store.write_chunk(chunk, buf)
+                progress.unwritten -= sl.stop - sl.start
+            progress.poll()
+
+
+def summary(store: PriorStore, resumed: bool, processes: int, done_at_start: int, seconds: float,
+            invalid: Counter) -> str:
+    """The table the main process prints at the end: rows computed now and before, skipped, speed, size."""
+    done_now = int(store.done().sum())
+    size = store.size_bytes()
+    skipped = f"{sum(invalid.values())}" + (f" ({', '.join(f'{k} {v}' for k, v in sorted(invalid.items()))})"
+                                            if invalid else "")
+    rows = [("store", f"{store.path} ({'resumed' if resumed else 'new'}, {len(store)} rows, "
+                      f"{store.num_chunks} chunks of {store.chunk_rows}, {processes} process(es))"),
+            ("computed now", str(done_now - done_at_start)),
+            ("already done", str(done_at_start)),
+            ("skipped invalid", skipped),
+            ("time", f"{seconds:.1f} s"),
+            ("ROIs/s", f"{(done_now - done_at_start) / seconds:.2f}"),
+            ("store size", f"{_human_bytes(size)} ({_human_bytes(size / max(len(store), 1))}/row)")]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(["precompute summary:"] + [f"  {k.ljust(width)}  {v}" for k, v in rows])
+
+
 def run(args: argparse.Namespace) -> int:
     from accelerate import Accelerator
-    from tqdm import tqdm
 
     _check_args(args)
     _warn_single_cpu_process()
     accelerator = Accelerator()
-    main = accelerator.is_main_process
+    rank, main = accelerator.process_index, accelerator.is_main_process
     if accelerator.device.type == "cpu" and accelerator.num_processes > 1:  # share the cores, don't oversubscribe
         local = int(os.environ.get("LOCAL_WORLD_SIZE") or accelerator.num_processes)
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
@@ -120,83 +220,29 @@ def run(args: argparse.Namespace) -> int:
     table = enumerate_rois(annotations, proposals, args.seed, args.limit)
     if len(table) == 0:
         raise AisdiffError(f"{args.ann}: no valid ROI to compute (all records invalid, or an empty file).")
-
-    model = load_model(args.model, dtype=args.dtype, device=accelerator.device)
-    try:
-        config = DiffSPConfig(steps=args.steps, tau=args.tau, prior_size=args.prior_size, resolution=args.resolution,
-                              self_res=args.self_res, cross_res=args.cross_res, context=args.context,
-                              prompt=args.prompt, guidance_scale=args.guidance_scale, mask_mode=args.mask_mode,
-                              seed=args.seed)
-        diffsp = DiffSP(model, config)
-    except ValueError as exc:
-        raise AisdiffError(f"DiffSP settings for {args.model}: {exc}") from None
+    diffsp = _diffsp(args, accelerator.device)
     settings = {**diffsp.attrs, "annotations": annotations.sha256(), "annotation_format": annotations.format,
                 "proposals": sha256_file(args.proposals) if args.proposals else None}
-    if main:  # one process creates (or checks) the store; the others open it after the barrier
-        store, resumed = PriorStore.open_or_create(args.out, settings, table.rows, args.prior_size,
-                                                   args.chunk_rows, overwrite=args.overwrite)
-    accelerator.wait_for_everyone()
-    if not main:
-        store = PriorStore.open(args.out, settings, mode="r+")
-    done_at_start = int(store.done().sum())
-    pending = store.pending_chunks()
-    mine = [(c, store.chunk_slice(c)) for c in pending[accelerator.process_index::accelerator.num_processes]]
+    store, resumed = open_store(args, settings, table, accelerator)
 
+    done_at_start, pending = int(store.done().sum()), store.pending_chunks()
+    accelerator.wait_for_everyone()  # all deal the same pending chunks: none is written before this
+    owners = {chunk: i % accelerator.num_processes for i, chunk in enumerate(pending)}
+    mine = [(chunk, store.chunk_slice(chunk)) for chunk, owner in owners.items() if owner == rank]
     dataset = ChunkRois(annotations, proposals, table, mine, diffsp.config.resolution, diffsp.config.context,
                         args.batch_size)
-    to_compute = len(table) - done_at_start
-    bar = tqdm(total=to_compute, unit="ROI", disable=not main or to_compute == 0, desc="DiffSP priors",
-               dynamic_ncols=True)
-    buffers: dict[int, tuple[np.ndarray, int]] = {}  # chunk -> (priors, rows still missing)
-    last_poll, own_unwritten = 0.0, 0
-
-    def refresh(force: bool = False) -> None:
-        nonlocal last_poll
-        if main and (force or time.perf_counter() - last_poll > PROGRESS_POLL_SECONDS):
-            last_poll = time.perf_counter()
-            bar.n = min(to_compute, int(store.done().sum()) - done_at_start + own_unwritten)
-            bar.refresh()
-
-    with torch.inference_mode():
-        for chunk, rows, batch in roi_loader(dataset, args.workers):
-            priors = diffsp(batch).float().cpu().numpy()
-            sl = store.chunk_slice(chunk)
-            buf, missing = buffers.get(chunk) or (np.zeros((sl.stop - sl.start, args.prior_size, args.prior_size),
-                                                           np.float32), sl.stop - sl.start)
-            buf[rows - sl.start] = priors
-            missing -= len(rows)
-            own_unwritten += len(rows)
-            if missing:
-                buffers[chunk] = (buf, missing)
-            else:
-                buffers.pop(chunk, None)
-                store.write_chunk(chunk, buf)
-                own_unwritten -= sl.stop - sl.start
-            refresh()
-    if main:  # keep the bar moving while the other processes finish
-        while int(store.done().sum()) < len(table):
-            refresh(force=True)
-            time.sleep(PROGRESS_POLL_SECONDS / 4)
-        refresh(force=True)
-        bar.close()
+    progress = Progress(store, done_at_start, main)
+    with failure_recorded(args.out, rank):
+        compute_chunks(store, diffsp, dataset, args.workers, progress)
+    if main:  # keep the bar moving while the other processes finish; stop if one of them failed or stalled
+        wait_for_ranks(store, owners, args.wait_timeout, on_poll=progress.show)
+        progress.bar.close()
     accelerator.wait_for_everyone()
     if main:
-        done_now = int(store.done().sum())
-        seconds = time.perf_counter() - started
         invalid = Counter(annotations.invalid_counts())
         if proposals is not None:
             invalid.update(r.reason for r in proposals.invalid)
-        size = store.size_bytes()
-        print(_summary([
-            ("store", f"{args.out} ({'resumed' if resumed else 'new'}, {len(table)} rows, "
-                      f"{store.num_chunks} chunks of {store.chunk_rows}, {accelerator.num_processes} process(es))"),
-            ("computed now", str(done_now - done_at_start)),
-            ("already done", str(done_at_start)),
-            ("skipped invalid", f"{sum(invalid.values())}" + (f" ({', '.join(f'{k} {v}' for k, v in sorted(invalid.items()))})"
-                                                              if invalid else "")),
-            ("time", f"{seconds:.1f} s"),
-            ("ROIs/s", f"{(done_now - done_at_start) / seconds:.2f}"),
-            ("store size", f"{_human_bytes(size)} ({_human_bytes(size / max(len(table), 1))}/row)"),
-        ]))
+        print(summary(store, resumed, accelerator.num_processes, done_at_start, time.perf_counter() - started,
+                      invalid))
     accelerator.end_training()
     return 0

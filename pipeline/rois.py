@@ -14,7 +14,8 @@ import torch
 
 from priors import masks
 from priors.annotations import AmodalAnnotations
-from priors.diffsp import RoiBatch, box_key, prepare_rois, roi_seed
+from priors.diffsp import RoiBatch, prepare_rois
+from priors.identity import gt_roi_seed, proposal_roi_seed
 from priors.images import read_image
 from priors.proposals import Proposals
 from priors.store import SOURCE_GT, SOURCE_PROPOSAL, Rows
@@ -47,8 +48,7 @@ def enumerate_rois(annotations: AmodalAnnotations, proposals: Proposals | None, 
     key = np.array([e[2] for e in entries], dtype=np.int64)
     rows = Rows(box=np.array([e[3] for e in entries], dtype=np.float32).reshape(n, 4), image_id=image_id,
                 ann_id=np.where(source == SOURCE_GT, key, -1), category_id=[e[4] for e in entries], source=source)
-    seeds = [roi_seed(seed, SOURCE_GT, int(i), int(k)) if s == SOURCE_GT
-             else roi_seed(seed, SOURCE_PROPOSAL, int(i), *box_key(b))
+    seeds = [gt_roi_seed(seed, i, k) if s == SOURCE_GT else proposal_roi_seed(seed, i, b)
              for i, s, k, b in zip(image_id, source, key, rows.box, strict=True)]
     return RoiTable(rows=rows, key=key, seeds=seeds)
 

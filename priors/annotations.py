@@ -1,8 +1,8 @@
 """Amodal annotation files (KINS 2020, old KINS, COCOA-cls, D2SA, aistron) -> one normalized record per instance.
 
 All formats are COCO-style JSON that differ only in the annotation keys for the amodal/visible masks and
-boxes (DESIGN.md 3.1). Records keep the raw segmentations and decode them lazily, so a 100k-instance file
-loads without decoding every mask; validation runs in the run-length domain.
+boxes (README, section 'Annotation formats'). Records keep the raw segmentations and decode them lazily,
+so a 100k-instance file loads without decoding every mask; validation runs in the run-length domain.
 
 Occluder masks follow the BCNet/AISFormer rule: the union of the visible masks of the other instances of
 the image whose visible box has IoU > 0.05 with this instance's amodal box, cut to that amodal box.
@@ -193,7 +193,8 @@ def detect_format(annotations: Sequence[dict[str, Any]], path: str = "<annotatio
     raise AnnotationError(
         f"{path}: unknown annotation format: none of the keys that mark a known format "
         f"({', '.join(k for k, _ in _SIGNATURES)}) is in the annotations (keys found: {', '.join(sorted(seen)) or 'none'}). "
-        f"Supported formats: {', '.join(FORMAT_NAMES)} (DESIGN.md 3.1); convert the file or name its format explicitly."
+        f"Supported formats: {', '.join(FORMAT_NAMES)} (README, section 'Annotation formats'); "
+        "convert the file or name its format explicitly."
     )
 
 

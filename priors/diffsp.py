@@ -7,12 +7,11 @@ decoded. Self-attention at `self_res` and cross-attention at `cross_res` (mean o
 start token skipped, upsampled to `self_res`) are averaged over heads, layers and steps, and
 `M_sp = (A_S)^tau . A_C` is min-max normalized and resampled onto the ROI box at S x S.
 
-Noise is drawn per ROI on the CPU from the ROI's own seed, so a prior does not depend on the batch it is
-computed in, on the device, or on how many processes share the job.
+Noise is drawn per ROI on the CPU from the ROI's own seed (`priors.identity`), so a prior does not depend on
+the batch it is computed in, on the device, or on how many processes share the job.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -66,19 +65,6 @@ class DiffSPConfig:
 
     def attrs(self) -> dict:
         return asdict(self)
-
-
-def roi_seed(seed: int, *key: int) -> int:
-    """A per-ROI seed from the job seed and the ROI's identity: (source 0, image id, annotation id) for
-    ground truth, (source 1, image id, *box_key(box)) for proposals and on-the-fly detections."""
-    digest = hashlib.sha256(repr((seed, *key)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def box_key(box) -> tuple[int, ...]:
-    """A box (x1, y1, x2, y2 in original image pixels) as integers in tenths of a pixel: the identity of a
-    proposal, so that a detection computed on the fly and its cached proposal row share their noise."""
-    return tuple(int(round(float(v) * 10)) for v in box)
 
 
 @dataclass

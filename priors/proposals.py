@@ -1,4 +1,4 @@
-"""Detector proposals (DESIGN.md 3.2): a COCO results JSON list with predicted visible masks.
+"""Detector proposals (README, section 'Computing priors'): a COCO results JSON list with visible masks.
 
 Each record: `image_id`, `bbox` [x, y, w, h] (the amodal box), `category_id`, `score`, `segmentation`
 (RLE of the predicted visible mask) and optionally `occluder_segmentation` (RLE). Without it, a
@@ -69,7 +69,9 @@ class Proposals:
         if not isinstance(record, dict) or any(k not in record for k in REQUIRED_KEYS):
             missing = [k for k in REQUIRED_KEYS if not isinstance(record, dict) or k not in record]
             self._invalid("missing_key", index, record.get("image_id") if isinstance(record, dict) else None,
-                          f"missing key(s) {', '.join(missing)}", "Proposals need the keys of DESIGN.md 3.2.")
+                          f"missing key(s) {', '.join(missing)}",
+                          f"Proposals need the keys {', '.join(REQUIRED_KEYS)} "
+                          "(README, section 'Computing priors').")
             return None
         image_id, category_id = int(record["image_id"]), int(record["category_id"])
         image = annotations.images.get(image_id)

@@ -19,6 +19,7 @@ from PIL import Image
 
 from . import masks
 from .annotations import FORMATS, AmodalAnnotations
+from .occlusion import OCCLUSION_BUCKETS, occlusion_bucket
 
 # (id, name): names are plain words so that "a photo of a {name}" reads naturally.
 CATEGORIES: tuple[tuple[int, str], ...] = (
@@ -31,8 +32,6 @@ OBJECT_SIZE_RANGE = (0.18, 0.36)  # object diameter as a fraction of the shorter
 OVERLAP_PROBABILITY = 0.8  # chance that a new object is placed next to an existing one
 MIN_VISIBLE_FRACTION = 0.3  # heavier occlusion is redrawn: the visible part must still say what the object is
 MIN_VISIBLE_PIXELS = 80
-OCCLUSION_BINS = ((0.0, 0.0, "none"), (0.0, 0.1, "0-10%"), (0.1, 0.3, "10-30%"), (0.3, 0.5, "30-50%"),
-                  (0.5, 1.01, ">50%"))
 
 
 def _circle(n: int = 48) -> np.ndarray:
@@ -218,16 +217,6 @@ def make_scene(seed: int, split: str, index: int) -> Scene:
     return Scene(image=image, objects=objects, visible=_visible_masks([o.amodal for o in objects]))
 
 
-def occlusion_bin(rate: float) -> str:
-    """Name of the occlusion-rate bucket used in summaries."""
-    if rate <= 0:
-        return "none"
-    for lo, hi, name in OCCLUSION_BINS[1:]:
-        if lo <= rate < hi:
-            return name
-    return OCCLUSION_BINS[-1][2]
-
-
 @dataclass
 class SplitStats:
     images: int
@@ -244,7 +233,7 @@ def split_stats(annotations: AmodalAnnotations) -> SplitStats:
     stats = SplitStats(len(annotations.images), Counter(), Counter())
     for inst in annotations:
         stats.per_category[inst.category] += 1
-        stats.occlusion[occlusion_bin(inst.occlusion_rate)] += 1
+        stats.occlusion[occlusion_bucket(inst.occlusion_rate)] += 1
     return stats
 
 
@@ -270,7 +259,7 @@ def write_split(out: Path, split: str, num_images: int, seed: int, fmt: str, fir
             anns.append(spec.encode(ann_id, image_id, obj.category_id, [obj.polygon], masks.rle_to_json(visible_rle),
                                     masks.bbox_xywh(amodal_rle), masks.bbox_xywh(visible_rle), a_area, v_area))
             stats.per_category[dict(CATEGORIES)[obj.category_id]] += 1
-            stats.occlusion[occlusion_bin(1 - v_area / a_area)] += 1
+            stats.occlusion[occlusion_bucket(1 - v_area / a_area)] += 1
             ann_id += 1
     doc = {
         "info": {"description": f"AISDiff synthetic amodal benchmark ({split})", "settings": settings or {}},
@@ -309,7 +298,7 @@ def summary(stats: dict[str, SplitStats]) -> str:
     for split, s in stats.items():
         cats = ", ".join(f"{name} {s.per_category.get(name, 0)}" for _, name in CATEGORIES)
         total = max(s.instances, 1)
-        occ = " | ".join(f"{name} {s.occlusion.get(name, 0)} ({s.occlusion.get(name, 0) / total:.0%})"
-                         for _, _, name in OCCLUSION_BINS)
+        occ = " | ".join(f"{b.name} {s.occlusion.get(b.name, 0)} ({s.occlusion.get(b.name, 0) / total:.0%})"
+                         for b in OCCLUSION_BUCKETS)
         lines.append(f"{split}: {s.images} images, {s.instances} instances ({cats}); occlusion: {occ}")
     return "\n".join(lines)

@@ -5,9 +5,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from priors.store import Rows
+
 BIN = Path(sys.executable).parent
+# settings of a prior store made by hand in tests (every setting a store requires, none from a real model)
+STORE_SETTINGS = {"model": {"id": "tiny", "weights_sha256": "ab" * 32}, "steps": 10, "tau": 4, "self_res": 16,
+                  "cross_res": 8, "prompt": "a photo of a {category}", "seed": 0, "context": 1.2,
+                  "annotations": "cd" * 32, "proposals": None, "resolution": 64, "guidance_scale": 1.0,
+                  "mask_mode": "occluder", "dtype": "fp32"}
 
 
 def aisdiff(*args: str) -> subprocess.CompletedProcess:
     """Run the `aisdiff` command of this environment, capturing its output."""
     return subprocess.run([str(BIN / "aisdiff"), *args], capture_output=True, text=True)
+
+
+def store_rows(n: int = 10) -> Rows:
+    """The rows of a hand-made store: n <= 10 ground-truth rows of images 1, 2, 3 and 5."""
+    image_id = np.array([1, 1, 1, 2, 2, 3, 3, 3, 3, 5][:n])
+    return Rows(box=np.arange(n * 4, dtype=np.float32).reshape(n, 4), image_id=image_id,
+                ann_id=np.arange(100, 100 + n), category_id=np.arange(n) % 3 + 1, source=np.zeros(n))

@@ -6,12 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pipeline.ranks import RANK_VARIABLES
+
 BIN = Path(sys.executable).parent
 
 
-def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def _run(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "aisdiff"), *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                          env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
 
 
 def test_demo_data_writes_reuses_and_refuses_foreign_folders(tmp_path):
@@ -42,3 +44,12 @@ def test_demo_data_writes_reuses_and_refuses_foreign_folders(tmp_path):
 def test_python_dash_m_pipeline_runs_the_same_cli(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pipeline", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "demo-data" in proc.stdout
+
+
+def test_an_error_is_printed_by_rank_0_only_under_mpi_launchers_too(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    unset = {name: "" for name in RANK_VARIABLES}
+    for variable, rank, printed in (("PMI_RANK", "0", True), ("PMI_RANK", "1", False),
+                                    ("OMPI_COMM_WORLD_RANK", "1", False)):
+        proc = _run("demo-data", str(tmp_path), env={**unset, variable: rank})
+        assert proc.returncode == 2 and ("already holds other data" in proc.stderr) == printed, proc.stderr

@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import aisdiff
+from helpers import STORE_SETTINGS, aisdiff, store_rows
 from PIL import Image
 
 from pipeline.inspection import row_statistics
@@ -61,6 +61,17 @@ def test_dask_statistics_equal_numpy(store):
     np.testing.assert_allclose(ours["mean"], p.mean(axis=(1, 2)), rtol=1e-6)
     np.testing.assert_allclose(ours["entropy"], entropy.mean(axis=(1, 2)), rtol=1e-5)
     np.testing.assert_allclose(ours["sharpness"], np.abs(2 * p - 1).mean(axis=(1, 2)), rtol=1e-6)
+
+
+def test_dask_statistics_never_reduce_in_float16(tmp_path):
+    """A row of 300 x 300 ones sums to 90000, above float16's largest 65504: a float16 reduction gives inf."""
+    store = PriorStore.create(tmp_path / "big.zarr", STORE_SETTINGS, store_rows(2), prior_size=300,
+                              chunk_rows=2)
+    store.write_chunk(0, np.stack([np.ones((300, 300), np.float32), np.full((300, 300), 0.5, np.float32)]))
+    stats = row_statistics(store)
+    assert stats["mean"].tolist() == [1.0, 0.5] and stats["sharpness"].tolist() == [1.0, 0.0]
+    np.testing.assert_allclose(stats["entropy"], [0.0, 1.0], atol=1e-4)
+    assert all(v.dtype == np.float32 for v in stats.values())
 
 
 def test_in_progress_and_damaged_stores(store, tmp_path):

@@ -132,6 +132,29 @@ def test_a_killed_run_resumes_to_the_same_store(bench, reference, tmp_path, proc
     assert_same_store(out, reference[0])
 
 
+def test_a_failing_process_leaves_a_marker_that_the_resuming_rerun_clears(bench, reference, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(bench / "images", images)
+    ann = load_annotations(bench / "annotations" / "train.json")
+    last = images / ann.images[ann.image_ids()[-1]].file_name
+    good = last.read_bytes()
+    last.write_bytes(b"not a png")  # found when the job starts, unreadable when its chunk comes
+    out = tmp_path / "p.zarr"
+    args = [*job_args(bench, out), "--images", str(images), "--workers", "0"]
+    failed = run(*args)
+    assert failed.returncode == 2 and f"image file {last} cannot be read" in failed.stderr
+    marker = tmp_path / ".p.zarr.failed-rank0"
+    first_line = marker.read_text().partition("\n")[0]
+    assert first_line.startswith("rank 0 (host ") and str(last) in first_line
+    done = int(PriorStore.open(out).done().sum())
+    assert 0 < done < len(ann)
+    last.write_bytes(good)
+    resumed = run(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert not marker.exists() and f"already done     {done}" in resumed.stdout
+    assert_same_store(out, reference[0])
+
+
 def test_proposals_become_rows_of_source_1(bench, tmp_path):
     ann = load_annotations(bench / "annotations" / "val.json")
     rng = np.random.default_rng(0)

@@ -8,19 +8,10 @@ import dask.array
 import numpy as np
 import pytest
 import zarr
+from helpers import STORE_SETTINGS as SETTINGS
+from helpers import store_rows
 
-from priors.store import ARRAYS, PriorStore, Rows, StoreError
-
-SETTINGS = {"model": {"id": "tiny", "weights_sha256": "ab" * 32}, "steps": 10, "tau": 4, "self_res": 16,
-            "cross_res": 8, "prompt": "a photo of a {category}", "seed": 0, "context": 1.2,
-            "annotations": "cd" * 32, "proposals": None, "resolution": 64, "guidance_scale": 1.0,
-            "mask_mode": "occluder", "dtype": "fp32"}
-
-
-def _rows(n: int = 10) -> Rows:
-    image_id = np.array([1, 1, 1, 2, 2, 3, 3, 3, 3, 5][:n])
-    return Rows(box=np.arange(n * 4, dtype=np.float32).reshape(n, 4), image_id=image_id,
-                ann_id=np.arange(100, 100 + n), category_id=np.arange(n) % 3 + 1, source=np.zeros(n))
+from priors.store import ARRAYS, PriorStore, StoreError
 
 
 def _priors(n: int, s: int = 6, seed: int = 0) -> np.ndarray:
@@ -28,7 +19,7 @@ def _priors(n: int, s: int = 6, seed: int = 0) -> np.ndarray:
 
 
 def test_schema_matches_the_design(tmp_path):
-    store = PriorStore.create(tmp_path / "p.zarr", SETTINGS, _rows(), prior_size=6, chunk_rows=4)
+    store = PriorStore.create(tmp_path / "p.zarr", SETTINGS, store_rows(), prior_size=6, chunk_rows=4)
     group = zarr.open_group(str(tmp_path / "p.zarr"), mode="r")
     shapes = {name: (tuple(group[name].shape), np.dtype(group[name].dtype)) for name in ARRAYS}
     assert shapes == {"prior": ((10, 6, 6), np.dtype("float16")), "box": ((10, 4), np.dtype("float32")),
@@ -44,7 +35,7 @@ def test_schema_matches_the_design(tmp_path):
 
 
 def test_round_trip_by_chunk_row_and_image(tmp_path):
-    rows = _rows()
+    rows = store_rows()
     store = PriorStore.create(tmp_path / "p.zarr", SETTINGS, rows, prior_size=6, chunk_rows=4)
     priors = _priors(10)
     for chunk in range(store.num_chunks):
@@ -64,32 +55,33 @@ def test_round_trip_by_chunk_row_and_image(tmp_path):
 
 
 def test_resume_skips_done_chunks(tmp_path):
-    store, resumed = PriorStore.open_or_create(tmp_path / "p.zarr", SETTINGS, _rows(), 6, chunk_rows=4)
+    store, resumed = PriorStore.open_or_create(tmp_path / "p.zarr", SETTINGS, store_rows(), 6, chunk_rows=4)
     assert not resumed and store.pending_chunks() == [0, 1, 2]
     store.write_chunk(1, _priors(4))
-    store, resumed = PriorStore.open_or_create(tmp_path / "p.zarr", SETTINGS, _rows(), 6, chunk_rows=4)
+    store, resumed = PriorStore.open_or_create(tmp_path / "p.zarr", SETTINGS, store_rows(), 6, chunk_rows=4)
     assert resumed and store.pending_chunks() == [0, 2]
     assert store.done().tolist() == [False] * 4 + [True] * 4 + [False] * 2
-    store, resumed = PriorStore.open_or_create(tmp_path / "p.zarr", SETTINGS, _rows(), 6, 4, overwrite=True)
+    store, resumed = PriorStore.open_or_create(tmp_path / "p.zarr", SETTINGS, store_rows(), 6, 4,
+                                               overwrite=True)
     assert not resumed and store.pending_chunks() == [0, 1, 2]
 
 
 def test_other_settings_are_refused_with_each_difference(tmp_path):
-    PriorStore.create(tmp_path / "p.zarr", SETTINGS, _rows(), prior_size=6, chunk_rows=4)
+    PriorStore.create(tmp_path / "p.zarr", SETTINGS, store_rows(), prior_size=6, chunk_rows=4)
     other = {**SETTINGS, "steps": 5, "model": {"id": "runwayml/sd-inpaint", "weights_sha256": "ef" * 32}}
     with pytest.raises(StoreError) as err:
-        PriorStore.open_or_create(tmp_path / "p.zarr", other, _rows(), 6, chunk_rows=4)
+        PriorStore.open_or_create(tmp_path / "p.zarr", other, store_rows(), 6, chunk_rows=4)
     text = str(err.value)
     assert "made with other settings" in text and "--overwrite" in text
     assert "steps: store has 10, requested 5" in text
     assert "model: store has {'id': 'tiny'" in text and "'id': 'runwayml/sd-inpaint'" in text
     assert "tau" not in text
     with pytest.raises(StoreError, match="prior size 6, requested 8"):
-        PriorStore.open_or_create(tmp_path / "p.zarr", SETTINGS, _rows(), 8, chunk_rows=4)
+        PriorStore.open_or_create(tmp_path / "p.zarr", SETTINGS, store_rows(), 8, chunk_rows=4)
     with pytest.raises(StoreError, match="10 rows are not the 9 ROIs"):
-        PriorStore.open_or_create(tmp_path / "p.zarr", SETTINGS, _rows(9), 6, chunk_rows=4)
+        PriorStore.open_or_create(tmp_path / "p.zarr", SETTINGS, store_rows(9), 6, chunk_rows=4)
     with pytest.raises(StoreError, match="already exists"):
-        PriorStore.create(tmp_path / "p.zarr", SETTINGS, _rows(), prior_size=6)
+        PriorStore.create(tmp_path / "p.zarr", SETTINGS, store_rows(), prior_size=6)
 
 
 def _damage(path, how):
@@ -116,12 +108,12 @@ def _damage(path, how):
 ])
 def test_damaged_stores_are_reported_never_used(tmp_path, how, message):
     path = tmp_path / "p.zarr"
-    PriorStore.create(path, SETTINGS, _rows(), prior_size=6, chunk_rows=4)
+    PriorStore.create(path, SETTINGS, store_rows(), prior_size=6, chunk_rows=4)
     _damage(path, how)
     with pytest.raises(StoreError, match=f"damaged prior store: {message}"):
         PriorStore.open(path)
     with pytest.raises(StoreError, match="damaged"):
-        PriorStore.open_or_create(path, SETTINGS, _rows(), 6, chunk_rows=4)
+        PriorStore.open_or_create(path, SETTINGS, store_rows(), 6, chunk_rows=4)
 
 
 def test_not_a_store(tmp_path):
@@ -130,7 +122,7 @@ def test_not_a_store(tmp_path):
 
 
 def test_write_chunk_checks_its_input(tmp_path):
-    store = PriorStore.create(tmp_path / "p.zarr", SETTINGS, _rows(), prior_size=6, chunk_rows=4)
+    store = PriorStore.create(tmp_path / "p.zarr", SETTINGS, store_rows(), prior_size=6, chunk_rows=4)
     with pytest.raises(ValueError, match=r"needs priors of shape \(2, 6, 6\)"):
         store.write_chunk(2, _priors(4))
     with pytest.raises(ValueError, match="in \\[0, 1\\]"):
@@ -142,7 +134,8 @@ def test_write_chunk_checks_its_input(tmp_path):
 
 def test_creation_leaves_no_partial_store(tmp_path):
     with pytest.raises(ValueError, match="settings lack annotations"):
-        PriorStore.create(tmp_path / "p.zarr", {k: v for k, v in SETTINGS.items() if k != "annotations"}, _rows(), 6)
+        PriorStore.create(tmp_path / "p.zarr", {k: v for k, v in SETTINGS.items() if k != "annotations"},
+                          store_rows(), 6)
     assert list(tmp_path.iterdir()) == []
-    PriorStore.create(tmp_path / "p.zarr", SETTINGS, _rows(), prior_size=6)
+    PriorStore.create(tmp_path / "p.zarr", SETTINGS, store_rows(), prior_size=6)
     assert [p.name for p in tmp_path.iterdir()] == ["p.zarr"]

@@ -21,13 +21,13 @@ from tqdm.auto import tqdm
 
 from .. import geometry
 from ..annotations import AmodalAnnotations, Instance
-from ..diffsp import DiffSP, DiffSPConfig, grid_to_priors, prepare_rois, roi_seed
+from ..diffsp import DiffSP, DiffSPConfig, grid_to_priors, prepare_rois
 from ..errors import AisdiffError
+from ..identity import gt_roi_seed
 from ..images import read_image
 from ..masks import decode
 from ..models import load_model
-from ..store import SOURCE_GT
-from ..synthetic import occlusion_bin
+from ..occlusion import OCCLUDED, OCCLUSION_BUCKETS, occlusion_bucket
 
 
 def add_parser(subparsers) -> None:
@@ -44,7 +44,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--cross-res", type=int, nargs="+", default=[None])
     p.add_argument("--guidance-scale", type=float, nargs="+", default=[1.0])
     p.add_argument("--thresholds", type=float, nargs="+", default=[round(t, 2) for t in np.arange(0.1, 0.95, 0.05)])
-    p.add_argument("--min-occlusion", type=float, default=0.1)
+    p.add_argument("--min-occlusion", type=float, default=OCCLUDED)
     p.add_argument("--limit", type=int, default=300, help="at most this many instances (a fixed sample)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
@@ -98,7 +98,7 @@ def roi_batches(diffsp: DiffSP, ann: AmodalAnnotations, instances: list[Instance
             occ = torch.from_numpy(np.stack([decode(occluders[i.ann_id]) for i in part]))
             yield part, prepare_rois(image.to(diffsp.model.device), [i.amodal_box for i in part], vis, occ,
                                      [i.category for i in part],
-                                     [roi_seed(cfg.seed, SOURCE_GT, i.image_id, i.ann_id) for i in part],
+                                     [gt_roi_seed(cfg.seed, i.image_id, i.ann_id) for i in part],
                                      cfg.resolution, cfg.context)
             bar.update(len(part))
     bar.close()
@@ -120,7 +120,7 @@ def score(model, ann: AmodalAnnotations, instances: list[Instance], base: DiffSP
     buckets = []
     for part, a_self, a_cross, weights, boxes in attention_maps(diffsp, ann, instances, batch_size, progress):
         amodal = torch.stack([geometry.masks_in_box(i.amodal_mask()[None], i.amodal_box, size)[0] for i in part])
-        buckets += [occlusion_bin(i.occlusion_rate) for i in part]
+        buckets += [occlusion_bucket(i.occlusion_rate) for i in part]
         for tau in taus:
             priors = diffsp.priors_from_attention(a_self, a_cross, weights, boxes, tau=tau).cpu()
             for t in thresholds:
@@ -137,7 +137,7 @@ def visible_baseline(instances: list[Instance], size: int) -> Scored:
         amodal, visible = geometry.masks_in_box(np.stack([inst.amodal_mask(), inst.visible_mask()]),
                                                 inst.amodal_box, size)
         values.append(geometry.mask_iou(visible, amodal))
-        buckets.append(occlusion_bin(inst.occlusion_rate))
+        buckets.append(occlusion_bucket(inst.occlusion_rate))
     return Scored.of({"visible mask": True}, values, buckets)
 
 
@@ -156,7 +156,7 @@ def grid_ceiling(instances: list[Instance], grid: int, config: DiffSPConfig, thr
         truth = geometry.masks_in_box(mask[None], inst.amodal_box, config.prior_size)[0]
         for t in thresholds:
             values[t].append(geometry.mask_iou(prior > t, truth))
-        buckets.append(occlusion_bin(inst.occlusion_rate))
+        buckets.append(occlusion_bucket(inst.occlusion_rate))
     best = max(thresholds, key=lambda t: np.mean(values[t]))
     return Scored.of({"amodal mask on the grid (ceiling)": grid, "threshold": best}, values[best], buckets)
 
@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     native = DiffSPConfig().resolved(model)  # the model's resolution and the crop context
     ceilings = [grid_ceiling(instances, grid, native, args.thresholds)
                 for grid in sorted({r.settings["self_res"] for r in results})]
-    buckets = sorted(baseline.by_bucket)
+    buckets = [b.name for b in OCCLUSION_BUCKETS if b.name in baseline.by_bucket]
     print(f"{len(instances)} instances of {args.ann} with occlusion > {args.min_occlusion:.0%}; model {args.model}")
     print(f"{'setting':<80} {'IoU':>6} " + " ".join(f"{b:>7}" for b in buckets))
     for r in [baseline, *ceilings, *results[:15]]:
