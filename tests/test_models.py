@@ -4,9 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from priors.architectures import build_tiny_pipeline, tiny_tokenizer
 from priors.diffsp import DiffSP, RoiBatch
 from priors.errors import AisdiffError
-from priors.models import build_tiny_pipeline, load_model, tiny_tokenizer, weights_sha256
+from priors.models import load_model, weights_sha256
 from priors.synthetic import CATEGORIES
 
 

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..architectures import SCHEDULER_CONFIG, TINY_WORDS, build_tiny_pipeline
 from ..attention import CaptureAttnProcessor, layer_resolutions, swapped_processors
 from ..diffsp import category_token_positions
-from ..models import SCHEDULER_CONFIG, TINY_WORDS, build_tiny_pipeline
 from .crops import ObjectCrops, sample_batch
 
 PROMPT = "a photo of a {category}"
