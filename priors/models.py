@@ -11,6 +11,7 @@ Two tiny models stand in for Stable Diffusion where no weights can be downloaded
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -35,12 +36,13 @@ class _NoTorchvisionNotice(logging.Filter):
         return "requires torchvision" not in record.getMessage()
 
 
+@functools.cache
 def _quiet_torchvision_notice() -> None:
+    """Filter transformers' log handlers, once per process."""
     from transformers.utils import logging as hf_logging
 
     for handler in hf_logging.get_logger().handlers:
-        if not any(isinstance(f, _NoTorchvisionNotice) for f in handler.filters):
-            handler.addFilter(_NoTorchvisionNotice())
+        handler.addFilter(_NoTorchvisionNotice())
 
 
 @dataclass
