@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from . import geometry
 from .attention import capture_attention, layer_resolutions
+from .errors import AisdiffError
 from .models import DiffusionModel
 
 MASK_MODES = ("occluder", "invisible")
@@ -134,12 +135,26 @@ def category_token_positions(tokenizer, prompt: str, category: str) -> list[int]
     return list(range(start, end))
 
 
+def _check_inpainting(model: DiffusionModel) -> None:
+    """DiffSP feeds the UNet a noisy latent, the mask and the masked image's latent, as diffusers'
+    StableDiffusionInpaintPipeline does: refuse a UNet without those input channels (text-to-image)."""
+    latent = model.pipe.vae.config.latent_channels
+    channels = model.pipe.unet.config.in_channels
+    if channels != 2 * latent + 1:
+        raise AisdiffError(
+            f"{model.name}: its UNet takes {channels} input channels, but DiffSP needs a Stable Diffusion "
+            f"inpainting model, whose UNet takes {2 * latent + 1} ({latent} latent + 1 mask + {latent} "
+            "masked-image latent channels). Use an inpainting model (e.g. "
+            "stable-diffusion-v1-5/stable-diffusion-inpainting), not a text-to-image one.")
+
+
 class DiffSP:
     """Shape priors from a Stable Diffusion inpainting model's attention (see the module docstring)."""
 
     def __init__(self, model: DiffusionModel, config: DiffSPConfig | None = None) -> None:
         from diffusers import DDIMScheduler
 
+        _check_inpainting(model)
         self.model = model
         self.config = (config or DiffSPConfig()).resolved(model)
         self.pipe = model.pipe
@@ -177,7 +192,7 @@ class DiffSP:
 
     # -- denoising ---------------------------------------------------------------------------------
     def _noise(self, seeds: list[int]) -> torch.Tensor:
-        shape = (self.pipe.unet.config.in_channels - 5, self.latent_size, self.latent_size)
+        shape = (self.pipe.vae.config.latent_channels, self.latent_size, self.latent_size)
         noise = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds]
         return torch.stack(noise).to(self.model.device, self.pipe.unet.dtype)
 

@@ -9,7 +9,10 @@ from PIL import Image
 
 from priors import masks
 from priors.annotations import load_annotations
+from priors.architectures import build_tiny_pipeline
 from priors.diffsp import DiffSP, DiffSPConfig, RoiBatch, prepare_rois, roi_seed
+from priors.errors import AisdiffError
+from priors.models import DiffusionModel
 
 BATCH_TOLERANCE = 1e-4  # |prior(batch) - prior(alone)|: CPU kernels round differently by batch size
 
@@ -120,6 +123,20 @@ def test_configuration_is_validated(tiny_model):
     attrs = DiffSP(tiny_model).attrs
     assert attrs["self_res"] == 8 and attrs["cross_res"] == 4 and attrs["resolution"] == 64
     assert attrs["model"] == tiny_model.identity and attrs["steps"] == 10 and attrs["tau"] == 4
+
+
+def test_a_unet_without_the_inpainting_channels_is_refused():
+    from diffusers import UNet2DConditionModel
+
+    pipe = build_tiny_pipeline()
+    pipe.unet = UNet2DConditionModel.from_config(pipe.unet.config, in_channels=4)  # a text-to-image UNet
+    model = DiffusionModel(pipe, "text-to-image-unet", "-", "fp32")
+    with pytest.raises(AisdiffError) as refused:
+        DiffSP(model)
+    assert str(refused.value) == (
+        "text-to-image-unet: its UNet takes 4 input channels, but DiffSP needs a Stable Diffusion inpainting "
+        "model, whose UNet takes 9 (4 latent + 1 mask + 4 masked-image latent channels). Use an inpainting "
+        "model (e.g. stable-diffusion-v1-5/stable-diffusion-inpainting), not a text-to-image one.")
 
 
 def test_roi_seeds_are_stable_and_distinct():
