@@ -24,6 +24,7 @@ from .errors import AisdiffError
 from .models import DiffusionModel
 
 MASK_MODES = ("occluder", "invisible")
+PROMPT = "a photo of a {category}"  # the paper's prompt template; the tiny model was trained with it
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class DiffSPConfig:
     self_res: int | None = None  # None: latent / 2 (32 for SD at 512 px)
     cross_res: int | None = None  # None: latent / 4 (16 for SD at 512 px)
     context: float = 1.2  # crop side = context x the longer box side
-    prompt: str = "a photo of a {category}"
+    prompt: str = PROMPT
     guidance_scale: float = 1.0  # > 1 turns classifier-free guidance on (doubles the UNet cost)
     mask_mode: str = "occluder"
     seed: int = 0
