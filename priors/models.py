@@ -1,12 +1,14 @@
 """Stable Diffusion inpainting models for DiffSP: real ones (hub id or local folder) and tiny offline ones.
 
 `load_model` returns the diffusers `StableDiffusionInpaintPipeline` with a DDIM scheduler, on the asked
-device and dtype, plus an identity (name and a sha256 of the weights) that prior stores record.
+device and dtype, plus an identity (name and a sha256 of the weights) that prior stores record, and the
+DiffSP defaults the model's folder ships (`diffsp_config.json`, see `priors.diffsp.read_model_defaults`).
 Weights load from safetensors only: pickle checkpoints are refused.
 
 Two tiny models stand in for Stable Diffusion where no weights can be downloaded (`priors.architectures`):
 - `tiny`: trained on the synthetic benchmark's train split (`aisdiff train-diffusion`), shipped in
-  `priors/weights/tiny-shapes/` and loaded with `from_pretrained` like real weights: its attention knows shapes.
+  `priors/weights/tiny-shapes/` with its tuned DiffSP settings and loaded with `from_pretrained` like real
+  weights: its attention knows shapes.
 - `tiny-random`: built from configs with weights drawn from a seed: fast, for speed and mechanics only.
 """
 from __future__ import annotations
@@ -14,12 +16,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .architectures import build_tiny_pipeline
+from .diffsp import read_model_defaults
 from .errors import AisdiffError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -53,6 +56,7 @@ class DiffusionModel:
     name: str
     weights_sha256: str
     dtype: str
+    diffsp_defaults: dict = field(default_factory=dict)  # the folder's diffsp_config.json, checked; or {}
 
     @property
     def identity(self) -> dict[str, str]:
@@ -95,6 +99,25 @@ def _refuse_pickle_weights(folder: Path) -> None:
                 "run arbitrary code; convert the model with diffusers' save_pretrained(..., safe_serialization=True).")
 
 
+def _model_path(model: str) -> Path:
+    """Where a model name other than 'tiny-random' would be on disk ('tiny': the shipped folder)."""
+    return TINY_MODEL_DIR if model == "tiny" else Path(model).expanduser()
+
+
+def model_folder(model: str) -> Path | None:
+    """The local folder a model name (as loaded, or as a store records it) loads from: the shipped one for
+    'tiny', or the folder given; None for 'tiny-random' and hub ids."""
+    path = _model_path(model)
+    return path if model != "tiny-random" and path.is_dir() else None
+
+
+def model_defaults(model: str) -> dict:
+    """The DiffSP defaults shipped with a model: its folder's diffsp_config.json (checked); {} for
+    'tiny-random', hub ids and folders without that file."""
+    folder = model_folder(model)
+    return read_model_defaults(folder) if folder else {}
+
+
 def load_model(model: str, dtype: str = "fp32", device: str | torch.device = "cpu") -> DiffusionModel:
     """Load an inpainting pipeline by name: 'tiny' (the shipped trained model), 'tiny-random' (built offline),
     a local diffusers folder, or a Hugging Face hub id (from the local cache when offline). The scheduler
@@ -104,11 +127,12 @@ def load_model(model: str, dtype: str = "fp32", device: str | torch.device = "cp
 
     if dtype not in DTYPES:
         raise AisdiffError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    defaults = model_defaults(model)  # before the weights: a bad file fails fast
     if model == "tiny-random":
         pipe = build_tiny_pipeline(seed=0)
         name = model
     else:
-        path = TINY_MODEL_DIR if model == "tiny" else Path(model).expanduser()
+        path = _model_path(model)
         if model == "tiny" and not path.is_dir():
             raise AisdiffError(f"the shipped tiny model is missing ({path}); restore it from git, or retrain it "
                                "with `aisdiff train-diffusion` (see its model card).")
@@ -132,4 +156,5 @@ def load_model(model: str, dtype: str = "fp32", device: str | torch.device = "cp
     if model == "tiny-random" and dtype != "fp32":  # built in fp32; loaded models come in `dtype`
         pipe = pipe.to(dtype=DTYPES[dtype])
     pipe = pipe.to(device=device)
-    return DiffusionModel(pipe=pipe, name=name, weights_sha256=weights_sha256(pipe), dtype=dtype)
+    return DiffusionModel(pipe=pipe, name=name, weights_sha256=weights_sha256(pipe), dtype=dtype,
+                          diffsp_defaults=defaults)

@@ -1,6 +1,8 @@
 """DiffSP on the tiny model: the prior equals an independent (A_S)^tau . A_C, batch/order invariance, seeds."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -123,6 +125,19 @@ def test_configuration_is_validated(tiny_model):
     attrs = DiffSP(tiny_model).attrs
     assert attrs["self_res"] == 8 and attrs["cross_res"] == 4 and attrs["resolution"] == 64
     assert attrs["model"] == tiny_model.identity and attrs["steps"] == 10 and attrs["tau"] == 4
+
+
+def test_unset_settings_come_from_the_model_then_from_the_paper(tiny_model):
+    model = replace(tiny_model, diffsp_defaults={"tau": 1, "cross_res": 8, "threshold": 0.4})
+    config = DiffSP(model).config
+    assert (config.tau, config.cross_res) == (1, 8)  # the model's
+    assert (config.steps, config.self_res, config.resolution, config.context) == (10, 8, 64, 1.2)  # paper's
+    assert config.prompt == "a photo of a {category}" and config.mask_mode == "occluder"
+    given = DiffSP(model, DiffSPConfig(tau=2, cross_res=4)).config
+    assert (given.tau, given.cross_res) == (2, 4)  # the caller's win
+    assert DiffSPConfig().differences_from_paper(model) == {"tau": 1, "cross_res": 8}
+    assert DiffSPConfig(tau=4, steps=5).differences_from_paper(model) == {"steps": 5, "cross_res": 8}
+    assert DiffSPConfig().differences_from_paper(tiny_model) == {}
 
 
 def test_a_unet_without_the_inpainting_channels_is_refused():
