@@ -61,7 +61,8 @@ def naive_priors(diffsp, batch) -> torch.Tensor:
 
 
 def make_model(args):
-    from priors.models import DiffusionModel, build_sd15_inpaint_architecture, load_model, weights_sha256
+    from priors.architectures import build_sd15_inpaint_architecture
+    from priors.models import DiffusionModel, load_model, weights_sha256
 
     if not args.real_arch:
         return load_model("tiny-random", dtype=args.dtype, device=args.device)

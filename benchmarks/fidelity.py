@@ -17,7 +17,8 @@ mask heads, where the variants differ, train; `--detector trained` fine-tunes it
   (d) AISDiff, priors from the trained tiny model (tiny)       aisdiff_r18_fpn_synthetic.py
   (e) AISDiff, the ground-truth amodal mask as the prior       aisdiff_r18_fpn_oracle_synthetic.py
 (c) and (d) train on cached priors (`aisdiff precompute` on train) and test with on-the-fly DiffSP, with the
-DiffSP settings given here (defaults: those tuned on train for the trained model, see the README). Test
+DiffSP settings given here; those not given are the trained model's defaults (tuned on train, shipped in
+priors/weights/tiny-shapes/diffsp_config.json, see the README), for both models. Test
 priors of (c), (d) and (e) are for the box head's class (`--prior-labels detector`): after a short schedule the
 mask head's own classifier, the paper's source of the prompt, is still near chance.
 Every step goes through the `aisdiff` commands and reuses what an earlier run with the same settings left in
@@ -66,6 +67,7 @@ VARIANTS = {
     "e": ("AISDiff, oracle prior (GT amodal)", "aisdiff_r18_fpn_oracle_synthetic.py", None),
 }
 PRIOR_READS_CLASS = ("c", "d", "e")  # DiffSP's prompt; the oracle's ground truth of that class
+DIFFSP_SETTINGS = ("steps", "tau", "self_res", "cross_res")  # what both prior models are given alike
 COLUMNS = (("amodal", "AP"), ("amodal", "AP50"), ("amodal", "AP75"), ("amodal", "AR"), ("visible", "AP"))
 
 
@@ -80,7 +82,18 @@ def aisdiff(*args: str, log: Path | None = None) -> None:
 
 
 def diffsp_flags(args: argparse.Namespace) -> dict[str, int]:
-    return {"steps": args.steps, "tau": args.tau, "self_res": args.self_res, "cross_res": args.cross_res}
+    return {key: getattr(args, key) for key in DIFFSP_SETTINGS}
+
+
+def fill_diffsp_flags(args: argparse.Namespace) -> None:
+    """Give the DiffSP settings left unset the trained `tiny` model's values (its shipped defaults, else the
+    paper's), for both prior models: (c) and (d) then differ in their weights alone."""
+    from priors.diffsp import DiffSPConfig
+    from priors.models import load_model
+
+    config = DiffSPConfig(**diffsp_flags(args)).resolved(load_model("tiny"))
+    for key in DIFFSP_SETTINGS:
+        setattr(args, key, getattr(config, key))
 
 
 def prepare(args: argparse.Namespace) -> dict[str, Path]:
@@ -291,16 +304,18 @@ def main() -> None:
     parser.add_argument("--rois", type=int, default=128, help="RoIs sampled per image for the heads")
     parser.add_argument("--train-images", type=int, default=200)
     parser.add_argument("--val-images", type=int, default=50)
-    parser.add_argument("--steps", type=int, default=10, help="DiffSP steps T")
-    parser.add_argument("--tau", type=int, default=0)
+    tiny_default = "(default: the trained tiny model's, for both models)"
+    parser.add_argument("--steps", type=int, help="DiffSP steps T " + tiny_default)
+    parser.add_argument("--tau", type=int, help=tiny_default)
     parser.add_argument("--prior-labels", choices=("head", "detector"), default="detector",
                         help="the class test priors are computed for: the mask head's category (the paper's) or "
                              "the box head's label (default: at this schedule the head's classifier is near chance)")
-    parser.add_argument("--self-res", type=int, default=16)
-    parser.add_argument("--cross-res", type=int, default=16)
+    parser.add_argument("--self-res", type=int, help=tiny_default)
+    parser.add_argument("--cross-res", type=int, help=tiny_default)
     parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config options for every chosen variant (an ablation; its runs are kept apart)")
     args = parser.parse_args()
+    fill_diffsp_flags(args)
     args.work_dir = args.work_dir.resolve()
     args.work_dir.mkdir(parents=True, exist_ok=True)
     os.environ["AISDIFF_DATA"] = str(args.work_dir)  # the synthetic configs read $AISDIFF_DATA/synthetic/

@@ -22,12 +22,15 @@ import torch
 
 from priors import geometry, masks
 from priors.annotations import AmodalAnnotations, Instance
+from priors.diffsp import MODEL_DEFAULTS_FILE, THRESHOLD_KEY
 from priors.errors import AisdiffError
 from priors.images import read_image
+from priors.models import model_defaults
 from priors.occlusion import OCCLUDED, OCCLUSION_BUCKETS, occlusion_bucket
 from priors.store import SOURCE_GT, SOURCE_PROPOSAL, PriorStore
 
 EPS = 1e-6
+DEFAULT_THRESHOLD = 0.5  # for models that ship no threshold of their own
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -42,7 +45,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sample-by", choices=["category", "occlusion", "random"], default="category",
                    help="how to pick the pictured ROIs (occlusion needs --ann; default: category)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    p.add_argument("--threshold", type=float, default=0.5, help="prior threshold for IoU (default: 0.5)")
+    p.add_argument("--threshold", type=float,
+                   help=f"prior threshold for IoU (default: the store's model's {THRESHOLD_KEY!r} in its "
+                        f"{MODEL_DEFAULTS_FILE}, else {DEFAULT_THRESHOLD})")
     p.set_defaults(func=run)
 
 
@@ -249,10 +254,13 @@ def run(args: argparse.Namespace) -> int:
         raise AisdiffError("--sample-by occlusion needs --ann (occlusion rates come from the annotations)")
     ann = AmodalAnnotations(args.ann, images_dir=args.images, skip_invalid=True) if args.ann else None
     names = dict(ann.categories) if ann else {}
-    report = {"summary": summary(store, names), "prior_size": store.prior_size, "threshold": args.threshold}
+    threshold = args.threshold
+    if threshold is None:  # the threshold tuned with the store's model, if its folder records one
+        threshold = model_defaults(store.settings["model"]["id"]).get(THRESHOLD_KEY, DEFAULT_THRESHOLD)
+    report = {"summary": summary(store, names), "prior_size": store.prior_size, "threshold": threshold}
     report["categories"] = category_statistics(store, names, row_statistics(store))
     if ann is not None:
-        report["iou"] = iou_table(gt_ious(store, ann, args.threshold))
+        report["iou"] = iou_table(gt_ious(store, ann, threshold))
     if args.png:
         rows, done = store.rows(), store.done()
         candidates = np.flatnonzero(done)

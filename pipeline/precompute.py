@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from priors.annotations import AmodalAnnotations, sha256_file
-from priors.diffsp import MASK_MODES, DiffSP, DiffSPConfig
+from priors.diffsp import MASK_MODES, MODEL_DEFAULTS_FILE, PAPER_DEFAULTS, DiffSP, DiffSPConfig
 from priors.errors import AisdiffError
 from priors.models import DTYPES, load_model
 from priors.proposals import Proposals
@@ -37,11 +37,17 @@ if TYPE_CHECKING:  # imported when the command runs: `aisdiff --help` stays fast
 PROGRESS_POLL_SECONDS = 2.0
 
 
+def _model_default(paper: object) -> str:
+    """The help text's default for a DiffSP setting that the model may set (else the paper's `paper`)."""
+    return f"(default: the model's, from its {MODEL_DEFAULTS_FILE}, else {paper})"
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "precompute", help="compute DiffSP shape priors for a dataset's ROIs into a Zarr prior store",
         description="Compute DiffSP priors for every ground-truth instance (and, with --proposals, every proposal) "
-                    "into a Zarr prior store. Resumes by default. Same arguments under "
+                    "into a Zarr prior store. Resumes by default. DiffSP settings not given take the model's "
+                    f"defaults (its folder's {MODEL_DEFAULTS_FILE}), else the paper's. Same arguments under "
                     "`accelerate launch [...] -m pipeline precompute`.")
     p.add_argument("--ann", required=True, type=Path, help="annotation file (KINS 2020 / KINS / COCOA-cls / D2SA / aistron)")
     p.add_argument("--images", required=True, type=Path, help="folder of the annotation file's images")
@@ -51,16 +57,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["kins2020", "kins", "cocoa", "d2sa", "aistron"],
                    help="annotation format (default: detected from the keys)")
     p.add_argument("--model", default="tiny", help="'tiny', a local diffusers folder or a hub id (default: tiny)")
-    p.add_argument("--steps", type=int, default=10, help="DDIM steps T (default: 10)")
-    p.add_argument("--tau", type=int, default=4, help="self-attention power (default: 4)")
-    p.add_argument("--self-res", type=int, help="self-attention token grid side (default: latent / 2)")
-    p.add_argument("--cross-res", type=int, help="cross-attention token grid side (default: latent / 4)")
-    p.add_argument("--resolution", type=int, help="model input size in pixels (default: the model's native size)")
+    p.add_argument("--steps", type=int, help="DDIM steps T " + _model_default(PAPER_DEFAULTS["steps"]))
+    p.add_argument("--tau", type=int, help="self-attention power " + _model_default(PAPER_DEFAULTS["tau"]))
+    p.add_argument("--self-res", type=int,
+                   help="self-attention token grid side " + _model_default("latent / 2"))
+    p.add_argument("--cross-res", type=int,
+                   help="cross-attention token grid side " + _model_default("latent / 4"))
+    p.add_argument("--resolution", type=int,
+                   help="model input size in pixels " + _model_default("its native size"))
     p.add_argument("--prior-size", type=int, default=28, help="stored prior size S (default: 28)")
-    p.add_argument("--context", type=float, default=DiffSPConfig.context, help="crop side / longer box side")
-    p.add_argument("--prompt", default=DiffSPConfig.prompt, help="text template with {category}")
-    p.add_argument("--guidance-scale", type=float, default=1.0, help="> 1 turns classifier-free guidance on")
-    p.add_argument("--mask-mode", default="occluder", choices=MASK_MODES, help="inpainting mask (default: occluder)")
+    p.add_argument("--context", type=float,
+                   help="crop side / longer box side " + _model_default(PAPER_DEFAULTS["context"]))
+    p.add_argument("--prompt",
+                   help="text template with {category} " + _model_default(repr(PAPER_DEFAULTS["prompt"])))
+    p.add_argument("--guidance-scale", type=float, help="> 1 turns classifier-free guidance on "
+                   + _model_default(PAPER_DEFAULTS["guidance_scale"]))
+    p.add_argument("--mask-mode", choices=MASK_MODES,
+                   help="inpainting mask " + _model_default(PAPER_DEFAULTS["mask_mode"]))
     p.add_argument("--batch-size", type=int, default=16, help="ROIs per DiffSP batch (default: 16)")
     p.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="model dtype (default: fp32)")
     p.add_argument("--seed", type=int, default=0, help="job seed; each ROI's noise derives from it (default: 0)")
@@ -78,7 +91,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _check_args(args: argparse.Namespace) -> None:
     for name in ("steps", "prior_size", "batch_size", "chunk_rows"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise AisdiffError(f"--{name.replace('_', '-')} must be >= 1")
     if args.limit is not None and args.limit < 1:
         raise AisdiffError("--limit must be >= 1")

@@ -111,7 +111,8 @@ class CaptureAttnProcessor:
         outputs = []
         if split:  # unconditional half: nothing to capture, keep SDPA
             mask_u = attention_mask[:split] if attention_mask is not None else None
-            outputs.append(F.scaled_dot_product_attention(query[:split], key[:split], value[:split], attn_mask=mask_u))
+            outputs.append(F.scaled_dot_product_attention(  # with the layer's scale, as the conditional half
+                query[:split], key[:split], value[:split], attn_mask=mask_u, scale=attn.scale))
         scores = query[split:] @ key[split:].transpose(-1, -2) * attn.scale
         if attention_mask is not None:
             scores = scores + attention_mask[split:]

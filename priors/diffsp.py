@@ -12,43 +12,71 @@ the batch it is computed in, on the device, or on how many processes share the j
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+import json
+import typing
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from . import geometry
 from .attention import capture_attention, layer_resolutions
-from .models import DiffusionModel
+from .errors import AisdiffError
+
+if typing.TYPE_CHECKING:  # (models imports this module)
+    from .models import DiffusionModel
 
 MASK_MODES = ("occluder", "invisible")
+PROMPT = "a photo of a {category}"  # the paper's prompt template; the tiny model was trained with it
+# The paper's settings, for those that neither the caller nor the model's MODEL_DEFAULTS_FILE sets; besides
+# these, `resolution` defaults to the model's native size, `self_res` to latent / 2 and `cross_res` to
+# latent / 4 (`paper_defaults`).
+PAPER_DEFAULTS = {"steps": 10, "tau": 4, "context": 1.2, "prompt": PROMPT, "guidance_scale": 1.0,
+                  "mask_mode": "occluder"}
+# A model folder's own DiffSP defaults (`read_model_defaults`): the settings tuned for it that differ from
+# the paper's, plus THRESHOLD_KEY, the prior threshold tuning chose (what `aisdiff inspect` uses).
+MODEL_DEFAULTS_FILE = "diffsp_config.json"
+THRESHOLD_KEY = "threshold"
+
+
+def paper_defaults(latent: int) -> dict:
+    """The paper's settings for a model input whose latent grid is `latent` cells wide."""
+    return {**PAPER_DEFAULTS, "self_res": latent // 2, "cross_res": latent // 4}
 
 
 @dataclass(frozen=True)
 class DiffSPConfig:
-    """Every setting that changes a prior (all recorded in a prior store's attributes)."""
+    """Every setting that changes a prior (all recorded in a prior store's attributes).
 
-    steps: int = 10
-    tau: int = 4
+    A setting left None takes the model's default (its folder's MODEL_DEFAULTS_FILE), else the paper's
+    (`paper_defaults`): see `resolved`. `prior_size` and `seed` are never None, since callers read them
+    before a model is loaded.
+    """
+
+    steps: int | None = None  # DDIM steps T
+    tau: int | None = None  # self-attention power in (A_S)^tau . A_C
     prior_size: int = 28
-    resolution: int | None = None  # model input size in pixels; None: the model's native size
-    self_res: int | None = None  # None: latent / 2 (32 for SD at 512 px)
-    cross_res: int | None = None  # None: latent / 4 (16 for SD at 512 px)
-    context: float = 1.2  # crop side = context x the longer box side
-    prompt: str = "a photo of a {category}"
-    guidance_scale: float = 1.0  # > 1 turns classifier-free guidance on (doubles the UNet cost)
-    mask_mode: str = "occluder"
+    resolution: int | None = None  # model input size in pixels
+    self_res: int | None = None  # side of the self-attention token grid averaged
+    cross_res: int | None = None  # side of the cross-attention token grid averaged
+    context: float | None = None  # crop side = context x the longer box side
+    prompt: str | None = None  # text template with {category}
+    guidance_scale: float | None = None  # > 1 turns classifier-free guidance on (doubles the UNet cost)
+    mask_mode: str | None = None  # one of MASK_MODES
     seed: int = 0
 
     def resolved(self, model: DiffusionModel) -> DiffSPConfig:
-        """Fill the resolution-dependent defaults for `model` and check the settings."""
-        resolution = self.resolution or model.resolution
+        """Every setting for `model`, checked: the caller's, else the model's defaults, else the paper's."""
+        unset = {f.name for f in fields(self) if getattr(self, f.name) is None}
+        cfg = replace(self, **{k: v for k, v in model.diffsp_defaults.items() if k in unset})
+        resolution = cfg.resolution or model.resolution
         factor = model.pipe.vae_scale_factor
         if resolution % (factor * 4):
             raise ValueError(f"resolution {resolution} must be a multiple of {factor * 4} for this model")
         latent = resolution // factor
-        cfg = replace(self, resolution=resolution, self_res=self.self_res or latent // 2,
-                      cross_res=self.cross_res or latent // 4)
+        cfg = replace(cfg, resolution=resolution,
+                      **{k: v for k, v in paper_defaults(latent).items() if getattr(cfg, k) is None})
         if cfg.mask_mode not in MASK_MODES:
             raise ValueError(f"mask_mode must be one of {MASK_MODES}, not {cfg.mask_mode!r}")
         if "{category}" not in cfg.prompt:
@@ -65,6 +93,46 @@ class DiffSPConfig:
 
     def attrs(self) -> dict:
         return asdict(self)
+
+    def differences_from_paper(self, model: DiffusionModel) -> dict:
+        """This config's settings that differ from the paper's for `model`, in field order: what the model's
+        MODEL_DEFAULTS_FILE holds (with THRESHOLD_KEY) to make this config its default."""
+        cfg = self.resolved(model)
+        latent = cfg.resolution // model.pipe.vae_scale_factor
+        paper = {**paper_defaults(latent), "resolution": model.resolution}
+        return {f.name: getattr(cfg, f.name) for f in fields(cfg)
+                if f.name in paper and getattr(cfg, f.name) != paper[f.name]}
+
+
+def read_model_defaults(folder: Path) -> dict:
+    """The DiffSP defaults a model folder ships (MODEL_DEFAULTS_FILE), checked and typed; {} without one.
+
+    Keys: DiffSPConfig's settings that may be None (seed and prior_size are the caller's) and THRESHOLD_KEY.
+    """
+    path = folder / MODEL_DEFAULTS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AisdiffError(f"{path}: not valid JSON ({exc}). It holds the model's DiffSP defaults, e.g. "
+                           '{"tau": 0, "threshold": 0.45}; fix it, or delete it for the paper\'s.') from None
+    if not isinstance(data, dict):
+        raise AisdiffError(f"{path}: expected a JSON object of DiffSP settings, e.g. {{\"tau\": 0}}.")
+    hints = typing.get_type_hints(DiffSPConfig)
+    types = {f.name: typing.get_args(hints[f.name])[0] for f in fields(DiffSPConfig) if f.default is None}
+    types[THRESHOLD_KEY] = float
+    out = {}
+    for key, value in data.items():
+        kind = types.get(key)
+        if kind is None:
+            raise AisdiffError(f"{path}: {key!r} is not a setting a model can default; use "
+                               f"{', '.join(types)} (seed and prior_size are the caller's).")
+        numeric = kind is float and isinstance(value, int)
+        if isinstance(value, bool) or not (isinstance(value, kind) or numeric):
+            raise AisdiffError(f"{path}: {key} must be a JSON {kind.__name__}, not {value!r}.")
+        out[key] = kind(value)
+    return out
 
 
 @dataclass
@@ -120,12 +188,26 @@ def category_token_positions(tokenizer, prompt: str, category: str) -> list[int]
     return list(range(start, end))
 
 
+def _check_inpainting(model: DiffusionModel) -> None:
+    """DiffSP feeds the UNet a noisy latent, the mask and the masked image's latent, as diffusers'
+    StableDiffusionInpaintPipeline does: refuse a UNet without those input channels (text-to-image)."""
+    latent = model.pipe.vae.config.latent_channels
+    channels = model.pipe.unet.config.in_channels
+    if channels != 2 * latent + 1:
+        raise AisdiffError(
+            f"{model.name}: its UNet takes {channels} input channels, but DiffSP needs a Stable Diffusion "
+            f"inpainting model, whose UNet takes {2 * latent + 1} ({latent} latent + 1 mask + {latent} "
+            "masked-image latent channels). Use an inpainting model (e.g. "
+            "stable-diffusion-v1-5/stable-diffusion-inpainting), not a text-to-image one.")
+
+
 class DiffSP:
     """Shape priors from a Stable Diffusion inpainting model's attention (see the module docstring)."""
 
     def __init__(self, model: DiffusionModel, config: DiffSPConfig | None = None) -> None:
         from diffusers import DDIMScheduler
 
+        _check_inpainting(model)
         self.model = model
         self.config = (config or DiffSPConfig()).resolved(model)
         self.pipe = model.pipe
@@ -163,7 +245,7 @@ class DiffSP:
 
     # -- denoising ---------------------------------------------------------------------------------
     def _noise(self, seeds: list[int]) -> torch.Tensor:
-        shape = (self.pipe.unet.config.in_channels - 5, self.latent_size, self.latent_size)
+        shape = (self.pipe.vae.config.latent_channels, self.latent_size, self.latent_size)
         noise = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds]
         return torch.stack(noise).to(self.model.device, self.pipe.unet.dtype)
 

@@ -31,8 +31,7 @@ aisdiff demo-data "$DATA" --format kins2020 --train-images "$TRAIN_IMAGES" --val
 
 step "2/5 train priors with DiffSP (tiny model, 2 CPU processes)"
 accelerate launch --config_file configs/accelerate/cpu_2proc.yaml -m pipeline precompute \
-  --ann "$DATA/annotations/train.json" --images "$DATA/images" --out "$STORE" --model tiny --batch-size 16 \
-  --tau 0 --self-res 16 --cross-res 16    # the tiny model's settings, tuned on train (README: prior quality)
+  --ann "$DATA/annotations/train.json" --images "$DATA/images" --out "$STORE" --model tiny --batch-size 16
 
 step "3/5 train AISDiff R18-FPN, $ITERS iterations, cached priors"
 if [ -f "$CKPT" ]; then
@@ -53,7 +52,7 @@ else
 fi
 
 step "5/5 inspection picture of the prior store"
-aisdiff inspect "$STORE" --ann "$DATA/annotations/train.json" --images "$DATA/images" --png "$OUT/priors.png" --threshold 0.45
+aisdiff inspect "$STORE" --ann "$DATA/annotations/train.json" --images "$DATA/images" --png "$OUT/priors.png"
 
 echo
 echo "demo done in $(( $(date +%s) - start )) s: $OUT/{metrics.json,priors_train.zarr,iter_$ITERS.pth,priors.png}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from priors.attention import CaptureAttnProcessor, capture_attention, layer_resolutions
+from priors.attention import CaptureAttnProcessor, capture_attention, layer_resolutions, swapped_processors
 
 
 def _unet_inputs(model, batch=2, seed=0):
@@ -72,6 +72,30 @@ def test_classifier_free_guidance_keeps_only_the_conditional_half(tiny_model):
     torch.testing.assert_close(g_self, c_self, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(g_cross, c_cross, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(both, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_guided_capture_uses_each_layer_scale_in_both_halves(tiny_model):
+    """A layer whose scale is not 1/sqrt(head dim): the unconditional half (SDPA) uses it as the conditional
+    half does, so the UNet output equals diffusers' AttnProcessor's (explicit scores times attn.scale)."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    unet = tiny_model.pipe.unet
+    x, t, text = _unet_inputs(tiny_model)
+    layers = [m for name, m in unet.named_modules() if name.endswith(("attn1", "attn2"))]
+    scales = [m.scale for m in layers]
+    try:
+        for m in layers:
+            m.scale *= 3.0
+        reference_processors = {name: AttnProcessor() for name in unet.attn_processors}
+        with torch.no_grad(), swapped_processors(unet, reference_processors):
+            reference = unet(x, t, encoder_hidden_states=text).sample
+            with capture_attention(unet, 16, 8, 4, cond_only=True):
+                captured = unet(x, t, encoder_hidden_states=text).sample  # batch = [uncond; cond]
+    finally:
+        for m, scale in zip(layers, scales, strict=True):
+            m.scale = scale
+    torch.testing.assert_close(captured[:1], reference[:1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(captured[1:], reference[1:], atol=1e-5, rtol=1e-5)
 
 
 def test_processors_are_restored_after_use_and_after_an_exception(tiny_model):

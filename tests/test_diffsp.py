@@ -1,6 +1,8 @@
 """DiffSP on the tiny model: the prior equals an independent (A_S)^tau . A_C, batch/order invariance, seeds."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -9,8 +11,11 @@ from PIL import Image
 
 from priors import masks
 from priors.annotations import load_annotations
+from priors.architectures import build_tiny_pipeline
 from priors.diffsp import DiffSP, DiffSPConfig, RoiBatch, prepare_rois
+from priors.errors import AisdiffError
 from priors.identity import gt_roi_seed
+from priors.models import DiffusionModel
 
 BATCH_TOLERANCE = 1e-4  # |prior(batch) - prior(alone)|: CPU kernels round differently by batch size
 
@@ -122,3 +127,31 @@ def test_configuration_is_validated(tiny_model):
     attrs = DiffSP(tiny_model).attrs
     assert attrs["self_res"] == 8 and attrs["cross_res"] == 4 and attrs["resolution"] == 64
     assert attrs["model"] == tiny_model.identity and attrs["steps"] == 10 and attrs["tau"] == 4
+
+
+def test_unset_settings_come_from_the_model_then_from_the_paper(tiny_model):
+    model = replace(tiny_model, diffsp_defaults={"tau": 1, "cross_res": 8, "threshold": 0.4})
+    config = DiffSP(model).config
+    assert (config.tau, config.cross_res) == (1, 8)  # the model's
+    assert (config.steps, config.self_res, config.resolution, config.context) == (10, 8, 64, 1.2)  # paper's
+    assert config.prompt == "a photo of a {category}" and config.mask_mode == "occluder"
+    given = DiffSP(model, DiffSPConfig(tau=2, cross_res=4)).config
+    assert (given.tau, given.cross_res) == (2, 4)  # the caller's win
+    assert DiffSPConfig().differences_from_paper(model) == {"tau": 1, "cross_res": 8}
+    assert DiffSPConfig(tau=4, steps=5).differences_from_paper(model) == {"steps": 5, "cross_res": 8}
+    assert DiffSPConfig().differences_from_paper(tiny_model) == {}
+
+
+def test_a_unet_without_the_inpainting_channels_is_refused():
+    from diffusers import UNet2DConditionModel
+
+    pipe = build_tiny_pipeline()
+    pipe.unet = UNet2DConditionModel.from_config(pipe.unet.config, in_channels=4)  # a text-to-image UNet
+    model = DiffusionModel(pipe, "text-to-image-unet", "-", "fp32")
+    with pytest.raises(AisdiffError) as refused:
+        DiffSP(model)
+    assert str(refused.value) == (
+        "text-to-image-unet: its UNet takes 4 input channels, but DiffSP needs a Stable Diffusion inpainting "
+        "model, whose UNet takes 9 (4 latent + 1 mask + 4 masked-image latent channels). Use an inpainting "
+        "model (e.g. stable-diffusion-v1-5/stable-diffusion-inpainting), not a text-to-image one.")
+

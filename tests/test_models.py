@@ -1,12 +1,15 @@
 """Model loading: the tiny offline model, real `from_pretrained` folders, safetensors only, identities."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
-from priors.diffsp import DiffSP, RoiBatch
+from priors.architectures import build_tiny_pipeline, tiny_tokenizer
+from priors.diffsp import DiffSP, DiffSPConfig, RoiBatch
 from priors.errors import AisdiffError
-from priors.models import build_tiny_pipeline, load_model, tiny_tokenizer, weights_sha256
+from priors.models import load_model, weights_sha256
 from priors.synthetic import CATEGORIES
 
 
@@ -47,6 +50,51 @@ def test_save_pretrained_folder_loads_like_real_weights(tiny_model, tmp_path):
     assert loaded.name == str((tmp_path / "model").resolve())
     batch = _batch()
     torch.testing.assert_close(DiffSP(loaded)(batch), DiffSP(tiny_model)(batch))
+
+
+@pytest.fixture(scope="module")
+def saved_folder(tiny_model, tmp_path_factory):
+    """`tiny-random` saved as a diffusers folder (the test writes its diffsp_config.json)."""
+    folder = tmp_path_factory.mktemp("saved") / "model"
+    tiny_model.pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def test_a_folder_ships_its_diffsp_defaults(saved_folder):
+    (saved_folder / "diffsp_config.json").write_text(json.dumps(
+        {"tau": 1, "cross_res": 8, "guidance_scale": 2, "mask_mode": "invisible", "threshold": 0.4}))
+    model = load_model(str(saved_folder))
+    assert model.diffsp_defaults == {"tau": 1, "cross_res": 8, "guidance_scale": 2.0,
+                                     "mask_mode": "invisible", "threshold": 0.4}
+    assert isinstance(model.diffsp_defaults["guidance_scale"], float)  # a JSON 2 is the float setting 2.0
+    config = DiffSP(model).config
+    assert (config.tau, config.cross_res, config.guidance_scale, config.mask_mode) == (1, 8, 2.0, "invisible")
+    assert DiffSP(model, DiffSPConfig(tau=3)).config.tau == 3
+    (saved_folder / "diffsp_config.json").unlink()
+    assert load_model(str(saved_folder)).diffsp_defaults == {}
+    assert load_model("tiny-random").diffsp_defaults == {}
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ('{"self-res": 16}', "'self-res' is not a setting a model can default; use steps, tau, resolution, "
+                         "self_res, cross_res, context, prompt, guidance_scale, mask_mode, threshold "
+                         "(seed and prior_size are the caller's)."),
+    ('{"seed": 1}', "'seed' is not a setting a model can default"),
+    ('{"tau": "0"}', "tau must be a JSON int, not '0'."),
+    ('{"tau": true}', "tau must be a JSON int, not True."),
+    ('{"threshold": "high"}', "threshold must be a JSON float, not 'high'."),
+    ('[16, 16]', 'expected a JSON object of DiffSP settings, e.g. {"tau": 0}.'),
+    ('{"tau": 0,}', "not valid JSON ("),
+])
+def test_bad_diffsp_defaults_are_refused_naming_the_file(saved_folder, content, message):
+    path = saved_folder / "diffsp_config.json"
+    path.write_text(content)
+    try:
+        with pytest.raises(AisdiffError) as refused:
+            load_model(str(saved_folder))
+    finally:
+        path.unlink()
+    assert str(refused.value).startswith(f"{path}: {message}")
 
 
 def test_pickle_weights_are_refused(tiny_model, tmp_path):

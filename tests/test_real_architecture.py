@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from priors.architectures import build_sd15_inpaint_architecture
 from priors.diffsp import DiffSP, DiffSPConfig, RoiBatch
-from priors.models import DiffusionModel, build_sd15_inpaint_architecture
+from priors.models import DiffusionModel
 
 
 @pytest.mark.slow

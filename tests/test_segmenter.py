@@ -30,7 +30,8 @@ def config_diffsp_flags() -> list[str]:
     from mmengine.config import Config
 
     prior = Config.fromfile(str(CONFIG)).model.roi_head.test_prior
-    return [f"--{key.replace('_', '-')}={prior[key]}" for key in ("tau", "self_res", "cross_res")]
+    return [f"--{key.replace('_', '-')}={prior[key]}" for key in ("tau", "self_res", "cross_res")
+            if key in prior]
 
 
 @pytest.fixture(scope="module")

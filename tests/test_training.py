@@ -176,17 +176,22 @@ def test_tune_diffsp_reports_the_visible_baseline(make_benchmark, tmp_path):
     (ceiling,) = data["ceilings"]  # one self_res tried: its grid's ceiling
     assert ceiling["settings"]["amodal mask on the grid (ceiling)"] == data["results"][0]["settings"]["self_res"]
     assert "(ceiling)" in proc.stdout
+    best = data["results"][0]["settings"]  # tau 1 or 2 differs from the paper's 4; the rest is the paper's
+    record = json.dumps({"tau": best["tau"], "threshold": best["threshold"]})
+    assert ("To make the best setting above the defaults of tiny-random, save the model to a folder "
+            "(save_pretrained; tiny-random itself takes no defaults) and write into its diffsp_config.json:\n"
+            f"{record}\n") in proc.stdout
 
 
 def test_grid_ceiling_is_what_a_perfect_prior_scores(make_benchmark):
     """The amodal mask through a grid as fine as the crop comes back whole; coarser grids lose its outline."""
-    from priors.diffsp import DiffSPConfig
+    from priors.diffsp import PAPER_DEFAULTS, DiffSPConfig
     from priors.training.tune import grid_ceiling, sample_instances, visible_baseline
 
     root = make_benchmark("kins2020", train_images=6, val_images=2, seed=0)
     ann = AmodalAnnotations(root / "annotations" / "train.json", images_dir=root / "images")
     instances = sample_instances(ann, 0.1, None, 0)
-    config = DiffSPConfig(resolution=64, self_res=8, cross_res=8)
+    config = DiffSPConfig(resolution=64, self_res=8, cross_res=8, context=PAPER_DEFAULTS["context"])
     scores = {g: grid_ceiling(instances, g, config, [0.3, 0.5]).prior_iou for g in (4, 8, 16, 64)}
     assert scores[64] > 0.95
     assert scores[4] < scores[8] < scores[16] < scores[64]

@@ -1,7 +1,7 @@
 # AISDiff R18-FPN on the synthetic benchmark, small enough to train a few hundred iterations on 2 CPU cores.
 # Train priors: aisdiff precompute --ann $AISDIFF_DATA/synthetic/annotations/train.json \
 #   --images $AISDIFF_DATA/synthetic/images --out $AISDIFF_DATA/synthetic/priors_train.zarr \
-#   --model tiny --tau 0 --self-res 16 --cross-res 16        (the tiny model's tuned settings, see the README)
+#   --model tiny   (DiffSP at the tiny model's tuned settings: priors/weights/tiny-shapes/diffsp_config.json)
 # Test priors: DiffSP on the fly with the tiny model (settings checked against that store).
 _base_ = [
     '../_base_/models/aisdiff_r50_fpn.py', '../_base_/datasets/amodal_synthetic.py',
@@ -17,7 +17,7 @@ model = dict(
         bbox_head=dict(num_classes=7),
         mask_head=dict(num_classes=7, conv_channels=128),
         test_prior=dict(_delete_=True, type='OnTheFlyPriors', model='tiny', classes={{_base_.classes}},
-                        store={{_base_.prior_store}}, tau=0, self_res=16, cross_res=16)))
+                        store={{_base_.prior_store}})))
 # Scenes hold at most 7 objects: fewer proposals and sampled RoIs keep 2 CPU cores busy on what matters.
 model.update(
     train_cfg=dict(rpn_proposal=dict(max_per_img=500), rcnn=dict(sampler=dict(num=256))),

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..annotations import AmodalAnnotations
+from ..diffsp import MODEL_DEFAULTS_FILE
 from ..errors import AisdiffError
 from ..models import DTYPES
 from .crops import load_object_crops
@@ -79,4 +80,6 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(out)
     tmp.replace(out)
     print(f"saved {out} ({seconds / 60:.1f} min); final loss VAE {losses['vae'][-1]:.4f}, UNet {losses['unet'][-1]:.4f}")
+    print(f"DiffSP uses the paper's settings with it until tuned: `aisdiff tune-diffsp --model {out}` says "
+          f"how to record its own in {out / MODEL_DEFAULTS_FILE}.")
     return 0

@@ -19,13 +19,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..architectures import SCHEDULER_CONFIG, TINY_WORDS, build_tiny_pipeline
 from ..attention import CaptureAttnProcessor, layer_resolutions, swapped_processors
-from ..diffsp import category_token_positions
-from ..models import SCHEDULER_CONFIG, TINY_WORDS, build_tiny_pipeline
+from ..diffsp import PROMPT, category_token_positions
 from .crops import ObjectCrops, sample_batch
 
-PROMPT = "a photo of a {category}"
-PAIR_PROMPT = "a photo of a {category} and a {other}"  # an object and its companion
+PAIR_PROMPT = PROMPT + " and a {other}"  # an object and its companion
 
 
 @dataclass
@@ -260,14 +259,14 @@ def write_card(out: Path, cfg: TrainConfig, crops: ObjectCrops, data: dict, loss
         "training objects' shapes next to each object, in front (hiding part of it, at least 30% stays "
         "visible) or behind, and flips at random. Input: the visible pixels only and the occluders' visible "
         "region (cut to the object's box) as the inpainting mask; target: the whole object on a blank "
-        "background; prompt: `a photo of a {category}` (10% empty)." + (
+        f"background; prompt: `{PROMPT}` (10% empty)." + (
             f" As Stable Diffusion inpainting was trained, {cfg.full_mask_probability:.0%} of the examples mask the "
             "whole crop." if cfg.full_mask_probability else "") + (
             f" {cfg.random_mask_probability:.0%} of the examples add a random rectangle to the mask, as in Stable "
             "Diffusion inpainting's training." if cfg.random_mask_probability else "") + (
             f" In {cfg.companion_probability:.0%} of the examples a second whole training object stands behind "
-            "the object, in the input and the target, and the prompt names both: `a photo of a {category} and a "
-            "{other}`." if cfg.companion_probability else ""),
+            f"the object, in the input and the target, and the prompt names both: `{PAIR_PROMPT}`."
+            if cfg.companion_probability else ""),
         f"- Categories: {', '.join(crops.categories)}.",
         "",
         "## Training",

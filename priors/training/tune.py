@@ -21,12 +21,19 @@ from tqdm.auto import tqdm
 
 from .. import geometry
 from ..annotations import AmodalAnnotations, Instance
-from ..diffsp import DiffSP, DiffSPConfig, grid_to_priors, prepare_rois
+from ..diffsp import (
+    MODEL_DEFAULTS_FILE,
+    THRESHOLD_KEY,
+    DiffSP,
+    DiffSPConfig,
+    grid_to_priors,
+    prepare_rois,
+)
 from ..errors import AisdiffError
 from ..identity import gt_roi_seed
 from ..images import read_image
 from ..masks import decode
-from ..models import load_model
+from ..models import load_model, model_folder
 from ..occlusion import OCCLUDED, OCCLUSION_BUCKETS, occlusion_bucket
 
 
@@ -38,11 +45,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", default="tiny", help="'tiny', 'tiny-random', a local diffusers folder or a hub id")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32")
-    p.add_argument("--steps", type=int, nargs="+", default=[10])
+    model_default = f"(default: the model's, from its {MODEL_DEFAULTS_FILE}, else the paper's)"
+    p.add_argument("--steps", type=int, nargs="+", default=[None], help=model_default)
     p.add_argument("--tau", type=int, nargs="+", default=[1, 2, 4, 8])
-    p.add_argument("--self-res", type=int, nargs="+", default=[None])
-    p.add_argument("--cross-res", type=int, nargs="+", default=[None])
-    p.add_argument("--guidance-scale", type=float, nargs="+", default=[1.0])
+    p.add_argument("--self-res", type=int, nargs="+", default=[None], help=model_default)
+    p.add_argument("--cross-res", type=int, nargs="+", default=[None], help=model_default)
+    p.add_argument("--guidance-scale", type=float, nargs="+", default=[None], help=model_default)
     p.add_argument("--thresholds", type=float, nargs="+", default=[round(t, 2) for t in np.arange(0.1, 0.95, 0.05)])
     p.add_argument("--min-occlusion", type=float, default=OCCLUDED)
     p.add_argument("--limit", type=int, default=300, help="at most this many instances (a fixed sample)")
@@ -143,7 +151,8 @@ def visible_baseline(instances: list[Instance], size: int) -> Scored:
 
 def grid_ceiling(instances: list[Instance], grid: int, config: DiffSPConfig, thresholds: list[float]) -> Scored:
     """The most a prior on a grid x grid attention map can score: the amodal mask itself, averaged onto the
-    grid of its context crop and mapped back to the box as DiffSP maps its priors (best threshold)."""
+    grid of its context crop and mapped back to the box as DiffSP maps its priors (best threshold). `config`
+    gives the resolution, context and prior size (a resolved one: `DiffSPConfig.resolved`)."""
     values, buckets = {t: [] for t in thresholds}, []
     for inst in instances:
         box = geometry.as_boxes([inst.amodal_box])
@@ -159,6 +168,19 @@ def grid_ceiling(instances: list[Instance], grid: int, config: DiffSPConfig, thr
         buckets.append(occlusion_bucket(inst.occlusion_rate))
     best = max(thresholds, key=lambda t: np.mean(values[t]))
     return Scored.of({"amodal mask on the grid (ceiling)": grid, "threshold": best}, values[best], buckets)
+
+
+def how_to_record(name: str, model, best: Scored) -> str:
+    """How to make `best` the model's DiffSP defaults: what its folder's MODEL_DEFAULTS_FILE should hold."""
+    tuned = DiffSPConfig(**{k: v for k, v in best.settings.items() if k != THRESHOLD_KEY})
+    record = {**tuned.differences_from_paper(model), THRESHOLD_KEY: best.settings[THRESHOLD_KEY]}
+    folder = model_folder(name)
+    where = (f"write into {folder / MODEL_DEFAULTS_FILE}" if folder else
+             f"save the model to a folder (save_pretrained; {name} itself takes no defaults) and write into "
+             f"its {MODEL_DEFAULTS_FILE}")
+    return (f"To make the best setting above the defaults of {name}, {where}:\n{json.dumps(record)}\n"
+            "(the settings that differ from the paper's, and the threshold for `aisdiff inspect`): DiffSP "
+            "then uses them for any setting not given (precompute, tune-diffsp, the segmenter's priors).")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -182,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
     for r in [baseline, *ceilings, *results[:15]]:
         name = ", ".join(f"{k} {v}" for k, v in r.settings.items())
         print(f"{name:<80} {r.prior_iou:6.3f} " + " ".join(f"{r.by_bucket.get(b, float('nan')):7.3f}" for b in buckets))
+    print(how_to_record(args.model, model, results[0]))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"baseline": baseline.__dict__, "ceilings": [r.__dict__ for r in ceilings],
