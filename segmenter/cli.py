@@ -39,7 +39,7 @@ def add_test_parser(subparsers: argparse._SubParsersAction) -> None:
                                           "occlusion rate; optionally write the predictions as a proposals file.")
     _common(p)
     p.add_argument("checkpoint", type=Path, help="checkpoint file (.pth), loaded weights-only (see --trust-checkpoint)")
-    p.add_argument("--dump-proposals", type=Path, help="write the detections as a proposals file (README: proposals)")
+    p.add_argument("--dump-proposals", type=Path, help="write the detections as a proposals file (README: Computing priors)")
     p.add_argument("--out-prefix", type=Path, help="also write COCO results JSON: PREFIX.{amodal,visible}.segm.json")
     p.add_argument("--metrics-json", type=Path, help="write the metrics as JSON (default: WORK_DIR/metrics.json)")
     p.set_defaults(func=run_test)

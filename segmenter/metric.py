@@ -4,7 +4,7 @@ Reports `amodal/AP`, `amodal/AP50`, `amodal/AP75`, `amodal/AR` (the headline) an
 plus amodal AP per occlusion-rate bucket (`amodal/AP_occ_none`, `amodal/AP_occ_10-30%`, ...; the buckets of
 `priors.occlusion`): ground truths outside the bucket are marked crowd, so detections matching them are
 neither true nor false positives. Results can be written as COCO results JSON (`outfile_prefix`) and as a
-proposals file (`proposals_file`, README: proposals).
+proposals file (`proposals_file`, README: Computing priors).
 """
 from __future__ import annotations
 

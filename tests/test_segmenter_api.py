@@ -114,9 +114,10 @@ def test_a_provider_without_images_gets_none_and_a_missing_image_id_is_an_error(
 
 
 @pytest.mark.parametrize(("role", "provider", "message"), [
-    ("train", "OnTheFlyPriors", "OnTheFlyPriors gives no train priors \\(it serves as test_prior\\)"),
-    ("train", "ProposalCachePriors", "ProposalCachePriors gives no train priors"),
-    ("test", "CachedPriors", "CachedPriors gives no test priors \\(it serves as train_prior\\)")])
+    ("train", dict(type="OnTheFlyPriors", classes=("ball",)),
+     "OnTheFlyPriors gives no train priors \\(it serves as test_prior\\)"),
+    ("train", dict(type="ProposalCachePriors", store="x.zarr"), "ProposalCachePriors gives no train priors"),
+    ("test", dict(type="CachedPriors"), "CachedPriors gives no test priors \\(it serves as train_prior\\)")])
 def test_a_provider_where_it_cannot_serve_is_refused_when_built(role, provider, message):
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
@@ -126,8 +127,7 @@ def test_a_provider_where_it_cannot_serve_is_refused_when_built(role, provider, 
 
     register_all_modules()
     cfg = Config.fromfile(str(CONFIG))
-    cfg.model.roi_head[f"{role}_prior"] = dict(type=provider, store="x.zarr") if provider == "ProposalCachePriors" \
-        else dict(type=provider, classes=("ball",))
+    cfg.model.roi_head[f"{role}_prior"] = provider
     with pytest.raises(AisdiffError, match=message):
         MODELS.build(cfg.model)
 
