@@ -63,9 +63,11 @@ class PerLayerCapture:
 
 
 def region_masks(instances, resolution: int, context: float, side: int):
-    """Amodal and visible masks of each ROI in its DiffSP crop, pooled to a side x side grid (bool [N, side^2])."""
+    """Amodal and visible masks of each ROI in its DiffSP crop, pooled to a side x side grid
+    (bool [N, side^2])."""
     crops = geometry.context_boxes(geometry.as_boxes([i.amodal_box for i in instances]), context)
-    masks = torch.from_numpy(np.stack([np.stack([i.amodal_mask(), i.visible_mask()]) for i in instances])).float()
+    masks = torch.from_numpy(np.stack([np.stack([i.amodal_mask(), i.visible_mask()])
+                                       for i in instances])).float()
     pooled = F.adaptive_avg_pool2d(geometry.roi_resample(masks, crops, resolution), side) > 0.5
     return pooled[:, 0].flatten(1), pooled[:, 1].flatten(1)
 
@@ -92,7 +94,8 @@ def score_layer(kind: str, attn: torch.Tensor, amodal: torch.Tensor, visible: to
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ann", required=True, help="annotation file (val, to diagnose; train, to choose layers)")
+    parser.add_argument("--ann", required=True,
+                        help="annotation file (val, to diagnose; train, to choose layers)")
     parser.add_argument("--images", required=True)
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--steps", type=int, default=10)
@@ -120,8 +123,8 @@ def main() -> None:
                     scores[name][key] += values
         layers = capture.layers
 
-    print(f"{len(instances)} ROIs of {args.ann} with occlusion > {args.min_occlusion:.0%}; model {args.model}, "
-          f"T {args.steps}; mean over ROIs (1.00 = no preference)")
+    print(f"{len(instances)} ROIs of {args.ann} with occlusion > {args.min_occlusion:.0%}; model "
+          f"{args.model}, T {args.steps}; mean over ROIs (1.00 = no preference)")
     print(f"{'layer':<58} {'grid':>5} {'self lift':>10} {'cross hidden/bg':>16} {'cross visible/bg':>17}")
     for name, (_, side) in layers.items():
         row = scores[name]

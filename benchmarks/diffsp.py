@@ -35,7 +35,8 @@ class KeepEveryMap:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        q, k, v = (attn.head_to_batch_dim(t) for t in (attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)))
+        q, k, v = (attn.head_to_batch_dim(t) for t in (attn.to_q(hidden_states), attn.to_k(context),
+                                                       attn.to_v(context)))
         probs = attn.get_attention_scores(q, k, None)
         self.log.append((self.name, probs.view(hidden_states.shape[0], attn.heads, *probs.shape[1:])))
         return attn.to_out[1](attn.to_out[0](attn.batch_to_head_dim(torch.bmm(probs, v))))
@@ -53,10 +54,11 @@ def naive_priors(diffsp, batch) -> torch.Tensor:
         finally:
             unet.set_attn_processor(dict(original))
         self_maps = [p.float().mean(1) for n, p in log if ".attn1." in n and p.shape[-1] == cfg.self_res ** 2]
-        cross_maps = [p.float().mean(1) for n, p in log if ".attn2." in n and p.shape[-2] == cfg.cross_res ** 2]
+        cross_maps = [p.float().mean(1) for n, p in log
+                      if ".attn2." in n and p.shape[-2] == cfg.cross_res ** 2]
         _, weights = diffsp._text_for(one.categories)
-        out.append(diffsp.priors_from_attention(torch.stack(self_maps).mean(0), torch.stack(cross_maps).mean(0),
-                                                weights, one.boxes))
+        out.append(diffsp.priors_from_attention(torch.stack(self_maps).mean(0),
+                                                torch.stack(cross_maps).mean(0), weights, one.boxes))
     return torch.cat(out)
 
 
@@ -79,7 +81,8 @@ def make_rois(n: int, resolution: int, device: str):
     visible = (torch.rand(n, 1, resolution, resolution, generator=g) > 0.4).float()
     box = resolution / 12
     return RoiBatch(torch.rand(n, 3, resolution, resolution, generator=g).to(device), visible.to(device),
-                    (1 - visible).to(device), torch.tensor([[box, box, resolution - box, resolution - box]] * n),
+                    (1 - visible).to(device),
+                    torch.tensor([[box, box, resolution - box, resolution - box]] * n),
                     ["car", "ball", "star", "moon"] * (n // 4) + ["box"] * (n % 4), list(range(n)))
 
 
@@ -110,18 +113,21 @@ def run_variant(args) -> dict:
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"variant": args.variant, "rois_per_s": args.rois / seconds, "seconds": seconds, "peak_mb": peak_mb}
+    return {"variant": args.variant, "rois_per_s": args.rois / seconds, "seconds": seconds,
+            "peak_mb": peak_mb}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--real-arch", action="store_true", help="SD-1.5-inpainting architecture (random weights)")
+    parser.add_argument("--real-arch", action="store_true",
+                        help="SD-1.5-inpainting architecture (random weights)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--rois", type=int, default=64, help="ROIs per variant (default 64)")
     parser.add_argument("--repeat", type=int, default=2, help="timed runs per variant and round (default 2)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of all variants; the best run counts (default 3)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of all variants; the best run counts (default 3)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--variants", default=None, help="which of a, b, c (default: all; real arch: b, c)")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant, print JSON
@@ -141,16 +147,18 @@ def main() -> None:
             r = json.loads(out.stdout.strip().splitlines()[-1])
             if v not in results or r["rois_per_s"] > results[v]["rois_per_s"]:
                 results[v] = {**r, "peak_mb": max(r["peak_mb"], results.get(v, {}).get("peak_mb", 0))}
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
+    device = (torch.cuda.get_device_name() if args.device.startswith("cuda")
+              else f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores")
     model = "SD-1.5-inpaint architecture, 512 px" if args.real_arch else "tiny-random model, 64 px"
-    print(f"DiffSP benchmark: {model}, {args.dtype}, {args.steps} steps, {args.rois} ROIs (best of {args.rounds} x {args.repeat}), "
-          f"batch {args.batch_size}, "
+    print(f"DiffSP benchmark: {model}, {args.dtype}, {args.steps} steps, {args.rois} ROIs (best of "
+          f"{args.rounds} x {args.repeat}), batch {args.batch_size}, "
           f"on {device} (torch {torch.__version__})")
     print("| variant | ROIs/s | s/ROI | peak memory (MB) | cost vs plain |")
     print("|---|---|---|---|---|")
     for v, r in results.items():
         rel = f"{results['b']['rois_per_s'] / r['rois_per_s']:.2f}x" if "b" in results else "-"
-        print(f"| ({v}) {VARIANTS[v]} | {r['rois_per_s']:.2f} | {1 / r['rois_per_s']:.3f} | {r['peak_mb']:.0f} | {rel} |")
+        print(f"| ({v}) {VARIANTS[v]} | {r['rois_per_s']:.2f} | {1 / r['rois_per_s']:.3f} | "
+              f"{r['peak_mb']:.0f} | {rel} |")
     if "a" in results and "c" in results:
         print(f"ours vs naive: {results['c']['rois_per_s'] / results['a']['rois_per_s']:.1f}x the ROIs/s")
 

@@ -19,8 +19,8 @@ mask heads, where the variants differ, train; `--detector trained` fine-tunes it
 (c) and (d) train on cached priors (`aisdiff precompute` on train) and test with on-the-fly DiffSP, with the
 DiffSP settings given here; those not given are the trained model's defaults (tuned on train, shipped in
 priors/weights/tiny-shapes/diffsp_config.json, see the README), for both models. Test
-priors of (c), (d) and (e) are for the box head's class (`--prior-labels detector`): after a short schedule the
-mask head's own classifier, the paper's source of the prompt, is still near chance.
+priors of (c), (d) and (e) are for the box head's class (`--prior-labels detector`): after a short schedule
+the mask head's own classifier, the paper's source of the prompt, is still near chance.
 Every step goes through the `aisdiff` commands and reuses what an earlier run with the same settings left in
 WORK_DIR (a finished run's metrics.json; the settings, the parsed config's sha256 and the prior model
 identity included, are in each run's settings.json; a train prior store's, in WORK_DIR/priors_MODEL/
@@ -30,9 +30,9 @@ WORK_DIR.
 `--cfg-options` adds config options to every chosen variant's training and test (an ablation, e.g.
 `--variants b d --cfg-options model.roi_head.mask_head.num_amodal_convs=4`); such runs and their tables are
 kept apart from the plain ones by a tag derived from the options, so both can share WORK_DIR and its detector;
-so are runs with an `--iters` other than the default (tag `_iters{N}`) or with `--detector trained` (`_trained`).
-Other sizes (images, scale, proposals, RoIs, `--pretrain-iters`) change the data or the detector: use a new
-WORK_DIR for them.
+so are runs with an `--iters` other than the default (tag `_iters{N}`) or with `--detector trained`
+(`_trained`). Other sizes (images, scale, proposals, RoIs, `--pretrain-iters`) change the data or the
+detector: use a new WORK_DIR for them.
 Prints a table of mean and spread over seeds and writes WORK_DIR/fidelity[_TAG].{json,md}.
 """
 from __future__ import annotations
@@ -101,8 +101,8 @@ def prepare(args: argparse.Namespace) -> dict[str, Path]:
     from priors.models import load_model
 
     data = args.work_dir / "synthetic"
-    aisdiff("demo-data", str(data), "--train-images", str(args.train_images), "--val-images", str(args.val_images),
-            "--seed", "0", log=args.work_dir / "demo-data.log")
+    aisdiff("demo-data", str(data), "--train-images", str(args.train_images),
+            "--val-images", str(args.val_images), "--seed", "0", log=args.work_dir / "demo-data.log")
     stores = {}
     for model in sorted({VARIANTS[v][2] for v in args.variants} - {None}):
         # one folder per model, emptied when the model's weights or the settings change (as runs are), so a
@@ -112,7 +112,8 @@ def prepare(args: argparse.Namespace) -> dict[str, Path]:
         stores[model] = folder / "train.zarr"
         flags = [f"--{k.replace('_', '-')}={v}" for k, v in diffsp_flags(args).items()]
         print(f"train priors with {model} -> {stores[model]}", flush=True)
-        aisdiff("precompute", "--ann", str(data / "annotations" / "train.json"), "--images", str(data / "images"),
+        aisdiff("precompute", "--ann", str(data / "annotations" / "train.json"),
+                "--images", str(data / "images"),
                 "--out", str(stores[model]), "--model", model, "--batch-size", "32", *flags,
                 log=args.work_dir / f"precompute_{model}.log")
     return stores
@@ -144,7 +145,8 @@ def size_options(config: Path, args: argparse.Namespace) -> list[str]:
         i = next(i for i, t in enumerate(pipeline) if t["type"] == "AmodalResize")
         out.append(f"{key}.dataset.pipeline.{i}.scale=({args.scale},{args.scale})")
     return out + [f"model.train_cfg.rpn_proposal.max_per_img={args.proposals}",
-                  f"model.test_cfg.rpn.max_per_img={args.proposals}", f"model.train_cfg.rcnn.sampler.num={args.rois}"]
+                  f"model.test_cfg.rpn.max_per_img={args.proposals}",
+                  f"model.train_cfg.rcnn.sampler.num={args.rois}"]
 
 
 def reuse(work: Path, settings: dict) -> bool:
@@ -178,7 +180,8 @@ def variant_config(args: argparse.Namespace, variant: str) -> Path:
 
 
 def schedule_options(iters: int) -> list[str]:
-    """--cfg-options for an `iters`-iteration schedule: the config's warm-up, lr / 10 at 80 %, one checkpoint."""
+    """--cfg-options for an `iters`-iteration schedule: the config's warm-up, lr / 10 at 80 %, one
+    checkpoint."""
     return [f"train_cfg.max_iters={iters}", f"default_hooks.checkpoint.interval={iters}",
             f"param_scheduler.1.end={iters}", f"param_scheduler.1.milestones=[{int(iters * 0.8)}]"]
 
@@ -194,16 +197,17 @@ def pretrain_detector(args: argparse.Namespace) -> Path:
     if not reuse(work, settings) or not ckpt.is_file():
         print(f"shared detector: training {args.pretrain_iters} iterations -> {work}", flush=True)
         aisdiff("train", str(config), "--work-dir", str(work), "--cfg-options", "randomness.seed=0",
-                *schedule_options(args.pretrain_iters), "val_cfg=None", "val_dataloader=None", "val_evaluator=None",
+                *schedule_options(args.pretrain_iters), "val_cfg=None", "val_dataloader=None",
+                "val_evaluator=None",
                 "model.roi_head.mask_head=None", "model.roi_head.mask_roi_extractor=None",
                 *size_options(config, args), log=work.with_suffix(".train.log"))
     return ckpt
 
 
 def ablation_tag(args: argparse.Namespace) -> str:
-    """"" for the plain benchmark, else what its variants do differently on the same detector, for run and table
-    names: `_iters{N}` (another schedule), `_trained` (`--detector trained`), `_opts-` and 8 hex digits of
-    `--cfg-options`. An ablation never overwrites the plain runs."""
+    """"" for the plain benchmark, else what its variants do differently on the same detector, for run and
+    table names: `_iters{N}` (another schedule), `_trained` (`--detector trained`), `_opts-` and 8 hex digits
+    of `--cfg-options`. An ablation never overwrites the plain runs."""
     tag = f"_iters{args.iters}" if args.iters != DEFAULT_ITERS else ""
     tag += "_trained" if args.detector == "trained" else ""
     if args.cfg_options:
@@ -211,7 +215,8 @@ def ablation_tag(args: argparse.Namespace) -> str:
     return tag
 
 
-def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[str, Path], detector: Path) -> dict:
+def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[str, Path],
+                detector: Path) -> dict:
     """Train and test one variant with one seed (or read the metrics of an earlier run)."""
     model = VARIANTS[variant][2]
     config = variant_config(args, variant)
@@ -219,8 +224,8 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[
     metrics = work / "metrics.json"
     # the detector by its settings, not its path: a detector retrained differently makes every run stale
     settings = {"config": config.name, "config_sha256": config_digest(config), "iters": args.iters,
-                "detector": json.loads((detector.parent / "settings.json").read_text()), "detector_mode": args.detector,
-                **size_settings(args)}
+                "detector": json.loads((detector.parent / "settings.json").read_text()),
+                "detector_mode": args.detector, **size_settings(args)}
     if model is not None:  # the priors' model (its weights' sha256) and DiffSP settings, from the store
         from priors.store import PriorStore
 
@@ -234,7 +239,8 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[
     options = [f"randomness.seed={seed}", *size_options(config, args)]  # for training and testing
     if model is not None:
         options += [f"train_dataloader.dataset.prior_store={stores[model]}",
-                    f"model.roi_head.test_prior.model={model}", f"model.roi_head.test_prior.store={stores[model]}"]
+                    f"model.roi_head.test_prior.model={model}",
+                    f"model.roi_head.test_prior.store={stores[model]}"]
         options += [f"model.roi_head.test_prior.{k}={v}" for k, v in diffsp_flags(args).items()]
     if variant in PRIOR_READS_CLASS:
         options.append(f"model.roi_head.prior_labels={args.prior_labels}")
@@ -243,8 +249,8 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[
     print(f"({variant}) seed {seed}: training {args.iters} iterations -> {work}", flush=True)
     if not (work / f"iter_{args.iters}.pth").is_file():
         aisdiff("train", str(config), "--work-dir", str(work), "--cfg-options", f"load_from={detector}",
-                *schedule_options(args.iters), "val_cfg=None", "val_dataloader=None", "val_evaluator=None", *options,
-                log=work.with_suffix(".train.log"))
+                *schedule_options(args.iters), "val_cfg=None", "val_dataloader=None", "val_evaluator=None",
+                *options, log=work.with_suffix(".train.log"))
     aisdiff("test", str(config), str(work / f"iter_{args.iters}.pth"), "--work-dir", str(work),
             "--metrics-json", str(metrics), "--cfg-options", *options, log=work.with_suffix(".test.log"))
     print(f"({variant}) seed {seed}: done in {time.time() - start:.0f} s", flush=True)
@@ -278,13 +284,15 @@ def bucket_table(results: dict[str, list[dict]]) -> str:
     """Markdown table: amodal AP by occlusion rate, mean over seeds, in percent."""
     found = {k for runs in results.values() for r in runs for k in r if k.startswith("amodal/AP_occ_")}
     order = [f"amodal/AP_occ_{bucket.name}" for bucket in OCCLUSION_BUCKETS]
-    buckets = [k for k in order if k in found] + sorted(found - set(order))  # (runs of older bucket names last)
+    # (runs of older bucket names last)
+    buckets = [k for k in order if k in found] + sorted(found - set(order))
     lines = ["| variant | " + " | ".join(k.removeprefix("amodal/AP_occ_") for k in buckets) + " |",
              "|" + "---|" * (len(buckets) + 1)]
     for variant, runs in results.items():
         cells = []
         for key in buckets:
-            vals = [v for v in (value(r, "amodal", key.removeprefix("amodal/")) for r in runs) if v is not None]
+            vals = [v for v in (value(r, "amodal", key.removeprefix("amodal/")) for r in runs)
+                    if v is not None]
             cells.append(f"{100 * np.mean(vals):.1f}" if vals else "-")
         lines.append(f"| ({variant}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -295,9 +303,11 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=REPO / "work_dirs" / "fidelity")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--iters", type=int, default=DEFAULT_ITERS, help="training iterations of each variant")
+    parser.add_argument("--iters", type=int, default=DEFAULT_ITERS,
+                        help="training iterations of each variant")
     parser.add_argument("--detector", choices=("frozen", "trained"), default="frozen",
-                        help="keep the shared detector fixed while the mask heads train (default), or fine-tune it")
+                        help="keep the shared detector fixed while the mask heads train (default), or "
+                             "fine-tune it")
     parser.add_argument("--pretrain-iters", type=int, default=2000, help="iterations of the shared detector")
     parser.add_argument("--scale", type=int, default=256, help="longer image side for training and testing")
     parser.add_argument("--proposals", type=int, default=300, help="RPN proposals per image")
@@ -308,8 +318,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="DiffSP steps T " + tiny_default)
     parser.add_argument("--tau", type=int, help=tiny_default)
     parser.add_argument("--prior-labels", choices=("head", "detector"), default="detector",
-                        help="the class test priors are computed for: the mask head's category (the paper's) or "
-                             "the box head's label (default: at this schedule the head's classifier is near chance)")
+                        help="the class test priors are computed for: the mask head's category (the paper's) "
+                             "or the box head's label (default: at this schedule the head's classifier is "
+                             "near chance)")
     parser.add_argument("--self-res", type=int, help=tiny_default)
     parser.add_argument("--cross-res", type=int, help=tiny_default)
     parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
@@ -324,12 +335,13 @@ def main() -> None:
     stores = prepare(args)
     detector = pretrain_detector(args)
     results = {v: [run_variant(args, v, s, stores, detector) for s in args.seeds] for v in args.variants}
-    text = table(results, args.seeds) + "\n\nAmodal AP by occlusion rate (mean over seeds):\n\n" + bucket_table(results)
+    text = (table(results, args.seeds) + "\n\nAmodal AP by occlusion rate (mean over seeds):\n\n"
+            + bucket_table(results))
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads per run: default"
-    header = (f"Synthetic benchmark ({args.train_images} train / {args.val_images} val images, scale {args.scale}, "
-              f"{args.proposals} proposals, {args.rois} sampled RoIs), "
-              f"R18-FPN from a shared {args.pretrain_iters}-iteration detector ({args.detector}) + {args.iters} "
-              f"iterations, batch 2, "
+    header = (f"Synthetic benchmark ({args.train_images} train / {args.val_images} val images, scale "
+              f"{args.scale}, {args.proposals} proposals, {args.rois} sampled RoIs), "
+              f"R18-FPN from a shared {args.pretrain_iters}-iteration detector ({args.detector}) + "
+              f"{args.iters} iterations, batch 2, "
               f"seeds {args.seeds}; DiffSP {diffsp_flags(args)}; "
               + (f"options {' '.join(args.cfg_options)}; " if args.cfg_options else "") + f"{machine}; "
               f"{(time.time() - start) / 60:.0f} min.")

@@ -48,9 +48,11 @@ def main() -> None:
     rows = []
     for scale in (1, 4):
         data = work / f"data{scale}"
-        subprocess.run([str(BIN / "aisdiff"), "demo-data", str(data), "--train-images", str(args.images * scale),
+        subprocess.run([str(BIN / "aisdiff"), "demo-data", str(data),
+                        "--train-images", str(args.images * scale),
                         "--val-images", "0", "--seed", "0"], check=True, capture_output=True)
-        job = ["precompute", "--ann", str(data / "annotations" / "train.json"), "--images", str(data / "images"),
+        job = ["precompute", "--ann", str(data / "annotations" / "train.json"),
+               "--images", str(data / "images"),
                "--model", args.model, "--batch-size", str(args.batch_size), "--chunk-rows", "64"]
         launches = [("1 process", [str(BIN / "aisdiff")])]
         if scale == 4:
@@ -61,7 +63,8 @@ def main() -> None:
             seconds, rss, stdout = timed_run([*launcher, *job, "--out", str(out)])
             rois = int(re.search(r"computed now\s+(\d+)", stdout).group(1))
             job_rate = float(re.search(r"ROIs/s\s+(\S+)", stdout).group(1))
-            rows.append((f"{'N' if scale == 1 else '4N'} = {rois} ROIs", label, rois / seconds, job_rate, rss))
+            rows.append((f"{'N' if scale == 1 else '4N'} = {rois} ROIs", label, rois / seconds, job_rate,
+                         rss))
     print(f"precompute benchmark: model {args.model}, batch {args.batch_size}, synthetic benchmark, on "
           f"{platform.machine()} CPU, {os.cpu_count()} cores (start-up included in the wall-clock rate)")
     print("| ROIs | launch | ROIs/s (wall clock) | ROIs/s (job's summary) | peak RSS of a process (MB) |")

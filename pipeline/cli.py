@@ -21,7 +21,8 @@ ENTRY_POINT_GROUP = "aisdiff.commands"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aisdiff",
-        description="AISDiff: amodal instance segmentation with a Diffusion Shape Prior (offline prior cache + mmdet).",
+        description="AISDiff: amodal instance segmentation with a Diffusion Shape Prior (offline prior cache "
+                    "+ mmdet).",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):

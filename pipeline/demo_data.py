@@ -16,14 +16,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "demo-data", help="generate the synthetic amodal benchmark (images + train/val annotations)",
         description="Write OUT/images/ and OUT/annotations/{train,val}.json: textured shapes of "
-                    f"{len(synthetic.CATEGORIES)} categories with a depth order and exact amodal/visible masks. "
-                    "Byte-identical for the same seed; rerunning with the same settings reuses what is there.")
+                    f"{len(synthetic.CATEGORIES)} categories with a depth order and exact amodal/visible "
+                    "masks. Byte-identical for the same seed; rerunning with the same settings reuses what "
+                    "is there.")
     p.add_argument("out", type=Path, help="output folder")
-    p.add_argument("--format", default="kins2020", choices=FORMAT_NAMES, help="annotation format (default: kins2020)")
+    p.add_argument("--format", default="kins2020", choices=FORMAT_NAMES,
+                   help="annotation format (default: kins2020)")
     p.add_argument("--train-images", type=int, default=100, help="number of train images (default: 100)")
     p.add_argument("--val-images", type=int, default=25, help="number of val images (default: 25)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing benchmark made with other settings")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing benchmark made with other settings")
     p.set_defaults(func=run)
 
 
@@ -53,9 +56,10 @@ def run(args: argparse.Namespace) -> int:
         other = [s for s, info in infos.items() if "settings" not in info or info["settings"] != wanted]
         if (foreign or other) and not args.overwrite:
             raise AisdiffError(
-                f"{out} already holds other data ({', '.join(foreign + [f'annotations/{s}.json' for s in other])}), "
-                f"not a benchmark made with these settings ({wanted}). Choose another folder, or pass --overwrite "
-                "to replace its images/ and annotations/.")
+                f"{out} already holds other data "
+                f"({', '.join(foreign + [f'annotations/{s}.json' for s in other])}), not a benchmark made "
+                f"with these settings ({wanted}). Choose another folder, or pass --overwrite to replace its "
+                "images/ and annotations/.")
         for sub in ("images", "annotations"):  # ours, or an interrupted run: start over
             shutil.rmtree(out / sub, ignore_errors=True)
     stats = synthetic.generate(out, fmt=args.format, train_images=args.train_images,

@@ -34,7 +34,8 @@ DEFAULT_THRESHOLD = 0.5  # for models that ship no threshold of their own
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("inspect", help="summarize a prior store: settings, counts, statistics, pictures",
+    p = subparsers.add_parser("inspect",
+                              help="summarize a prior store: settings, counts, statistics, pictures",
                               description=__doc__.split("\n\n")[0])
     p.add_argument("store", type=Path, help="a prior store (.zarr folder) made by `aisdiff precompute`")
     p.add_argument("--ann", type=Path, help="the annotation file the store was made from (IoU, pictures)")
@@ -105,10 +106,12 @@ def gt_ious(store: PriorStore, ann: AmodalAnnotations, threshold: float) -> list
         priors = torch.from_numpy(store.priors(idx))
         for prior, r in zip(priors, idx, strict=True):
             inst = _instance(ann, int(rows.ann_id[r]), store)
-            amodal, visible = geometry.masks_in_box(np.stack([inst.amodal_mask(), inst.visible_mask()]), rows.box[r],
+            amodal, visible = geometry.masks_in_box(np.stack([inst.amodal_mask(), inst.visible_mask()]),
+                                                    rows.box[r],
                                         store.prior_size)
             out.append({"row": r, "ann_id": inst.ann_id, "category": inst.category,
-                        "occlusion": inst.occlusion_rate, "prior_iou": geometry.mask_iou(prior > threshold, amodal),
+                        "occlusion": inst.occlusion_rate,
+                        "prior_iou": geometry.mask_iou(prior > threshold, amodal),
                         "visible_iou": geometry.mask_iou(visible, amodal)})
     return out
 
@@ -117,8 +120,8 @@ def _instance(ann: AmodalAnnotations, ann_id: int, store: PriorStore) -> Instanc
     try:
         return ann.instance(ann_id)
     except KeyError:
-        raise AisdiffError(f"{store.path}: ground-truth row for annotation {ann_id}, which {ann.path} does not "
-                           "have (valid): is this the annotation file the store was made from?") from None
+        raise AisdiffError(f"{store.path}: ground-truth row for annotation {ann_id}, which {ann.path} does "
+                           "not have (valid): is this the annotation file the store was made from?") from None
 
 
 def iou_table(records: list[dict]) -> dict:
@@ -165,8 +168,8 @@ def render(store: PriorStore, picked: list[int], ann: AmodalAnnotations | None, 
     priors = store.priors(picked) if picked else np.zeros((0, store.prior_size, store.prior_size))
     with_gt = ann is not None
     columns = ["image in box", "visible", "occluder", "prior", "amodal GT"] if with_gt else ["prior"]
-    fig, axes = plt.subplots(max(len(picked), 1), len(columns), figsize=(2.1 * len(columns), 2.1 * max(len(picked), 1)),
-                             squeeze=False)
+    fig, axes = plt.subplots(max(len(picked), 1), len(columns),
+                             figsize=(2.1 * len(columns), 2.1 * max(len(picked), 1)), squeeze=False)
     for i in range(len(picked)):
         box, source = rows.box[i], int(rows.source[i])
         label = f"{names.get(int(rows.category_id[i]), rows.category_id[i])}, image {rows.image_id[i]}"
@@ -206,9 +209,10 @@ def _gt_panels(ann: AmodalAnnotations, images: Path | None, image_id: int, ann_i
     inst = ann.get(ann_id) if source == SOURCE_GT else None
     if inst is not None:
         occ = masks.decode(ann.occluder_rles(image_id)[ann_id])
-        framed = geometry.masks_in_box(np.stack([inst.visible_mask(), occ, inst.amodal_mask()]), box, 4 * size)
-        panels.update({"visible": framed[0].numpy(), "occluder": framed[1].numpy(), "amodal GT": framed[2].numpy(),
-                       "occlusion": inst.occlusion_rate})
+        framed = geometry.masks_in_box(np.stack([inst.visible_mask(), occ, inst.amodal_mask()]), box,
+                                       4 * size)
+        panels.update({"visible": framed[0].numpy(), "occluder": framed[1].numpy(),
+                       "amodal GT": framed[2].numpy(), "occlusion": inst.occlusion_rate})
     return panels
 
 
@@ -218,15 +222,17 @@ def _text(report: dict) -> str:
     st = s["settings"]
     model = st.get("model", {})
     lines = [f"prior store {s['store']}",
-             f"  model        {model.get('id')} (weights sha256 {str(model.get('weights_sha256'))[:12]}), {st.get('dtype')}",
+             f"  model        {model.get('id')} (weights sha256 {str(model.get('weights_sha256'))[:12]}), "
+             f"{st.get('dtype')}",
              f"  DiffSP       steps {st.get('steps')}, tau {st.get('tau')}, prior "
-             f"{report['prior_size']}x{report['prior_size']}, resolution {st.get('resolution')}, self {st.get('self_res')}, "
-             f"cross {st.get('cross_res')}, context {st.get('context')}, guidance {st.get('guidance_scale')}, "
-             f"mask {st.get('mask_mode')}, seed {st.get('seed')}",
+             f"{report['prior_size']}x{report['prior_size']}, resolution {st.get('resolution')}, self "
+             f"{st.get('self_res')}, cross {st.get('cross_res')}, context {st.get('context')}, guidance "
+             f"{st.get('guidance_scale')}, mask {st.get('mask_mode')}, seed {st.get('seed')}",
              f"  prompt       {st.get('prompt')!r}",
-             f"  rows         {s['rows']} ({s['by_source']['ground truth']} ground truth, {s['by_source']['proposal']} "
-             f"proposals); done {s['done']}, missing {s['missing']}"
-             + ("" if s["complete"] else f"  -- in progress: {100 * s['done'] / max(s['rows'], 1):.1f}% done"),
+             f"  rows         {s['rows']} ({s['by_source']['ground truth']} ground truth, "
+             f"{s['by_source']['proposal']} proposals); done {s['done']}, missing {s['missing']}"
+             + ("" if s["complete"]
+                else f"  -- in progress: {100 * s['done'] / max(s['rows'], 1):.1f}% done"),
              f"  chunking     {s['chunking']['chunks']} chunks of {s['chunking']['chunk_rows']} rows, "
              f"{s['chunking']['chunks_done']} done",
              f"  on disk      {s['bytes'] / 2**20:.2f} MB ({s['bytes_per_row']:.0f} B/row)",
@@ -242,7 +248,8 @@ def _text(report: dict) -> str:
             if v["instances"]:
                 lines.append(f"| {name} | {v['instances']} | {v['prior_iou']:.3f} | {v['visible_iou']:.3f} |")
     if "png" in report:
-        lines += ["", f"picture: {report['png']} ({report['png_rows']} ROIs x {report['png_columns']} panels)"]
+        lines += ["",
+                  f"picture: {report['png']} ({report['png_rows']} ROIs x {report['png_columns']} panels)"]
     return "\n".join(lines)
 
 

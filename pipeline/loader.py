@@ -22,7 +22,8 @@ from .rois import RoiTable, image_rois
 def _cat(parts: list[RoiBatch]) -> RoiBatch:
     if len(parts) == 1:
         return parts[0]
-    return RoiBatch(*(torch.cat([getattr(p, f) for p in parts]) for f in ("images", "visible", "occluder", "boxes")),
+    return RoiBatch(*(torch.cat([getattr(p, f) for p in parts])
+                      for f in ("images", "visible", "occluder", "boxes")),
                     sum((p.categories for p in parts), []), sum((p.seeds for p in parts), []))
 
 
@@ -47,7 +48,8 @@ class ChunkRois(IterableDataset):
         pending_rows: list[np.ndarray] = []
         for start, stop in zip(starts, [*starts[1:], len(rows)], strict=True):
             group = rows[start:stop]
-            rois = image_rois(self.annotations, self.proposals, self.table, group, self.resolution, self.context)
+            rois = image_rois(self.annotations, self.proposals, self.table, group, self.resolution,
+                              self.context)
             for i in range(0, len(group), self.batch_size):
                 pending.append(rois[i:i + self.batch_size])
                 pending_rows.append(group[i:i + self.batch_size])

@@ -45,18 +45,20 @@ def _model_default(paper: object) -> str:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "precompute", help="compute DiffSP shape priors for a dataset's ROIs into a Zarr prior store",
-        description="Compute DiffSP priors for every ground-truth instance (and, with --proposals, every proposal) "
-                    "into a Zarr prior store. Resumes by default. DiffSP settings not given take the model's "
-                    f"defaults (its folder's {MODEL_DEFAULTS_FILE}), else the paper's. Same arguments under "
-                    "`accelerate launch [...] -m pipeline precompute`.")
-    p.add_argument("--ann", required=True, type=Path, help="annotation file (KINS 2020 / KINS / COCOA-cls / D2SA / aistron)")
+        description="Compute DiffSP priors for every ground-truth instance (and, with --proposals, every "
+                    "proposal) into a Zarr prior store. Resumes by default. DiffSP settings not given take "
+                    f"the model's defaults (its folder's {MODEL_DEFAULTS_FILE}), else the paper's. Same "
+                    "arguments under `accelerate launch [...] -m pipeline precompute`.")
+    p.add_argument("--ann", required=True, type=Path,
+                   help="annotation file (KINS 2020 / KINS / COCOA-cls / D2SA / aistron)")
     p.add_argument("--images", required=True, type=Path, help="folder of the annotation file's images")
     p.add_argument("--out", required=True, type=Path, help="prior store to create or resume (a .zarr folder)")
     p.add_argument("--proposals", type=Path,
                    help="COCO results JSON of detector proposals (README, section 'Computing priors')")
     p.add_argument("--format", choices=["kins2020", "kins", "cocoa", "d2sa", "aistron"],
                    help="annotation format (default: detected from the keys)")
-    p.add_argument("--model", default="tiny", help="'tiny', a local diffusers folder or a hub id (default: tiny)")
+    p.add_argument("--model", default="tiny",
+                   help="'tiny', a local diffusers folder or a hub id (default: tiny)")
     p.add_argument("--steps", type=int, help="DDIM steps T " + _model_default(PAPER_DEFAULTS["steps"]))
     p.add_argument("--tau", type=int, help="self-attention power " + _model_default(PAPER_DEFAULTS["tau"]))
     p.add_argument("--self-res", type=int,
@@ -76,12 +78,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="inpainting mask " + _model_default(PAPER_DEFAULTS["mask_mode"]))
     p.add_argument("--batch-size", type=int, default=16, help="ROIs per DiffSP batch (default: 16)")
     p.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="model dtype (default: fp32)")
-    p.add_argument("--seed", type=int, default=0, help="job seed; each ROI's noise derives from it (default: 0)")
-    p.add_argument("--chunk-rows", type=int, default=128, help="rows per Zarr chunk, the unit of work (default: 128)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="job seed; each ROI's noise derives from it (default: 0)")
+    p.add_argument("--chunk-rows", type=int, default=128,
+                   help="rows per Zarr chunk, the unit of work (default: 128)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                    help="image-decoding DataLoader workers per process (default: 2)")
-    p.add_argument("--skip-invalid", action="store_true", help="skip and count invalid records instead of stopping")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing store instead of resuming it")
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="skip and count invalid records instead of stopping")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing store instead of resuming it")
     p.add_argument("--limit", type=int, help="only the first N ROIs (in row order)")
     p.add_argument("--wait-timeout", type=float, default=1800,
                    help="seconds the main process waits for the others without any chunk finishing before it "
@@ -112,12 +118,15 @@ def _human_bytes(n: float) -> str:
 
 
 def _warn_single_cpu_process() -> None:
-    """`accelerate launch --cpu --num_processes N` without MPI starts one process: say so instead of hiding it."""
-    launched_for_many = os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_ADDR" in os.environ
+    """`accelerate launch --cpu --num_processes N` without MPI starts one process: say so instead of hiding
+    it."""
+    launched_for_many = (os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true"
+                         and "MASTER_ADDR" in os.environ)
     if launched_for_many and not launched_as_many():
-        print("aisdiff precompute: warning: running ONE process. Accelerate starts several CPU processes through "
-              "MPI only: use --config_file configs/accelerate/cpu_2proc.yaml, or add --mpirun_hostfile "
-              "configs/accelerate/hostfile (with the venv's bin/ on PATH for mpirun).", file=sys.stderr)
+        print("aisdiff precompute: warning: running ONE process. Accelerate starts several CPU processes "
+              "through MPI only: use --config_file configs/accelerate/cpu_2proc.yaml, or add "
+              "--mpirun_hostfile configs/accelerate/hostfile (with the venv's bin/ on PATH for mpirun).",
+              file=sys.stderr)
 
 
 def _diffsp(args: argparse.Namespace, device: torch.device) -> DiffSP:
@@ -222,7 +231,8 @@ def run(args: argparse.Namespace) -> int:
     _warn_single_cpu_process()
     accelerator = Accelerator()
     rank, main = accelerator.process_index, accelerator.is_main_process
-    if accelerator.device.type == "cpu" and accelerator.num_processes > 1:  # share the cores, don't oversubscribe
+    # share the cores, don't oversubscribe
+    if accelerator.device.type == "cpu" and accelerator.num_processes > 1:
         local = int(os.environ.get("LOCAL_WORLD_SIZE") or accelerator.num_processes)
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     started = time.perf_counter()

@@ -47,7 +47,8 @@ def enumerate_rois(annotations: AmodalAnnotations, proposals: Proposals | None, 
     source = np.array([e[1] for e in entries], dtype=np.uint8)
     key = np.array([e[2] for e in entries], dtype=np.int64)
     rows = Rows(box=np.array([e[3] for e in entries], dtype=np.float32).reshape(n, 4), image_id=image_id,
-                ann_id=np.where(source == SOURCE_GT, key, -1), category_id=[e[4] for e in entries], source=source)
+                ann_id=np.where(source == SOURCE_GT, key, -1), category_id=[e[4] for e in entries],
+                source=source)
     seeds = [gt_roi_seed(seed, i, k) if s == SOURCE_GT else proposal_roi_seed(seed, i, b)
              for i, s, k, b in zip(image_id, source, key, rows.box, strict=True)]
     return RoiTable(rows=rows, key=key, seeds=seeds)

@@ -1,4 +1,5 @@
-"""Amodal annotation files (KINS 2020, old KINS, COCOA-cls, D2SA, aistron) -> one normalized record per instance.
+"""Amodal annotation files (KINS 2020, old KINS, COCOA-cls, D2SA, aistron) -> one normalized record per
+instance.
 
 All formats are COCO-style JSON that differ only in the annotation keys for the amodal/visible masks and
 boxes (README, section 'Annotation formats'). Records keep the raw segmentations and decode them lazily,
@@ -58,9 +59,12 @@ class FormatSpec:
 
 
 FORMATS: dict[str, FormatSpec] = {
-    "kins2020": FormatSpec("kins2020", ("a_segm",), "i_segm", ("a_bbox",), "i_bbox", ("area", "a_area", "i_area")),
-    "kins": FormatSpec("kins", ("segmentation",), "inmodal_seg", ("bbox",), "inmodal_bbox", ("area", "inmodal_area")),
-    "cocoa": FormatSpec("cocoa", ("segmentation",), "visible_mask", ("bbox",), None, ("area", "occlude_rate")),
+    "kins2020": FormatSpec("kins2020", ("a_segm",), "i_segm", ("a_bbox",), "i_bbox",
+                           ("area", "a_area", "i_area")),
+    "kins": FormatSpec("kins", ("segmentation",), "inmodal_seg", ("bbox",), "inmodal_bbox",
+                       ("area", "inmodal_area")),
+    "cocoa": FormatSpec("cocoa", ("segmentation",), "visible_mask", ("bbox",), None,
+                        ("area", "occlude_rate")),
     "d2sa": FormatSpec("d2sa", ("segmentation",), "visible_mask", ("bbox",), None, ("area",)),
     "aistron": FormatSpec("aistron", ("amodal_segm", "segmentation"), "visible_segm", ("amodal_bbox", "bbox"),
                           "visible_bbox", ("amodal_area",)),
@@ -134,7 +138,8 @@ class Instance:
     @cached_property
     def visible_box(self) -> tuple[float, float, float, float]:
         """Visible box x1, y1, x2, y2: from the file where the format has one, else the visible mask's box."""
-        x, y, w, h = self.visible_box_xywh if self.visible_box_xywh is not None else masks.bbox_xywh(self.visible_rle)
+        x, y, w, h = (self.visible_box_xywh if self.visible_box_xywh is not None
+                      else masks.bbox_xywh(self.visible_rle))
         return (x, y, x + w, y + h)
 
     @cached_property
@@ -162,7 +167,8 @@ class Instance:
 
     def key(self) -> tuple:
         """Everything that defines the instance, for comparing records read from different formats."""
-        return (self.ann_id, self.image_id, self.category_id, self.category, self.amodal_box, self.visible_box,
+        return (self.ann_id, self.image_id, self.category_id, self.category, self.amodal_box,
+                self.visible_box,
                 self.amodal_rle["counts"], self.visible_rle["counts"], tuple(self.amodal_rle["size"]))
 
 
@@ -172,13 +178,15 @@ def parse_box(raw: Any, image: ImageInfo, key: str) -> tuple[float, float, float
     try:
         x, y, w, h = (float(v) for v in raw)
     except (TypeError, ValueError):
-        raise InvalidField("degenerate_box", f"'{key}' is {raw!r}, not four numbers [x, y, w, h]", "Fix the box.") from None
+        raise InvalidField("degenerate_box", f"'{key}' is {raw!r}, not four numbers [x, y, w, h]",
+                           "Fix the box.") from None
     if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
         raise InvalidField("degenerate_box", f"box '{key}' {[x, y, w, h]} has zero or negative area",
                            "Fix the box, or drop the record.")
     if min(x + w, image.width) - max(x, 0.0) <= 0 or min(y + h, image.height) - max(y, 0.0) <= 0:
         raise InvalidField("box_outside_image", f"box '{key}' {[x, y, w, h]} lies outside the "
-                           f"{image.width}x{image.height} image", "Fix the box or the image size in 'images'.")
+                           f"{image.width}x{image.height} image",
+                           "Fix the box or the image size in 'images'.")
     return (x, y, x + w, y + h)
 
 
@@ -192,9 +200,9 @@ def detect_format(annotations: Sequence[dict[str, Any]], path: str = "<annotatio
                 return name
     raise AnnotationError(
         f"{path}: unknown annotation format: none of the keys that mark a known format "
-        f"({', '.join(k for k, _ in _SIGNATURES)}) is in the annotations (keys found: {', '.join(sorted(seen)) or 'none'}). "
-        f"Supported formats: {', '.join(FORMAT_NAMES)} (README, section 'Annotation formats'); "
-        "convert the file or name its format explicitly."
+        f"({', '.join(k for k, _ in _SIGNATURES)}) is in the annotations (keys found: "
+        f"{', '.join(sorted(seen)) or 'none'}). Supported formats: {', '.join(FORMAT_NAMES)} (README, "
+        "section 'Annotation formats'); convert the file or name its format explicitly."
     )
 
 
@@ -211,7 +219,8 @@ def read_json(path: str | Path) -> Any:
     """Load a JSON file, turning a missing or malformed file into an error that names it and the position."""
     path = Path(path)
     if not path.is_file():
-        raise AnnotationError(f"{path}: file not found. Check the path (and that the dataset root is mounted).")
+        raise AnnotationError(
+            f"{path}: file not found. Check the path (and that the dataset root is mounted).")
     try:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
@@ -221,7 +230,8 @@ def read_json(path: str | Path) -> Any:
             "The file is truncated or not JSON; re-download or re-export it."
         ) from None
     except UnicodeDecodeError as exc:
-        raise AnnotationError(f"{path}: not a UTF-8 text file ({exc.reason}); is it the annotation JSON?") from None
+        raise AnnotationError(
+            f"{path}: not a UTF-8 text file ({exc.reason}); is it the annotation JSON?") from None
 
 
 class AmodalAnnotations:
@@ -233,7 +243,8 @@ class AmodalAnnotations:
     """
 
     def __init__(self, path: str | Path, *, format: str | None = None, images_dir: str | Path | None = None,
-                 skip_invalid: bool = False, check_masks: bool = True, visible_tolerance: float = 0.05) -> None:
+                 skip_invalid: bool = False, check_masks: bool = True,
+                 visible_tolerance: float = 0.05) -> None:
         self.path = Path(path)
         self.images_dir = Path(images_dir) if images_dir is not None else None
         self.skip_invalid = skip_invalid
@@ -245,8 +256,8 @@ class AmodalAnnotations:
         if not isinstance(data, dict) or not all(k in data for k in ("images", "annotations", "categories")):
             found = ", ".join(sorted(data)) if isinstance(data, dict) else type(data).__name__
             raise AnnotationError(
-                f"{self.path}: not a COCO-style annotation file: it needs top-level 'images', 'annotations' and "
-                f"'categories' (found: {found}). A detector results file goes to --proposals, not --ann."
+                f"{self.path}: not a COCO-style annotation file: it needs top-level 'images', 'annotations' "
+                f"and 'categories' (found: {found}). A detector results file goes to --proposals, not --ann."
             )
         if format is not None and format not in FORMATS:
             raise AnnotationError(f"unknown format {format!r}; choose one of {', '.join(FORMAT_NAMES)}")
@@ -276,13 +287,15 @@ class AmodalAnnotations:
                 raise AnnotationError(f"{self.path}: categories[{i}] needs 'id' and 'name' (got {cat!r}).")
             out[int(cat["id"])] = str(cat["name"])
         if not out:
-            raise AnnotationError(f"{self.path}: the 'categories' list is empty; every instance needs a category.")
+            raise AnnotationError(
+                f"{self.path}: the 'categories' list is empty; every instance needs a category.")
         return out
 
     def _read_images(self, images: list[dict[str, Any]]) -> dict[int, ImageInfo]:
         out: dict[int, ImageInfo] = {}
         for i, img in enumerate(images):
-            missing = [k for k in ("id", "file_name", "width", "height") if not isinstance(img, dict) or k not in img]
+            missing = [k for k in ("id", "file_name", "width", "height")
+                       if not isinstance(img, dict) or k not in img]
             if missing:
                 raise AnnotationError(
                     f"{self.path}: images[{i}] (id {img.get('id') if isinstance(img, dict) else '?'}) lacks "
@@ -292,7 +305,8 @@ class AmodalAnnotations:
                 raise AnnotationError(f"{self.path}: image {info.id} ({info.file_name}) has size "
                                       f"{info.width}x{info.height}; width and height must be positive.")
             if info.id in out:
-                raise AnnotationError(f"{self.path}: image id {info.id} appears twice in 'images'; ids must be unique.")
+                raise AnnotationError(
+                    f"{self.path}: image id {info.id} appears twice in 'images'; ids must be unique.")
             out[info.id] = info
         return out
 
@@ -329,14 +343,16 @@ class AmodalAnnotations:
         amodal_key = self._first_key(ann, spec.amodal_mask)
         box_key = self._first_key(ann, spec.amodal_box)
         required = {"id": "id", "image_id": "image_id", "category_id": "category_id",
-                    spec.amodal_mask[0]: amodal_key, spec.visible_mask: spec.visible_mask if spec.visible_mask in ann else None,
+                    spec.amodal_mask[0]: amodal_key,
+                    spec.visible_mask: spec.visible_mask if spec.visible_mask in ann else None,
                     spec.amodal_box[0]: box_key}
         if spec.visible_box is not None:
             required[spec.visible_box] = spec.visible_box if spec.visible_box in ann else None
         missing = [name for name, key in required.items() if key is None or key not in ann]
         if missing:
             self._invalid("missing_key", image_id, ann_id, f"missing key(s) {', '.join(missing)} for format "
-                          f"'{self.format}'", "Check that the file is in that format (or name the right one).")
+                          f"'{self.format}'",
+                          "Check that the file is in that format (or name the right one).")
             return None
         ann_id, image_id = int(ann_id), int(image_id)
         if ann.get("iscrowd", 0):
@@ -402,8 +418,8 @@ class AmodalAnnotations:
         outside = vis_area - masks.area(masks.intersection(visible, amodal))
         if outside > self.visible_tolerance * vis_area:
             self._invalid("visible_outside_amodal", inst.image_id, inst.ann_id,
-                          f"{outside} of {vis_area} visible pixels ({outside / vis_area:.1%}) lie outside the amodal "
-                          f"mask (tolerance {self.visible_tolerance:.0%})",
+                          f"{outside} of {vis_area} visible pixels ({outside / vis_area:.1%}) lie outside "
+                          f"the amodal mask (tolerance {self.visible_tolerance:.0%})",
                           "The visible and amodal masks are swapped or misaligned; check the format's keys.")
             return False
         return True
@@ -455,8 +471,8 @@ def occluder_rles(instances: Sequence[Instance],
     if not instances:
         return {}
     occ = occluder_masks([i.amodal_box for i in instances], [i.visible_box for i in instances],
-                         [i.visible_rle for i in instances], instances[0].image.height, instances[0].image.width,
-                         iou_threshold)
+                         [i.visible_rle for i in instances], instances[0].image.height,
+                         instances[0].image.width, iou_threshold)
     return {inst.ann_id: rle for inst, rle in zip(instances, occ, strict=True)}
 
 

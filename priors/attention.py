@@ -65,8 +65,8 @@ class AttentionSums:
         if self.self_sum is None or self.cross_sum is None:
             raise RuntimeError(
                 f"no attention captured at self {self.self_res}x{self.self_res} / cross {self.cross_res}x"
-                f"{self.cross_res}: the UNet has no attention layer at that resolution (check self_res/cross_res "
-                "against the model's latent size)")
+                f"{self.cross_res}: the UNet has no attention layer at that resolution (check "
+                "self_res/cross_res against the model's latent size)")
         return self.self_sum / self.self_count, self.cross_sum / self.cross_count
 
 
@@ -86,7 +86,8 @@ class CaptureAttnProcessor:
         self.sums, self.kind, self.name = sums, kind, name
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args, **kwargs):
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args,
+                 **kwargs):
         if attn.spatial_norm is not None or attn.group_norm is not None or hidden_states.ndim != 3:
             raise NotImplementedError(f"{self.name}: attention capture supports transformer-block attention "
                                       "(3-D tokens, no spatial/group norm) as in Stable Diffusion UNets")
@@ -142,8 +143,9 @@ def capture_attention(unet, latent_size: int, self_res: int, cross_res: int,
     for kind, res in wanted.items():
         if not any(k == kind and r == res for k, r in layers.values()):
             present = sorted({r for k, r in layers.values() if k == kind})
-            raise ValueError(f"the UNet has no {kind}-attention layer at {res}x{res} for latent size {latent_size} "
-                             f"(it has {kind}-attention at {present}); choose {kind}_res among those")
+            raise ValueError(f"the UNet has no {kind}-attention layer at {res}x{res} for latent size "
+                             f"{latent_size} (it has {kind}-attention at {present}); choose {kind}_res among "
+                             "those")
     with swapped_processors(unet, processors):
         yield sums
 

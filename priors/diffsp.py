@@ -211,10 +211,12 @@ class DiffSP:
         self.model = model
         self.config = (config or DiffSPConfig()).resolved(model)
         self.pipe = model.pipe
-        self.scheduler = DDIMScheduler.from_config(self.pipe.scheduler.config)  # own copy: set_timesteps mutates
+        # own copy: set_timesteps mutates
+        self.scheduler = DDIMScheduler.from_config(self.pipe.scheduler.config)
         self.scheduler.set_timesteps(self.config.steps, device=model.device)
         self.latent_size = self.config.resolution // self.pipe.vae_scale_factor
-        self._text: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # category -> (embedding, token weights)
+        # category -> (embedding, token weights)
+        self._text: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def attrs(self) -> dict:
@@ -257,7 +259,8 @@ class DiffSP:
         pipe, dev, dtype = self.pipe, self.model.device, self.pipe.unet.dtype
         visible = (batch.visible.to(dev) >= 0.5).to(dtype)
         hole = (batch.occluder.to(dev) >= 0.5) if self.config.mask_mode == "occluder" else (visible < 0.5)
-        masked = (batch.images.to(dev, dtype) * 2 - 1) * visible  # blank (0 in [-1, 1]) all but visible pixels
+        # blank (0 in [-1, 1]) all but visible pixels
+        masked = (batch.images.to(dev, dtype) * 2 - 1) * visible
         with torch.no_grad():
             masked_latents = pipe.vae.encode(masked).latent_dist.mode() * pipe.vae.config.scaling_factor
             mask_latent = F.interpolate(hole.to(dtype), size=masked_latents.shape[-2:])
@@ -269,7 +272,8 @@ class DiffSP:
                 text = torch.cat([self._text[""][0].expand_as(text), text])
             latents = self._noise(batch.seeds) * self.scheduler.init_noise_sigma
             for t in self.scheduler.timesteps:
-                x = torch.cat([self.scheduler.scale_model_input(latents, t), mask_latent, masked_latents], dim=1)
+                x = torch.cat([self.scheduler.scale_model_input(latents, t), mask_latent, masked_latents],
+                              dim=1)
                 if cfg:
                     x = torch.cat([x, x])
                 eps = pipe.unet(x, t, encoder_hidden_states=text).sample
@@ -306,9 +310,11 @@ class DiffSP:
         a_c = F.interpolate(a_c.view(n, 1, cfg.cross_res, cfg.cross_res), size=(cfg.self_res, cfg.self_res),
                             mode="bilinear", align_corners=False).view(n, -1, 1)
         prior = a_c
-        for _ in range(cfg.tau if tau is None else tau):  # (A_S)^tau . A_C as tau mat-vec products: no matrix power is formed
+        # (A_S)^tau . A_C as tau mat-vec products: no matrix power is formed
+        for _ in range(cfg.tau if tau is None else tau):
             prior = torch.bmm(a_self, prior)
-        return grid_to_priors(prior.view(n, cfg.self_res, cfg.self_res), boxes, cfg.resolution, cfg.prior_size)
+        return grid_to_priors(prior.view(n, cfg.self_res, cfg.self_res), boxes, cfg.resolution,
+                              cfg.prior_size)
 
 
 def grid_to_priors(grid: torch.Tensor, boxes: torch.Tensor, resolution: int, prior_size: int) -> torch.Tensor:

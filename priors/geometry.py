@@ -78,7 +78,8 @@ def paste_priors(priors: torch.Tensor, boxes: torch.Tensor, height: int, width: 
     """Place priors [N, S, S] covering `boxes` into images of height x width -> [N, H, W] (0 off the box)."""
     image_frame = torch.tensor([[0.0, 0.0, float(width), float(height)]], device=priors.device)
     # the whole image in each prior's cell coordinates, sampled at every pixel centre
-    region = boxes_in_frame(image_frame.expand(len(boxes), 4), as_boxes(boxes, priors.device), priors.shape[-1])
+    region = boxes_in_frame(image_frame.expand(len(boxes), 4), as_boxes(boxes, priors.device),
+                            priors.shape[-1])
     return roi_resample(priors[:, None].double(), region, (height, width))[:, 0].float()
 
 

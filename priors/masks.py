@@ -23,11 +23,14 @@ def to_rle(segm: Any, height: int, width: int) -> RLE:
     if isinstance(segm, list):
         polygons = [p for p in segm if isinstance(p, list | tuple)]
         if not polygons or len(polygons) != len(segm):
-            raise MaskFormatError("polygon segmentation must be a non-empty list of [x1, y1, x2, y2, ...] lists")
+            raise MaskFormatError(
+                "polygon segmentation must be a non-empty list of [x1, y1, x2, y2, ...] lists")
         for poly in polygons:
             if len(poly) < 6 or len(poly) % 2:
-                raise MaskFormatError(f"polygon with {len(poly)} coordinates (need an even number, at least 6)")
-        return mask_utils.merge(mask_utils.frPyObjects([list(map(float, p)) for p in polygons], height, width))
+                raise MaskFormatError(
+                    f"polygon with {len(poly)} coordinates (need an even number, at least 6)")
+        return mask_utils.merge(mask_utils.frPyObjects([list(map(float, p)) for p in polygons], height,
+                                                       width))
     if isinstance(segm, dict) and "counts" in segm and "size" in segm:
         size = list(segm["size"])
         if size != [height, width]:
@@ -35,14 +38,16 @@ def to_rle(segm: Any, height: int, width: int) -> RLE:
         counts = segm["counts"]
         if isinstance(counts, list):  # uncompressed RLE
             if sum(counts) != height * width:
-                raise MaskFormatError(f"uncompressed RLE counts sum to {sum(counts)}, expected {height * width}")
+                raise MaskFormatError(
+                    f"uncompressed RLE counts sum to {sum(counts)}, expected {height * width}")
             return mask_utils.frPyObjects(segm, height, width)
         if isinstance(counts, str):
             counts = counts.encode("ascii")
         if not isinstance(counts, bytes):
             raise MaskFormatError(f"RLE counts of type {type(counts).__name__} (expected str, bytes or list)")
         return {"size": size, "counts": counts}
-    raise MaskFormatError(f"unsupported segmentation of type {type(segm).__name__} (expected polygons or RLE)")
+    raise MaskFormatError(
+        f"unsupported segmentation of type {type(segm).__name__} (expected polygons or RLE)")
 
 
 def encode(mask: np.ndarray) -> RLE:
@@ -102,4 +107,5 @@ def box_iou_xyxy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def rle_to_json(rle: RLE) -> dict[str, Any]:
     """A compressed RLE with str counts, as COCO JSON files store it."""
     counts = rle["counts"]
-    return {"size": list(rle["size"]), "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+    return {"size": list(rle["size"]),
+            "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}

@@ -73,7 +73,8 @@ class DiffusionModel:
 
 
 def weights_sha256(pipe) -> str:
-    """sha256 over the UNet, VAE and text encoder weights (names, dtypes, shapes and bytes, sorted by name)."""
+    """sha256 over the UNet, VAE and text encoder weights (names, dtypes, shapes and bytes, sorted by
+    name)."""
     digest = hashlib.sha256()
     for component in COMPONENTS:
         for name, tensor in sorted(getattr(pipe, component).state_dict().items()):
@@ -88,15 +89,16 @@ def _refuse_pickle_weights(folder: Path) -> None:
     for component in COMPONENTS:
         sub = folder / component
         if not sub.is_dir():
-            raise AisdiffError(f"{folder}: no '{component}/' folder; a Stable Diffusion inpainting model folder "
-                               "(diffusers layout, as written by save_pretrained) has unet/, vae/, text_encoder/, "
-                               "tokenizer/ and scheduler/.")
+            raise AisdiffError(f"{folder}: no '{component}/' folder; a Stable Diffusion inpainting model "
+                               "folder (diffusers layout, as written by save_pretrained) has unet/, vae/, "
+                               "text_encoder/, tokenizer/ and scheduler/.")
         if not any(sub.glob("*.safetensors")):
             pickles = sorted(p.name for p in sub.iterdir() if p.suffix in PICKLE_SUFFIXES)
             found = f" (found pickle weights: {', '.join(pickles)})" if pickles else ""
             raise AisdiffError(
-                f"{sub}: no .safetensors weights{found}. Pickle checkpoints are refused because loading them can "
-                "run arbitrary code; convert the model with diffusers' save_pretrained(..., safe_serialization=True).")
+                f"{sub}: no .safetensors weights{found}. Pickle checkpoints are refused because loading them "
+                "can run arbitrary code; convert the model with diffusers' save_pretrained(..., "
+                "safe_serialization=True).")
 
 
 def _model_path(model: str) -> Path:
@@ -134,8 +136,8 @@ def load_model(model: str, dtype: str = "fp32", device: str | torch.device = "cp
     else:
         path = _model_path(model)
         if model == "tiny" and not path.is_dir():
-            raise AisdiffError(f"the shipped tiny model is missing ({path}); restore it from git, or retrain it "
-                               "with `aisdiff train-diffusion` (see its model card).")
+            raise AisdiffError(f"the shipped tiny model is missing ({path}); restore it from git, or retrain "
+                               "it with `aisdiff train-diffusion` (see its model card).")
         if path.suffix in PICKLE_SUFFIXES or path.suffix == ".safetensors":
             raise AisdiffError(f"{model}: single-file checkpoints are not supported"
                                + (" (and pickle files are refused)" if path.suffix in PICKLE_SUFFIXES else "")
@@ -148,8 +150,8 @@ def load_model(model: str, dtype: str = "fp32", device: str | torch.device = "cp
                 safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         except (OSError, ValueError) as exc:
             raise AisdiffError(
-                f"could not load the inpainting model {model!r}: {exc}. Pass a local diffusers folder, or a hub id "
-                "that is in the Hugging Face cache (HF_HOME) when there is no network.") from None
+                f"could not load the inpainting model {model!r}: {exc}. Pass a local diffusers folder, or a "
+                "hub id that is in the Hugging Face cache (HF_HOME) when there is no network.") from None
         name = model if model == "tiny" else str(path.resolve()) if path.exists() else model
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)

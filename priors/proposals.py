@@ -39,7 +39,8 @@ class Proposal:
 
 
 class Proposals:
-    """A validated proposals file, checked against the annotation file that names its images and categories."""
+    """A validated proposals file, checked against the annotation file that names its images and
+    categories."""
 
     def __init__(self, path: str | Path, annotations: AmodalAnnotations, skip_invalid: bool = False) -> None:
         self.path = Path(path)
@@ -60,7 +61,8 @@ class Proposals:
         self._by_index = {p.index: p for p in self.items}
 
     def _invalid(self, reason, index: int, image_id, problem: str, fix: str) -> None:
-        message = f"{self.path}: proposal #{index} (image {image_id if image_id is not None else '?'}): {problem}. {fix}"
+        message = (f"{self.path}: proposal #{index} (image {image_id if image_id is not None else '?'}): "
+                   f"{problem}. {fix}")
         if not self.skip_invalid:
             raise AnnotationError(message + " (Or skip invalid records with --skip-invalid.)")
         self.invalid.append(InvalidRecord(reason, str(self.path), image_id, None, message))

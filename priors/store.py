@@ -82,7 +82,8 @@ def settings_differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list
         if key in STRUCTURE_ATTRS:
             continue
         if stored.get(key, "<missing>") != wanted.get(key, "<missing>"):
-            lines.append(f"{key}: store has {stored.get(key, '<missing>')!r}, requested {wanted.get(key, '<missing>')!r}")
+            lines.append(f"{key}: store has {stored.get(key, '<missing>')!r}, requested "
+                         f"{wanted.get(key, '<missing>')!r}")
     return lines
 
 
@@ -95,11 +96,13 @@ class PriorStore:
 
         self.path = Path(path)
         if not (self.path / "zarr.json").is_file():
-            raise StoreError(f"{self.path}: not a prior store (no zarr.json). Run `aisdiff precompute` to make one.")
+            raise StoreError(
+                f"{self.path}: not a prior store (no zarr.json). Run `aisdiff precompute` to make one.")
         try:
             self.group = zarr.open_group(str(self.path), mode=mode)
         except Exception as exc:  # zarr raises several types for unreadable metadata
-            raise StoreError(f"{self.path}: damaged prior store: cannot open the Zarr group ({exc}).") from None
+            raise StoreError(
+                f"{self.path}: damaged prior store: cannot open the Zarr group ({exc}).") from None
         self.attrs: dict[str, Any] = dict(self.group.attrs)
         self._check_structure()
         self.rows_total = int(self.attrs["rows"])
@@ -165,8 +168,9 @@ class PriorStore:
                              "Pass --overwrite to start over, or choose another --out.")
         if not store.rows().equals(rows):
             raise StoreError(
-                f"{path}: the store's {store.rows_total} rows are not the {len(rows)} ROIs this job enumerates "
-                "(other annotations, proposals or --limit). Pass --overwrite to start over, or choose another --out.")
+                f"{path}: the store's {store.rows_total} rows are not the {len(rows)} ROIs this job "
+                "enumerates (other annotations, proposals or --limit). Pass --overwrite to start over, or "
+                "choose another --out.")
         return store, True
 
     def _check_structure(self) -> None:
@@ -185,8 +189,8 @@ class PriorStore:
         if not problems:
             problems += self._array_problems()
         if problems:
-            raise StoreError(f"{self.path}: damaged prior store: {'; '.join(problems)}. It cannot be used as it is: "
-                             "rerun the job with --overwrite (or another --out) to rebuild it.")
+            raise StoreError(f"{self.path}: damaged prior store: {'; '.join(problems)}. It cannot be used as "
+                             "it is: rerun the job with --overwrite (or another --out) to rebuild it.")
 
     def _array_problems(self) -> list[str]:
         rows, s = int(self.attrs["rows"]), int(self.attrs["prior_size"])
@@ -199,17 +203,20 @@ class PriorStore:
             if np.dtype(arr.dtype) != np.dtype(dtype):
                 problems.append(f"array {name} has dtype {arr.dtype}, expected {np.dtype(dtype)}")
             if arr.chunks[0] != int(self.attrs["chunk_rows"]):
-                problems.append(f"array {name} is chunked by {arr.chunks[0]} rows, expected {self.attrs['chunk_rows']}")
+                problems.append(
+                    f"array {name} is chunked by {arr.chunks[0]} rows, expected {self.attrs['chunk_rows']}")
         lengths = {name: self.group[name].shape[0] for name in ARRAYS}
         if len(set(lengths.values())) > 1:
-            problems.insert(0, f"arrays disagree in length ({', '.join(f'{k} {v}' for k, v in lengths.items())})")
+            problems.insert(
+                0, f"arrays disagree in length ({', '.join(f'{k} {v}' for k, v in lengths.items())})")
         return problems
 
     def check_settings(self, settings: dict[str, Any]) -> None:
         diffs = settings_differences({k: v for k, v in self.attrs.items()}, settings)
         if diffs:
             raise StoreError(f"{self.path} was made with other settings:\n  " + "\n  ".join(diffs) +
-                             "\nPass --overwrite to start over with the new settings, or choose another --out.")
+                             "\nPass --overwrite to start over with the new settings, or choose another "
+                             "--out.")
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -256,11 +263,13 @@ class PriorStore:
         arr = self.group[name]
         if isinstance(sel, slice):
             return arr[sel]
-        return arr.get_orthogonal_selection((np.asarray(sel, dtype=np.int64),) + (slice(None),) * (arr.ndim - 1))
+        return arr.get_orthogonal_selection((np.asarray(sel, dtype=np.int64),)
+                                            + (slice(None),) * (arr.ndim - 1))
 
     def priors(self, index: slice | np.ndarray | list[int]) -> np.ndarray:
         """Priors of the given rows as float32 [k, S, S]."""
-        return self._read("prior", index if isinstance(index, slice) else np.asarray(index)).astype(np.float32)
+        return self._read("prior",
+                          index if isinstance(index, slice) else np.asarray(index)).astype(np.float32)
 
     def rows_of_image(self, image_id: int) -> np.ndarray:
         """Row indices of an image (an index over `image_id`, built once on first use)."""

@@ -191,7 +191,8 @@ def _visible_masks(amodal: list[np.ndarray]) -> list[np.ndarray]:
 def make_scene(seed: int, split: str, index: int) -> Scene:
     """One image with its objects, deterministic in (seed, split, index)."""
     rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
-    height, width = (int(rng.integers(IMAGE_SIZE_RANGE[0] // 32, IMAGE_SIZE_RANGE[1] // 32 + 1)) * 32 for _ in "hw")
+    height, width = (int(rng.integers(IMAGE_SIZE_RANGE[0] // 32, IMAGE_SIZE_RANGE[1] // 32 + 1)) * 32
+                     for _ in "hw")
     count = int(rng.integers(OBJECTS_PER_IMAGE[0], OBJECTS_PER_IMAGE[1] + 1))
     objects: list[SceneObject] = []
     for _ in range(count):
@@ -256,8 +257,9 @@ def write_split(out: Path, split: str, num_images: int, seed: int, fmt: str, fir
         for obj, visible in zip(scene.objects, scene.visible, strict=True):
             amodal_rle, visible_rle = masks.encode(obj.amodal), masks.encode(visible)
             a_area, v_area = masks.area(amodal_rle), masks.area(visible_rle)
-            anns.append(spec.encode(ann_id, image_id, obj.category_id, [obj.polygon], masks.rle_to_json(visible_rle),
-                                    masks.bbox_xywh(amodal_rle), masks.bbox_xywh(visible_rle), a_area, v_area))
+            anns.append(spec.encode(ann_id, image_id, obj.category_id, [obj.polygon],
+                                    masks.rle_to_json(visible_rle), masks.bbox_xywh(amodal_rle),
+                                    masks.bbox_xywh(visible_rle), a_area, v_area))
             stats.per_category[dict(CATEGORIES)[obj.category_id]] += 1
             stats.occlusion[occlusion_bucket(1 - v_area / a_area)] += 1
             ann_id += 1

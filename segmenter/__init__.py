@@ -14,7 +14,14 @@ from .hooks import FreezeModulesHook
 from .mask_head import AISDiffMaskHead
 from .metric import AmodalMetric
 from .prior_context import PriorContext
-from .prior_providers import CachedPriors, NoPriors, OnTheFlyPriors, OraclePriors, PriorProvider, ProposalCachePriors
+from .prior_providers import (
+    CachedPriors,
+    NoPriors,
+    OnTheFlyPriors,
+    OraclePriors,
+    PriorProvider,
+    ProposalCachePriors,
+)
 from .roi_head import AISDiffRoIHead
 from .transforms import (
     AmodalPad,
@@ -31,6 +38,6 @@ allow_mmengine_checkpoints()
 __all__ = [
     "AISDiff", "AISDiffMaskHead", "AISDiffRoIHead", "AmodalDataset", "AmodalMetric", "AmodalPad",
     "AmodalRandomCrop", "AmodalRandomFlip", "AmodalResize", "CachedPriors", "FreezeModulesHook",
-    "LoadAmodalAnnotations", "LoadCachedPriors", "NoPriors", "OnTheFlyPriors", "OraclePriors", "PackAmodalInputs",
-    "PriorContext", "PriorProvider", "ProposalCachePriors",
+    "LoadAmodalAnnotations", "LoadCachedPriors", "NoPriors", "OnTheFlyPriors", "OraclePriors",
+    "PackAmodalInputs", "PriorContext", "PriorProvider", "ProposalCachePriors",
 ]

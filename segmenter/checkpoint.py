@@ -28,8 +28,9 @@ TRUST_ENV = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"  # torch's own switch to full unp
 
 
 HISTORY_STATISTICS = ("min", "max", "current", "mean")  # HistoryBuffer's methods, pickled via getattr
+# never object arrays: their items are pickles
 NUMERIC_DTYPES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16",
-                  "float32", "float64", "complex64", "complex128")  # never object arrays: their items are pickles
+                  "float32", "float64", "complex64", "complex128")
 
 
 def history_buffer_method(owner: object, name: str):
@@ -50,8 +51,8 @@ def mmengine_checkpoint_types() -> list:
     core = np._core.multiarray
     dtype_classes = [type(np.dtype(name)) for name in NUMERIC_DTYPES]
     return [HistoryBuffer, np.ndarray, np.dtype, *dtype_classes, core._reconstruct, core.scalar,
-            (core._reconstruct, "numpy.core.multiarray._reconstruct"), (core.scalar, "numpy.core.multiarray.scalar"),
-            (history_buffer_method, "builtins.getattr")]
+            (core._reconstruct, "numpy.core.multiarray._reconstruct"),
+            (core.scalar, "numpy.core.multiarray.scalar"), (history_buffer_method, "builtins.getattr")]
 
 
 def allow_mmengine_checkpoints() -> None:
@@ -78,7 +79,8 @@ def trusted_checkpoints(trust: bool) -> Iterator[None]:
 
 
 def refused_checkpoint(exc: pickle.UnpicklingError) -> AisdiffError:
-    """The error for a checkpoint that torch's weights-only unpickler refused, naming the type and the opt-in."""
+    """The error for a checkpoint that torch's weights-only unpickler refused, naming the type and the
+    opt-in."""
     found = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
     what = f"the type {', '.join(dict.fromkeys(found))}" if found else "a type outside the allow-list"
     return AisdiffError(

@@ -15,13 +15,16 @@ from priors.errors import AisdiffError
 def _common(p: argparse.ArgumentParser) -> None:
     from mmengine.config import DictAction
 
-    p.add_argument("config", type=Path, help="an mmdet config (e.g. configs/aisdiff/aisdiff_r18_fpn_synthetic.py)")
-    p.add_argument("--work-dir", type=Path, help="where logs and checkpoints go (default: work_dirs/CONFIG_NAME)")
+    p.add_argument("config", type=Path,
+                   help="an mmdet config (e.g. configs/aisdiff/aisdiff_r18_fpn_synthetic.py)")
+    p.add_argument("--work-dir", type=Path,
+                   help="where logs and checkpoints go (default: work_dirs/CONFIG_NAME)")
     p.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
                    help="override config settings, e.g. train_cfg.max_iters=10 train_dataloader.batch_size=4")
     p.add_argument("--trust-checkpoint", action="store_true",
-                   help="load checkpoints with full unpickling, which can run code stored in the file: only for "
-                        "files you made or trust (default: torch's weights-only loading, mmengine's types allowed)")
+                   help="load checkpoints with full unpickling, which can run code stored in the file: only "
+                        "for files you made or trust (default: torch's weights-only loading, mmengine's "
+                        "types allowed)")
 
 
 def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -35,13 +38,18 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def add_test_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("test", help="test a checkpoint and print amodal / visible AP",
-                              description="Evaluate a checkpoint: amodal and visible AP/AR (pycocotools), AP by "
-                                          "occlusion rate; optionally write the predictions as a proposals file.")
+                              description="Evaluate a checkpoint: amodal and visible AP/AR (pycocotools), AP "
+                                          "by occlusion rate; optionally write the predictions as a "
+                                          "proposals file.")
     _common(p)
-    p.add_argument("checkpoint", type=Path, help="checkpoint file (.pth), loaded weights-only (see --trust-checkpoint)")
-    p.add_argument("--dump-proposals", type=Path, help="write the detections as a proposals file (README: Computing priors)")
-    p.add_argument("--out-prefix", type=Path, help="also write COCO results JSON: PREFIX.{amodal,visible}.segm.json")
-    p.add_argument("--metrics-json", type=Path, help="write the metrics as JSON (default: WORK_DIR/metrics.json)")
+    p.add_argument("checkpoint", type=Path,
+                   help="checkpoint file (.pth), loaded weights-only (see --trust-checkpoint)")
+    p.add_argument("--dump-proposals", type=Path,
+                   help="write the detections as a proposals file (README: Computing priors)")
+    p.add_argument("--out-prefix", type=Path,
+                   help="also write COCO results JSON: PREFIX.{amodal,visible}.segm.json")
+    p.add_argument("--metrics-json", type=Path,
+                   help="write the metrics as JSON (default: WORK_DIR/metrics.json)")
     p.set_defaults(func=run_test)
 
 

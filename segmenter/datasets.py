@@ -34,7 +34,8 @@ class AmodalDataset(BaseDetDataset):
         names = list(self._metainfo["classes"])
         unknown = [ann.categories[c] for c in cat_ids if ann.categories[c] not in names]
         if unknown:
-            raise ValueError(f"{self.ann_file}: categories {unknown} are not among the configured classes {names}")
+            raise ValueError(
+                f"{self.ann_file}: categories {unknown} are not among the configured classes {names}")
         self.cat2label = {c: names.index(ann.categories[c]) for c in cat_ids}
         self.label2cat = {v: k for k, v in self.cat2label.items()}
         data = []

@@ -67,8 +67,8 @@ class MaskPredictor(nn.Sequential):
         # near-zero logits at the start (Detectron2's mask predictor): Kaiming's fan_out of 1 gives logits of
         # std 4 to 12 here, whose early gradients saturate the amodal gate and kill the amodal path
         normal_init(logits, std=0.001)
-        super().__init__(kaiming_init_(nn.ConvTranspose2d(channels, channels, 2, stride=2)), nn.ReLU(inplace=True),
-                         logits)
+        super().__init__(kaiming_init_(nn.ConvTranspose2d(channels, channels, 2, stride=2)),
+                         nn.ReLU(inplace=True), logits)
 
 
 class OcclusionBranch(nn.Module):
@@ -121,21 +121,26 @@ class AISDiffMaskHead(BaseModule):
         classifier = nn.Linear(conv_channels, num_classes)
         normal_init(classifier, std=0.01)  # as mmdet's box classifier
         self.cls_fc = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), classifier)
-        self.amodal_features = nn.Sequential(*[_conv3x3(in_channels if i == 0 else conv_channels, conv_channels)
+        self.amodal_features = nn.Sequential(*[_conv3x3(in_channels if i == 0 else conv_channels,
+                                                        conv_channels)
                                                for i in range(num_amodal_convs)])
         self.attention = self._gate(conv_channels, num_attention_convs) if num_attention_convs else None
-        # per category, as mmdet's FCNMaskHead (class_agnostic=False): the channel of the class the prior is for
+        # per category, as mmdet's FCNMaskHead (class_agnostic=False): the channel of the class the prior is
+        # for
         self.amodal_predictor = MaskPredictor(conv_channels, 1 if class_agnostic_amodal else num_classes)
-        self.loss_mask = MODELS.build(loss_mask or dict(type="CrossEntropyLoss", use_mask=True, loss_weight=1.0))
-        self.loss_cls = MODELS.build(loss_cls or dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0))
+        self.loss_mask = MODELS.build(loss_mask or dict(type="CrossEntropyLoss", use_mask=True,
+                                                        loss_weight=1.0))
+        self.loss_cls = MODELS.build(loss_cls or dict(type="CrossEntropyLoss", use_sigmoid=False,
+                                                      loss_weight=1.0))
         self.loss_weights = {"amodal": 1.0, "visible": 1.0, "occluder": 1.0, **(loss_weights or {})}
 
     @staticmethod
     def _gate(channels: int, num_convs: int) -> nn.Sequential:
-        """`num_convs` 3x3 convs to one channel (sigmoid applied in forward): the learned spatial attention."""
+        """`num_convs` 3x3 convs to one channel (sigmoid applied in forward): the learned spatial
+        attention."""
         gate = nn.Conv2d(channels, 1, 3, padding=1)
-        # the gate starts at sigmoid(0) = 1/2 everywhere: it scales the prior evenly until it has learned where
-        # to look (as a non-local block starts at the identity)
+        # the gate starts at sigmoid(0) = 1/2 everywhere: it scales the prior evenly until it has learned
+        # where to look (as a non-local block starts at the identity)
         constant_init(gate, 0)
         return nn.Sequential(*[_conv3x3(channels, channels) for _ in range(num_convs - 1)], gate)
 
@@ -147,8 +152,8 @@ class AISDiffMaskHead(BaseModule):
                 "cls": self.cls_fc(vis)}
 
     def forward_amodal(self, feats: Tensor, shape_priors: Tensor, labels: Tensor) -> Tensor:
-        """Amodal mask logits [n, 1, 28, 28] from RoI features and shape priors [n, S, S] in [0, 1]; per-category
-        heads give the channel of `labels` [n] (the classes the priors are for)."""
+        """Amodal mask logits [n, 1, 28, 28] from RoI features and shape priors [n, S, S] in [0, 1];
+        per-category heads give the channel of `labels` [n] (the classes the priors are for)."""
         amodal = self.amodal_features(feats)
         prior = F.interpolate(shape_priors[:, None].to(amodal.dtype), size=amodal.shape[-2:], mode="bilinear",
                               align_corners=False)
@@ -160,13 +165,15 @@ class AISDiffMaskHead(BaseModule):
         return logits[torch.arange(len(logits), device=logits.device), labels.long()][:, None]
 
     def forward(self, feats: Tensor, shape_priors: Tensor, labels: Tensor) -> dict[str, Tensor]:
-        """Every output of the head; `labels` [n] are the classes of the priors (the ground truth's in training)."""
+        """Every output of the head; `labels` [n] are the classes of the priors (the ground truth's in
+        training)."""
         out = self.forward_visible(feats)
         out["amodal"] = self.forward_amodal(feats, shape_priors, labels)
         return out
 
     def get_targets(self, sampling_results, batch_gt_instances, rcnn_train_cfg) -> dict[str, Tensor]:
-        """Amodal, visible and occluder mask targets [P, 28, 28] of the positive proposals (as FCNMaskHead's)."""
+        """Amodal, visible and occluder mask targets [P, 28, 28] of the positive proposals (as
+        FCNMaskHead's)."""
         proposals = [res.pos_priors for res in sampling_results]
         assigned = [res.pos_assigned_gt_inds for res in sampling_results]
         return {kind: mask_target(proposals, assigned, [gt[key] for gt in batch_gt_instances], rcnn_train_cfg)

@@ -36,7 +36,8 @@ def coco_eval(gt: dict, detections: list[dict]) -> np.ndarray:
         coco_gt = COCO()
         coco_gt.dataset = gt
         coco_gt.createIndex()
-        evaluator = COCOeval(coco_gt, coco_gt.loadRes([dict(d) for d in detections]), "segm")  # loadRes edits them
+        # loadRes edits them
+        evaluator = COCOeval(coco_gt, coco_gt.loadRes([dict(d) for d in detections]), "segm")
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
@@ -65,8 +66,8 @@ class AmodalMetric(BaseMetric):
     default_prefix = None
 
     def __init__(self, ann_file: str, ann_format: str | None = None, skip_invalid: bool = False,
-                 outfile_prefix: str | None = None, proposals_file: str | None = None, collect_device: str = "cpu",
-                 prefix: str | None = None) -> None:
+                 outfile_prefix: str | None = None, proposals_file: str | None = None,
+                 collect_device: str = "cpu", prefix: str | None = None) -> None:
         super().__init__(collect_device=collect_device, prefix=prefix)
         self.ann_file, self.ann_format, self.skip_invalid = ann_file, ann_format, skip_invalid
         self.outfile_prefix, self.proposals_file = outfile_prefix, proposals_file
@@ -110,7 +111,8 @@ class AmodalMetric(BaseMetric):
         amodal_dets = self._detections(results, label2cat, "amodal")
         for bucket in OCCLUSION_BUCKETS:
             outside = {i.ann_id for i in ann if not bucket.contains(i.occlusion_rate)}
-            metrics[f"amodal/AP_occ_{bucket.name}"] = coco_eval(ground_truth(ann, "amodal", outside), amodal_dets)[0]
+            metrics[f"amodal/AP_occ_{bucket.name}"] = coco_eval(ground_truth(ann, "amodal", outside),
+                                                                amodal_dets)[0]
         if self.proposals_file:
             self._dump(self.proposals_file, self._proposals(results, label2cat))
             logger.info(f"wrote proposals to {self.proposals_file}")
@@ -124,14 +126,15 @@ class AmodalMetric(BaseMetric):
         out and counted in the log."""
         records, empty = [], 0
         for r in results:
-            for box, label, score, vis, occ in zip(r["bboxes"], r["prior_labels"], r["scores"], r["visible_masks"],
-                                                   r["occluder_masks"], strict=True):
+            for box, label, score, vis, occ in zip(r["bboxes"], r["prior_labels"], r["scores"],
+                                                   r["visible_masks"], r["occluder_masks"], strict=True):
                 if masks.area(vis) == 0:
                     empty += 1
                     continue
                 records.append(proposal_record(r["img_id"], box, label2cat[int(label)], score, vis, occ))
         if empty:
-            MMLogger.get_current_instance().info(f"proposals: left out {empty} detections with an empty visible mask")
+            MMLogger.get_current_instance().info(f"proposals: left out {empty} detections with an empty "
+                                                 "visible mask")
         return records
 
     @staticmethod

@@ -38,7 +38,8 @@ class PriorContext:
         return cls(images=images, image_shapes=shapes, image_ids=ids, classes=classes)
 
     def image(self, index: int, who: str) -> Tensor:
-        """Image `index` without its padding, [3, h, w] RGB in [0, 1]; `who` (the provider) is named in errors."""
+        """Image `index` without its padding, [3, h, w] RGB in [0, 1]; `who` (the provider) is named in
+        errors."""
         if self.images is None:
             raise AisdiffError(f"{who} needs the input images, but the detector passed none: it declares "
                                "`needs_images = True` so that the detector hands them over")

@@ -57,8 +57,8 @@ class PriorProvider:
 
     def _refusal(self, role: str) -> AisdiffError:
         can = " and ".join(f"{r}_prior" for r in ROLES if self.serves(r)) or "nothing"
-        return AisdiffError(f"{type(self).__name__} gives no {role} priors (it serves as {can}); set {role}_prior "
-                            "in the config to a provider that does (README: prior providers)")
+        return AisdiffError(f"{type(self).__name__} gives no {role} priors (it serves as {can}); set "
+                            f"{role}_prior in the config to a provider that does (README: prior providers)")
 
     def training_priors(self, sampling_results, batch_gt_instances, context: PriorContext) -> Tensor:
         """Priors [P, S, S] of the positive proposals of every image in the batch, in sampling order."""
@@ -106,8 +106,10 @@ class DiffSPRunner:
         stored = {k: v for k, v in PriorStore.open(path).settings.items() if k not in DATASET_SETTINGS}
         diffs = settings_differences(stored, self._diffsp.attrs)
         if diffs:
-            raise AisdiffError(f"on-the-fly DiffSP settings differ from the store {path} (training priors):\n  "
-                               + "\n  ".join(diffs) + "\nUse the store's settings in test_prior, or another store.")
+            raise AisdiffError(f"on-the-fly DiffSP settings differ from the store {path} (training "
+                               "priors):\n  "
+                               + "\n  ".join(diffs)
+                               + "\nUse the store's settings in test_prior, or another store.")
 
     def compute(self, image: Tensor, boxes: Tensor, visible: Tensor, occluder: Tensor, categories: list[str],
                 seeds: list[int]) -> Tensor:
@@ -131,13 +133,14 @@ class CachedPriors(PriorProvider):
         if diffsp is not None and not self.classes:
             raise AisdiffError("CachedPriors(diffsp=...) needs classes=(...) in diffsp: the class names that "
                                "complete DiffSP's prompt, in label order (the config's metainfo classes)")
-        self.runner = DiffSPRunner(**{"dtype": "fp32", "store": None, **settings}) if diffsp is not None else None
+        self.runner = (DiffSPRunner(**{"dtype": "fp32", "store": None, **settings}) if diffsp is not None
+                       else None)
         self.needs_images = diffsp is not None
 
     def training_priors(self, sampling_results, batch_gt_instances, context: PriorContext) -> Tensor:
         if any("shape_priors" not in gt for gt in batch_gt_instances):
-            raise AisdiffError("the cache prior provider needs the LoadCachedPriors transform in the training "
-                               "pipeline (after LoadAmodalAnnotations)")
+            raise AisdiffError("the cache prior provider needs the LoadCachedPriors transform in the "
+                               "training pipeline (after LoadAmodalAnnotations)")
         for i, gt in enumerate(batch_gt_instances):
             self._fill_missing(i, gt, context)
         priors, src, dst = gt_priors_for_proposals(sampling_results, batch_gt_instances)
@@ -150,7 +153,8 @@ class CachedPriors(PriorProvider):
             return
         if self.runner is None:
             raise AisdiffError("cached priors are missing (LoadCachedPriors on_missing='compute') but the "
-                               "CachedPriors provider has no diffsp=dict(model=..., classes=...) to compute them")
+                               "CachedPriors provider has no diffsp=dict(model=..., classes=...) to compute "
+                               "them")
         image = context.image(index, type(self).__name__)
         h, w = image.shape[-2:]
         idx = torch.nonzero(missing).flatten()
@@ -192,8 +196,8 @@ class OnTheFlyPriors(PriorProvider):
                                "checkpoint made for the same dataset")
         if not (self.classes or context.classes):
             raise AisdiffError("OnTheFlyPriors needs class names for DiffSP's prompt: set classes=(...) in "
-                               "test_prior (the config's metainfo classes), or load a checkpoint that records "
-                               "its dataset_meta")
+                               "test_prior (the config's metainfo classes), or load a checkpoint that "
+                               "records its dataset_meta")
         return self.classes or context.classes
 
     def test_priors(self, index: int, boxes: Tensor, visible: Tensor, occluder: Tensor, labels: Tensor,
@@ -213,7 +217,8 @@ class OnTheFlyPriors(PriorProvider):
 @TASK_UTILS.register_module()
 class ProposalCachePriors(PriorProvider):
     """Test-time priors read from proposal rows of a store, matched by image id and box (original image
-    pixels, within `tolerance`). Made by `aisdiff precompute --proposals` from `aisdiff test --dump-proposals`."""
+    pixels, within `tolerance`). Made by `aisdiff precompute --proposals` from
+    `aisdiff test --dump-proposals`."""
 
     def __init__(self, store: str, tolerance: float = 0.5, on_missing: str = "error") -> None:
         if on_missing not in ("error", "none"):
@@ -242,9 +247,10 @@ class ProposalCachePriors(PriorProvider):
             elif self.on_missing == "error":
                 raise AisdiffError(
                     f"{self.store_path}: no proposal row for image {image_id} box "
-                    f"{[round(float(v), 1) for v in box]} (detection {i}). Precompute the proposals this model "
-                    "dumps (`aisdiff test --dump-proposals`, then `aisdiff precompute --proposals`), or set "
-                    "on_missing='none' (a prior of 1 for detections without a row, e.g. empty visible masks).")
+                    f"{[round(float(v), 1) for v in box]} (detection {i}). Precompute the proposals this "
+                    "model dumps (`aisdiff test --dump-proposals`, then `aisdiff precompute --proposals`), "
+                    "or set on_missing='none' (a prior of 1 for detections without a row, e.g. empty visible "
+                    "masks).")
         if found:
             priors[list(found)] = store.priors(list(found.values()))
         return torch.from_numpy(priors).to(boxes.device)
@@ -301,8 +307,10 @@ class OraclePriors(PriorProvider):
         gts = self._ann.by_image(context.image_id(index, type(self).__name__))
         if not gts or not len(boxes):
             return priors
-        original = boxes.detach().cpu().double() / boxes.new_tensor(img_meta["scale_factor"]).double().repeat(2)
-        overlap = masks.box_iou_xyxy(original.numpy(), np.array([g.amodal_box for g in gts], dtype=np.float64))
+        original = (boxes.detach().cpu().double()
+                    / boxes.new_tensor(img_meta["scale_factor"]).double().repeat(2))
+        overlap = masks.box_iou_xyxy(original.numpy(),
+                                     np.array([g.amodal_box for g in gts], dtype=np.float64))
         classes = self._ann.classes
         for i, label in enumerate(labels.tolist()):
             same = [j for j, g in enumerate(gts) if classes.index(g.category) == label]

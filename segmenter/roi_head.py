@@ -25,7 +25,8 @@ PRIOR_LABEL_SOURCES = ("head", "detector")
 
 
 def build_provider(cfg: dict, role: str) -> PriorProvider:
-    """A prior provider from its config (mmdet's TASK_UTILS), checked to serve as `role` ("train" / "test")."""
+    """A prior provider from its config (mmdet's TASK_UTILS), checked to serve as `role` ("train" /
+    "test")."""
     provider = TASK_UTILS.build(cfg)
     if not isinstance(provider, PriorProvider):
         raise AisdiffError(f"{role}_prior={cfg!r} built a {type(provider).__name__}, not a PriorProvider")
@@ -55,13 +56,15 @@ class AISDiffRoIHead(StandardRoIHead):
         self.train_prior = build_provider(train_prior or dict(type="CachedPriors"), "train")
         self.test_prior = build_provider(test_prior or dict(type="NoPriors"), "test")
 
-    def loss(self, x: tuple[Tensor, ...], rpn_results_list, batch_data_samples, context: PriorContext) -> dict:
+    def loss(self, x: tuple[Tensor, ...], rpn_results_list, batch_data_samples,
+             context: PriorContext) -> dict:
         """StandardRoIHead's loss, with the batch's prior context handed to the mask branch."""
         batch_gt_instances, batch_gt_instances_ignore, _ = unpack_gt_instances(batch_data_samples)
         sampling_results = []
         for i, rpn_results in enumerate(rpn_results_list):
             rpn_results.priors = rpn_results.pop("bboxes")  # (mmdet's name for proposal boxes)
-            assigned = self.bbox_assigner.assign(rpn_results, batch_gt_instances[i], batch_gt_instances_ignore[i])
+            assigned = self.bbox_assigner.assign(rpn_results, batch_gt_instances[i],
+                                                 batch_gt_instances_ignore[i])
             sampling_results.append(self.bbox_sampler.sample(assigned, rpn_results, batch_gt_instances[i],
                                                              feats=[level[i][None] for level in x]))
         losses = self.bbox_loss(x, sampling_results)["loss_bbox"]
@@ -108,8 +111,10 @@ class AISDiffRoIHead(StandardRoIHead):
         amodal = self.mask_head.forward_amodal(feats, torch.cat(shape_priors), torch.cat(prior_labels))
         maps = {"masks": amodal.sigmoid()[:, 0].split(counts), "visible_masks": probs["visible"],
                 "occluder_masks": probs["occluder"]}
-        results_list = self.mask_head.predict_by_feat(maps, results_list, batch_img_metas, self.test_cfg, rescale)
-        for res, labels, chosen, priors in zip(results_list, mask_labels, prior_labels, shape_priors, strict=True):
+        results_list = self.mask_head.predict_by_feat(maps, results_list, batch_img_metas, self.test_cfg,
+                                                      rescale)
+        for res, labels, chosen, priors in zip(results_list, mask_labels, prior_labels, shape_priors,
+                                               strict=True):
             res.mask_labels, res.prior_labels, res.shape_priors = labels, chosen, priors
         return results_list
 
@@ -128,7 +133,8 @@ class AISDiffRoIHead(StandardRoIHead):
 
     def _empty_results(self, batch_img_metas, results_list, device):
         """Results without detections, with empty visible and occluder masks beside the amodal ones."""
-        results_list = empty_instances(batch_img_metas, device, task_type="mask", instance_results=results_list,
+        results_list = empty_instances(batch_img_metas, device, task_type="mask",
+                                       instance_results=results_list,
                                        mask_thr_binary=self.test_cfg.mask_thr_binary)
         for res in results_list:
             res.visible_masks = res.masks.clone()

@@ -3,8 +3,8 @@
 Per instance the pipeline carries the amodal mask (`gt_masks`, the detection target, as in mmdet), the
 visible mask (`gt_visible_masks`), the occluder mask (`gt_occluder_masks`), the annotation id
 (`gt_ann_ids`) and, with `LoadCachedPriors`, the cached shape prior (`gt_shape_priors`, [N, S, S]) together
-with the box it covers (`gt_shape_prior_boxes`, [N, 4], transformed like the image but never clipped). The Amodal*
-geometric transforms extend mmdet's to all of them: a prior covers its box, so a resize only rescales
+with the box it covers (`gt_shape_prior_boxes`, [N, 4], transformed like the image but never clipped). The
+Amodal* geometric transforms extend mmdet's to all of them: a prior covers its box, so a resize only rescales
 the box, a flip flips box and prior, a crop shifts the box (and drops the instances mmdet drops).
 """
 from __future__ import annotations
@@ -45,10 +45,10 @@ def check_mmdet_version(transform: str, overrides: tuple[str, ...], version: str
     """Refuse an mmdet whose private transform methods may differ from those `transform` overrides."""
     if version.split(".")[:2] != MMDET_WRITTEN_FOR.split("."):
         raise AisdiffError(
-            f"{transform} overrides private methods of mmdet {MMDET_WRITTEN_FOR}.x ({', '.join(overrides)}), and "
-            f"mmdet {version} is installed, where they may differ. Install mmdet {MMDET_WRITTEN_FOR}.x (this "
-            "project pins mmdet==3.3.0), or check those methods against your mmdet and update MMDET_WRITTEN_FOR "
-            "in segmenter/transforms.py.")
+            f"{transform} overrides private methods of mmdet {MMDET_WRITTEN_FOR}.x ({', '.join(overrides)}), "
+            f"and mmdet {version} is installed, where they may differ. Install mmdet {MMDET_WRITTEN_FOR}.x "
+            "(this project pins mmdet==3.3.0), or check those methods against your mmdet and update "
+            "MMDET_WRITTEN_FOR in segmenter/transforms.py.")
 
 
 class OverridesMmdetPrivates:
@@ -129,8 +129,9 @@ class LoadCachedPriors(BaseTransform):
         if missing and self.on_missing == "error":
             raise AisdiffError(
                 f"{path}: no computed prior for image {image_id}, annotation(s) "
-                f"{', '.join(str(int(ann_ids[i])) for i in missing)}. Run `aisdiff precompute` on this annotation file "
-                "with this store (it resumes), or set on_missing='compute' to compute missing priors on the fly.")
+                f"{', '.join(str(int(ann_ids[i])) for i in missing)}. Run `aisdiff precompute` on this "
+                "annotation file with this store (it resumes), or set on_missing='compute' to compute "
+                "missing priors on the fly.")
         results["gt_shape_priors"] = priors
         results["gt_shape_prior_boxes"] = results["gt_bboxes"].numpy().astype(np.float32).copy()
         return results
@@ -152,7 +153,8 @@ class AmodalResize(OverridesMmdetPrivates, Resize):
         super()._resize_bboxes(results)
         if results.get("gt_shape_prior_boxes") is not None:
             sx, sy = results["scale_factor"]
-            results["gt_shape_prior_boxes"] = results["gt_shape_prior_boxes"] * np.array([sx, sy, sx, sy], np.float32)
+            results["gt_shape_prior_boxes"] = (results["gt_shape_prior_boxes"]
+                                               * np.array([sx, sy, sx, sy], np.float32))
 
 
 def flip_boxes(boxes: np.ndarray, img_shape: tuple[int, int], direction: str) -> np.ndarray:
@@ -186,7 +188,8 @@ class AmodalRandomFlip(OverridesMmdetPrivates, RandomFlip):
                 results[key] = results[key].flip(direction)
         if results.get("gt_shape_priors") is not None:
             results["gt_shape_priors"] = flip_priors(results["gt_shape_priors"], direction)
-            results["gt_shape_prior_boxes"] = flip_boxes(results["gt_shape_prior_boxes"], img_shape, direction)
+            results["gt_shape_prior_boxes"] = flip_boxes(results["gt_shape_prior_boxes"], img_shape,
+                                                         direction)
 
 
 @TRANSFORMS.register_module()
@@ -200,7 +203,8 @@ class AmodalRandomCrop(OverridesMmdetPrivates, RandomCrop):
         n = len(results["gt_bboxes"]) if results.get("gt_bboxes") is not None else 0
         before = results.get("homography_matrix")
         before = np.eye(3, dtype=np.float32) if before is None else before
-        own_ids = results.pop("gt_instances_ids", None)  # mmdet filters this key: use it to learn what is kept
+        # mmdet filters this key: use it to learn what is kept
+        own_ids = results.pop("gt_instances_ids", None)
         results["gt_instances_ids"] = np.arange(n)
         results = super()._crop_data(results, crop_size, allow_negative_crop)
         if results is None:
@@ -218,7 +222,8 @@ class AmodalRandomCrop(OverridesMmdetPrivates, RandomCrop):
             if results.get(key) is not None:
                 results[key] = results[key][keep]
         if results.get("gt_shape_prior_boxes") is not None:
-            results["gt_shape_prior_boxes"] = results["gt_shape_prior_boxes"] - np.array([dx, dy, dx, dy], np.float32)
+            results["gt_shape_prior_boxes"] = (results["gt_shape_prior_boxes"]
+                                               - np.array([dx, dy, dx, dy], np.float32))
         return results
 
 
@@ -237,8 +242,8 @@ class PackAmodalInputs(PackDetInputs):
     """PackDetInputs plus, in `gt_instances`: visible_masks, occluder_masks, ann_ids and, when loaded,
     shape_priors [N, S, S] and shape_prior_boxes [N, 4]."""
 
-    mapping_table = {**PackDetInputs.mapping_table, "gt_ann_ids": "ann_ids", "gt_shape_priors": "shape_priors",
-                     "gt_shape_prior_boxes": "shape_prior_boxes"}
+    mapping_table = {**PackDetInputs.mapping_table, "gt_ann_ids": "ann_ids",
+                     "gt_shape_priors": "shape_priors", "gt_shape_prior_boxes": "shape_prior_boxes"}
 
     def transform(self, results: dict) -> dict:
         packed = super().transform(results)

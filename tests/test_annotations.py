@@ -76,7 +76,8 @@ def test_polygons_compressed_and_uncompressed_rle_decode_to_the_same_mask():
 # -- occluder rule ---------------------------------------------------------------------------------
 def _doc(anns, images=None, categories=None, fmt="kins2020"):
     return {
-        "images": images if images is not None else [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}],
+        "images": (images if images is not None
+                   else [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}]),
         "categories": categories if categories is not None else [{"id": 1, "name": "box"}],
         "annotations": anns,
     }
@@ -90,7 +91,8 @@ def _kins2020(ann_id, amodal, visible, image_id=1, category_id=1):
     """A KINS-2020 annotation from amodal/visible rectangles given as x1, y1, x2, y2."""
     return FORMATS["kins2020"].encode(ann_id, image_id, category_id, _rect(*amodal), _rect(*visible),
                                       [amodal[0], amodal[1], amodal[2] - amodal[0], amodal[3] - amodal[1]],
-                                      [visible[0], visible[1], visible[2] - visible[0], visible[3] - visible[1]],
+                                      [visible[0], visible[1], visible[2] - visible[0],
+                                       visible[3] - visible[1]],
                                       0, 0)
 
 
@@ -132,9 +134,12 @@ BAD_CASES = {
     "missing_key": (lambda a: a.pop("i_segm"), "missing key\\(s\\) i_segm"),
     "degenerate_box": (lambda a: a.update(a_bbox=[4, 4, 0, 16]), "zero or negative area"),
     "box_outside_image": (lambda a: a.update(a_bbox=[100, 4, 10, 10]), "outside the 40x30 image"),
-    "empty_amodal_mask": (lambda a: a.update(a_segm=masks.rle_to_json(masks.empty(30, 40))), "amodal mask is empty"),
-    "empty_visible_mask": (lambda a: a.update(i_segm=masks.rle_to_json(masks.empty(30, 40))), "visible mask is empty"),
-    "visible_outside_amodal": (lambda a: a.update(i_segm=_rect(26, 4, 38, 20)), "lie outside the amodal mask"),
+    "empty_amodal_mask": (lambda a: a.update(a_segm=masks.rle_to_json(masks.empty(30, 40))),
+                          "amodal mask is empty"),
+    "empty_visible_mask": (lambda a: a.update(i_segm=masks.rle_to_json(masks.empty(30, 40))),
+                           "visible mask is empty"),
+    "visible_outside_amodal": (lambda a: a.update(i_segm=_rect(26, 4, 38, 20)),
+                               "lie outside the amodal mask"),
     "unknown_category": (lambda a: a.update(category_id=9), "unknown category id 9"),
     "unknown_image": (lambda a: a.update(image_id=5), "not in 'images'"),
     "bad_mask": (lambda a: a.update(a_segm=[[1, 2, 3, 4]]), "polygon with 4 coordinates"),
@@ -170,7 +175,8 @@ def test_missing_image_file(tmp_path):
     with pytest.raises(AnnotationError, match=r"image file .*a\.png does not exist") as err:
         load_annotations(path, images_dir=images)
     assert "image 1, annotation 1" in str(err.value)
-    assert load_annotations(path, images_dir=images, skip_invalid=True).invalid_counts() == {"missing_image_file": 1}
+    assert load_annotations(path, images_dir=images,
+                            skip_invalid=True).invalid_counts() == {"missing_image_file": 1}
     (images / "a.png").write_bytes(b"")
     assert len(load_annotations(path, images_dir=images)) == 1
 
@@ -203,7 +209,8 @@ def test_masks_are_decoded_lazily(make_benchmark):
 
 
 def test_instances_are_sorted_by_image_then_annotation(tmp_path):
-    anns = [_kins2020(7, (4, 4, 24, 20), (4, 4, 24, 20), image_id=2), _kins2020(3, (4, 4, 24, 20), (4, 4, 24, 20)),
+    anns = [_kins2020(7, (4, 4, 24, 20), (4, 4, 24, 20), image_id=2),
+            _kins2020(3, (4, 4, 24, 20), (4, 4, 24, 20)),
             _kins2020(5, (4, 4, 24, 20), (4, 4, 24, 20), image_id=2)]
     images = [{"id": 2, "file_name": "b.png", "width": 40, "height": 30},
               {"id": 1, "file_name": "a.png", "width": 40, "height": 30}]

@@ -20,7 +20,8 @@ def test_layer_resolutions_match_the_token_grids_seen_in_a_forward_pass(tiny_mod
     seen = {}
     hooks = [module.register_forward_pre_hook(
         lambda mod, args, kwargs, name=name: seen.__setitem__(name, args[0].shape[1] if args else
-                                                               kwargs["hidden_states"].shape[1]), with_kwargs=True)
+                                                               kwargs["hidden_states"].shape[1]),
+        with_kwargs=True)
         for name, module in unet.named_modules() if name.endswith(("attn1", "attn2"))]
     try:
         x, t, text = _unet_inputs(tiny_model)
@@ -29,7 +30,8 @@ def test_layer_resolutions_match_the_token_grids_seen_in_a_forward_pass(tiny_mod
     finally:
         for h in hooks:
             h.remove()
-    expected = {name[: -len(".processor")]: res * res for name, (_, res) in layer_resolutions(unet, 16).items()}
+    expected = {name[: -len(".processor")]: res * res
+                for name, (_, res) in layer_resolutions(unet, 16).items()}
     assert seen == expected
     kinds = {kind for kind, _ in layer_resolutions(unet, 16).values()}
     assert kinds == {"self", "cross"}

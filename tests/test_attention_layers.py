@@ -32,7 +32,8 @@ def test_scores_on_a_hand_made_grid(diag):
     cross = torch.tensor([[[0.6, 0.4], [0.2, 0.8], [0.1, 0.9], [0.3, 0.7]]])  # 4 pixels x 2 tokens
     weights = torch.tensor([[1.0, 0.0]])  # the category is token 0; background mean 0.2
     scores = diag.score_layer("cross", cross, amodal, visible, weights)
-    assert scores["cross hidden/bg"] == [pytest.approx(1.0)] and scores["cross visible/bg"] == [pytest.approx(3.0)]
+    assert (scores["cross hidden/bg"] == [pytest.approx(1.0)]
+            and scores["cross visible/bg"] == [pytest.approx(3.0)])
     no_hidden = diag.score_layer("cross", cross, amodal & visible, visible, weights)
     assert no_hidden == {}  # a ROI with nothing hidden says nothing about shape completion
 

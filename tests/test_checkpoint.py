@@ -81,14 +81,17 @@ def test_mmdet_test_tool_and_aisdiff_test_refuse_code(evil, make_benchmark):
     path, marker = evil
     root = make_benchmark("kins2020", 4, 2, 3)
     options = ["--cfg-options", f"test_dataloader.dataset.data_root={root}", "test_dataloader.num_workers=0",
-               "test_dataloader.persistent_workers=False", f"test_evaluator.ann_file={root}/annotations/val.json"]
+               "test_dataloader.persistent_workers=False",
+               f"test_evaluator.ann_file={root}/annotations/val.json"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     tool = Path(mmdet.__file__).parent / ".mim" / "tools" / "test.py"
-    proc = subprocess.run([sys.executable, str(tool), str(CONFIG), str(path), "--work-dir", str(path.parent / "w"),
+    proc = subprocess.run([sys.executable, str(tool), str(CONFIG), str(path),
+                           "--work-dir", str(path.parent / "w"),
                            *options], capture_output=True, text=True, cwd=REPO, env=env)
     assert proc.returncode != 0 and "Unsupported global: GLOBAL pathlib" in proc.stderr
     assert not marker.exists()
-    proc = subprocess.run([str(BIN / "aisdiff"), "test", str(CONFIG), str(path), "--work-dir", str(path.parent / "w"),
+    proc = subprocess.run([str(BIN / "aisdiff"), "test", str(CONFIG), str(path),
+                           "--work-dir", str(path.parent / "w"),
                            *options], capture_output=True, text=True, cwd=REPO, env=env)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "it holds the type pathlib" in proc.stderr and "--trust-checkpoint" in proc.stderr
@@ -98,18 +101,18 @@ def test_mmdet_test_tool_and_aisdiff_test_refuse_code(evil, make_benchmark):
 
 def test_the_import_allows_only_mmengine_checkpoint_types():
     import segmenter  # noqa: F401
-    from segmenter.checkpoint import mmengine_checkpoint_types
-
-    from segmenter.checkpoint import history_buffer_method
+    from segmenter.checkpoint import history_buffer_method, mmengine_checkpoint_types
 
     allowed = torch.serialization.get_safe_globals()
     ours = mmengine_checkpoint_types()
     assert all(t in allowed for t in ours)
     plain = {f"{t.__module__}.{t.__qualname__}" for t in ours if not isinstance(t, tuple)}
-    assert all(n.startswith(("numpy.", "mmengine.logging.history_buffer.HistoryBuffer")) for n in plain), plain
+    assert all(n.startswith(("numpy.", "mmengine.logging.history_buffer.HistoryBuffer"))
+               for n in plain), plain
     assert "numpy.dtypes.ObjectDType" not in plain  # object arrays would unpickle their items
     renamed = {name: fn for fn, name in (t for t in ours if isinstance(t, tuple))}
-    assert set(renamed) == {"numpy.core.multiarray._reconstruct", "numpy.core.multiarray.scalar", "builtins.getattr"}
+    assert set(renamed) == {"numpy.core.multiarray._reconstruct", "numpy.core.multiarray.scalar",
+                            "builtins.getattr"}
     assert renamed["builtins.getattr"] is history_buffer_method
 
 

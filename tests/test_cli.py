@@ -18,14 +18,17 @@ def _run(*args: str, cwd: Path | None = None, env: dict | None = None) -> subpro
 
 def test_demo_data_writes_reuses_and_refuses_foreign_folders(tmp_path):
     out = tmp_path / "bench"
-    first = _run("demo-data", str(out), "--format", "cocoa", "--train-images", "3", "--val-images", "1", "--seed", "1")
+    first = _run("demo-data", str(out), "--format", "cocoa", "--train-images", "3", "--val-images", "1",
+                 "--seed", "1")
     assert first.returncode == 0, first.stderr
-    assert "train: 3 images" in first.stdout and "val: 1 images" in first.stdout and "occlusion:" in first.stdout
+    assert ("train: 3 images" in first.stdout and "val: 1 images" in first.stdout
+            and "occlusion:" in first.stdout)
     assert sorted(p.name for p in (out / "annotations").iterdir()) == ["train.json", "val.json"]
     assert len(list((out / "images").iterdir())) == 4
     mtime = (out / "annotations" / "train.json").stat().st_mtime_ns
 
-    again = _run("demo-data", str(out), "--format", "cocoa", "--train-images", "3", "--val-images", "1", "--seed", "1")
+    again = _run("demo-data", str(out), "--format", "cocoa", "--train-images", "3", "--val-images", "1",
+                 "--seed", "1")
     assert again.returncode == 0 and "reusing it" in again.stdout and "train: 3 images" in again.stdout
     assert (out / "annotations" / "train.json").stat().st_mtime_ns == mtime
 

@@ -19,8 +19,8 @@ VENV = Path(sys.executable).parent.parent
 @pytest.mark.slow
 def test_demo_runs_end_to_end_and_reruns_from_what_is_there(tmp_path):
     out = tmp_path / "demo"
-    env = {**os.environ, "DEMO_DIR": str(out), "DEMO_TRAIN_IMAGES": "4", "DEMO_VAL_IMAGES": "2", "DEMO_ITERS": "2",
-           "VENV": os.path.relpath(VENV, REPO), "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "DEMO_DIR": str(out), "DEMO_TRAIN_IMAGES": "4", "DEMO_VAL_IMAGES": "2",
+           "DEMO_ITERS": "2", "VENV": os.path.relpath(VENV, REPO), "PYTHONWARNINGS": "ignore"}
     first = subprocess.run(["bash", "scripts/demo.sh"], cwd=REPO, env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     for step in range(1, 6):

@@ -1,4 +1,5 @@
-"""DiffSP on the tiny model: the prior equals an independent (A_S)^tau . A_C, batch/order invariance, seeds."""
+"""DiffSP on the tiny model: the prior equals an independent (A_S)^tau . A_C, batch/order invariance,
+seeds."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -26,7 +27,8 @@ def synthetic_rois(root, count: int, resolution: int = 64, context: float = 1.2)
     batches = []
     for image_id in ann.image_ids():
         insts = ann.by_image(image_id)
-        image = torch.from_numpy(np.array(Image.open(ann.image_path(image_id)).convert("RGB"))).permute(2, 0, 1)
+        image = (torch.from_numpy(np.array(Image.open(ann.image_path(image_id)).convert("RGB")))
+                 .permute(2, 0, 1))
         occ = ann.occluder_rles(image_id)
         batches.append(prepare_rois(
             image.float() / 255, [i.amodal_box for i in insts],
@@ -34,7 +36,8 @@ def synthetic_rois(root, count: int, resolution: int = 64, context: float = 1.2)
             torch.from_numpy(np.stack([masks.decode(occ[i.ann_id]) for i in insts])),
             [i.category for i in insts], [gt_roi_seed(0, image_id, i.ann_id) for i in insts], resolution,
             context))
-    joined = RoiBatch(*(torch.cat([getattr(b, f) for b in batches]) for f in ("images", "visible", "occluder", "boxes")),
+    joined = RoiBatch(*(torch.cat([getattr(b, f) for b in batches])
+                        for f in ("images", "visible", "occluder", "boxes")),
                       sum((b.categories for b in batches), []), sum((b.seeds for b in batches), []))
     return joined[:count]
 
@@ -47,7 +50,8 @@ class StoreEveryMap:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        q, k, v = (attn.head_to_batch_dim(t) for t in (attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)))
+        q, k, v = (attn.head_to_batch_dim(t) for t in (attn.to_q(hidden_states), attn.to_k(context),
+                                                       attn.to_v(context)))
         probs = attn.get_attention_scores(q, k, None)  # [batch * heads, queries, keys]
         self.log.append((self.kind, probs.view(hidden_states.shape[0], attn.heads, *probs.shape[1:]).clone()))
         out = attn.batch_to_head_dim(torch.bmm(probs, v))
@@ -60,7 +64,8 @@ def test_prior_equals_an_independent_computation_from_every_captured_map(tiny_mo
     batch.boxes = torch.tensor([[0.0, 0.0, 64.0, 64.0]] * 3)  # the prior covers the whole crop
     unet = tiny_model.pipe.unet
     original, log = unet.attn_processors, []
-    unet.set_attn_processor({name: StoreEveryMap(log, "self" if ".attn1." in name else "cross") for name in original})
+    unet.set_attn_processor({name: StoreEveryMap(log, "self" if ".attn1." in name else "cross")
+                             for name in original})
     try:
         diffsp.denoise(batch)
     finally:

@@ -41,7 +41,8 @@ def find_hadolint() -> str:
     except metadata.PackageNotFoundError:
         dist = None
     if dist is not None:
-        candidates += [Path(dist.locate_file(f)).resolve() for f in dist.files or () if Path(f).name == "hadolint"]
+        candidates += [Path(dist.locate_file(f)).resolve()
+                       for f in dist.files or () if Path(f).name == "hadolint"]
     candidates.append(Path(sys.executable).parent / "hadolint")
     if found := shutil.which("hadolint"):
         candidates.append(Path(found))
@@ -85,7 +86,8 @@ def setup_script_pins() -> dict[str, str]:
 
 
 def pip_requirements(run: str) -> list[str]:
-    """The requirement arguments of every `pip install` in a RUN command (options and their values dropped)."""
+    """The requirement arguments of every `pip install` in a RUN command (options and their values
+    dropped)."""
     takes_value = {"-i", "--index-url", "--extra-index-url", "-f", "--find-links", "-c", "--constraint",
                    "-r", "--requirement", "-t", "--target", "--prefix", "--root", "--platform",
                    "--python-version", "--implementation", "--abi", "--cache-dir", "--src"}
@@ -119,7 +121,8 @@ def test_hadolint_finds_nothing(image):
         findings = json.loads(proc.stdout or "[]")
     except json.JSONDecodeError:
         pytest.fail(f"hadolint did not answer JSON (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    report = "\n".join(f"{dockerfile.name}:{f['line']} {f['code']} {f['level']}: {f['message']}" for f in findings)
+    report = "\n".join(f"{dockerfile.name}:{f['line']} {f['code']} {f['level']}: {f['message']}"
+                       for f in findings)
     assert findings == [], f"hadolint findings (ignore a rule inline only with a reason):\n{report}"
     assert proc.returncode == 0, f"hadolint exited {proc.returncode}:\n{proc.stderr}"
 
@@ -131,7 +134,8 @@ def test_project_is_installed_only_by_setup_script(image):
     runs = [args for keyword, args in instructions(dockerfile) if keyword == "RUN"]
 
     setup_runs = [run for run in runs if SETUP_SCRIPT in run]
-    assert len(setup_runs) == 1, f"{dockerfile.name}: expected one RUN of {SETUP_SCRIPT}, found {len(setup_runs)}"
+    assert len(setup_runs) == 1, (f"{dockerfile.name}: expected one RUN of {SETUP_SCRIPT}, "
+                                  f"found {len(setup_runs)}")
     assert re.search(rf"\bbash\s+{re.escape(SETUP_SCRIPT)}\b", setup_runs[0]), setup_runs[0]
     # VENV unset: the script installs into the image's interpreter (the one first on PATH).
     assert "VENV=" not in setup_runs[0], f"{dockerfile.name}: the script must run with VENV unset"
@@ -167,11 +171,13 @@ def test_copied_files_exist_and_cover_the_install(image):
         sources = [word for word in words if not word.startswith("--")][:-1]
         assert sources, f"{dockerfile.name}: COPY {args}"
         for source in sources:
-            assert (ROOT / source).exists(), f"{dockerfile.name} copies {source}, which is not in the repository"
+            assert (ROOT / source).exists(), (f"{dockerfile.name} copies {source}, "
+                                              "which is not in the repository")
             copied.add(source.rstrip("/"))
 
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    packages = {p.rstrip("*").rstrip(".") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+    packages = {p.rstrip("*").rstrip(".")
+                for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
     needed = {"pyproject.toml", pyproject["project"]["readme"], "scripts"} | packages
     missing = sorted(needed - copied)
     assert not missing, f"{dockerfile.name} does not copy {missing}, which `pip install -e .` needs"
@@ -196,7 +202,8 @@ def test_cuda_architectures_are_supported_by_the_toolkit():
     steps = instructions(DOCKERFILES["cuda"])
     base = next(args for keyword, args in steps if keyword == "FROM")
     cuda_major = int(re.search(r"nvidia/cuda:(\d+)\.", base).group(1))
-    arg = next(args for keyword, args in steps if keyword == "ARG" and args.startswith("TORCH_CUDA_ARCH_LIST="))
+    arg = next(args for keyword, args in steps
+               if keyword == "ARG" and args.startswith("TORCH_CUDA_ARCH_LIST="))
     archs = [a.removesuffix("+PTX") for a in arg.split("=", 1)[1].strip('"').split(";")]
     assert archs and all(re.fullmatch(r"\d+\.\d+a?", a) for a in archs), archs
     if cuda_major >= 13:

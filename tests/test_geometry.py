@@ -54,7 +54,8 @@ def test_warp_to_a_shifted_box_moves_the_prior_by_the_shift():
 def test_warp_to_a_box_of_double_size_halves_the_prior():
     prior = torch.zeros(1, 4, 4)
     prior[0, :2, :2] = 1.0  # top-left quarter
-    out = geometry.warp_priors(prior, torch.tensor([[0.0, 0.0, 4.0, 4.0]]), torch.tensor([[0.0, 0.0, 8.0, 8.0]]))
+    out = geometry.warp_priors(prior, torch.tensor([[0.0, 0.0, 4.0, 4.0]]),
+                               torch.tensor([[0.0, 0.0, 8.0, 8.0]]))
     assert (out[0, 2:, :] == 0).all() and (out[0, :, 2:] == 0).all()
     assert out[0, 0, 0] == 1.0
 

@@ -17,8 +17,8 @@ from priors.store import PriorStore
 def store(make_benchmark):
     root = make_benchmark("kins2020", train_images=6, val_images=2, seed=11)
     out = root / "priors.zarr"
-    proc = aisdiff("precompute", "--ann", str(root / "annotations" / "train.json"), "--images", str(root / "images"),
-                   "--out", str(out), "--chunk-rows", "8")
+    proc = aisdiff("precompute", "--ann", str(root / "annotations" / "train.json"),
+                   "--images", str(root / "images"), "--out", str(out), "--chunk-rows", "8")
     assert proc.returncode == 0, proc.stderr
     return root, out
 
@@ -48,7 +48,8 @@ def test_complete_store_report_and_picture(store, tmp_path):
         assert img.size == (int(2.1 * 5 * 80), int(2.1 * 6 * 80))  # 5 panels x 6 ROIs at 80 dpi
     assert report["png_rows"] == 6 and report["png_columns"] == 5
     text = aisdiff("inspect", str(path))
-    assert text.returncode == 0 and "per-category statistics" in text.stdout and "in progress" not in text.stdout
+    assert (text.returncode == 0 and "per-category statistics" in text.stdout
+            and "in progress" not in text.stdout)
 
 
 def test_dask_statistics_equal_numpy(store):

@@ -16,8 +16,8 @@ from priors.synthetic import CATEGORIES
 def _batch(n=2):
     g = torch.Generator().manual_seed(0)
     vis = (torch.rand(n, 1, 64, 64, generator=g) > 0.4).float()
-    return RoiBatch(torch.rand(n, 3, 64, 64, generator=g), vis, 1 - vis, torch.tensor([[8.0, 8.0, 56.0, 56.0]] * n),
-                    ["ball", "moon"][:n], list(range(n)))
+    return RoiBatch(torch.rand(n, 3, 64, 64, generator=g), vis, 1 - vis,
+                    torch.tensor([[8.0, 8.0, 56.0, 56.0]] * n), ["ball", "moon"][:n], list(range(n)))
 
 
 def test_tiny_model_is_deterministic_and_uses_the_stable_diffusion_classes(tiny_model):
@@ -100,7 +100,8 @@ def test_bad_diffsp_defaults_are_refused_naming_the_file(saved_folder, content, 
 def test_pickle_weights_are_refused(tiny_model, tmp_path):
     tiny_model.pipe.save_pretrained(tmp_path / "pickled", safe_serialization=False)
     with pytest.raises(AisdiffError, match=r"unet: no \.safetensors weights \(found pickle weights: "
-                                           r"diffusion_pytorch_model\.bin\)\. Pickle checkpoints are refused"):
+                                           r"diffusion_pytorch_model\.bin\)\. "
+                                           r"Pickle checkpoints are refused"):
         load_model(str(tmp_path / "pickled"))
     with pytest.raises(AisdiffError, match="pickle files are refused"):
         load_model(str(tmp_path / "sd-inpainting.ckpt"))

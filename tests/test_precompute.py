@@ -39,13 +39,13 @@ def precompute_cmd(*args: str, processes: int = 1) -> list[str]:
 
 
 def run(*args: str, processes: int = 1) -> subprocess.CompletedProcess:
-    return subprocess.run(precompute_cmd(*args, processes=processes), capture_output=True, text=True, cwd=REPO,
-                          env=ENV, timeout=300)
+    return subprocess.run(precompute_cmd(*args, processes=processes), capture_output=True, text=True,
+                          cwd=REPO, env=ENV, timeout=300)
 
 
 def job_args(root: Path, out: Path, *extra: str, split: str = "train") -> list[str]:
-    return ["--ann", str(root / "annotations" / f"{split}.json"), "--images", str(root / "images"), "--out", str(out),
-            "--chunk-rows", "4", "--batch-size", "3", *extra]
+    return ["--ann", str(root / "annotations" / f"{split}.json"), "--images", str(root / "images"),
+            "--out", str(out), "--chunk-rows", "4", "--batch-size", "3", *extra]
 
 
 def assert_same_store(a: Path, b: Path) -> None:
@@ -83,7 +83,8 @@ def test_one_process_run_makes_a_complete_store_with_a_summary(bench, reference)
     priors = store.priors(slice(None))
     assert priors.min() >= 0 and priors.max() <= 1 and (priors.reshape(len(store), -1).max(1) > 0.5).all()
     assert store.settings["steps"] == 10 and store.settings["model"]["id"] == "tiny-random"
-    assert store.settings["annotations"] == hashlib.sha256((bench / "annotations" / "train.json").read_bytes()).hexdigest()
+    assert store.settings["annotations"] == hashlib.sha256(
+        (bench / "annotations" / "train.json").read_bytes()).hexdigest()
     for line in ("precompute summary:", f"computed now     {len(store)}", "already done     0",
                  "skipped invalid  0", "ROIs/s", "store size"):
         assert line in proc.stdout
@@ -112,8 +113,8 @@ def test_a_killed_run_resumes_to_the_same_store(bench, reference, tmp_path, proc
     out = tmp_path / "killed.zarr"
     args = job_args(bench, out, "--batch-size", "1", "--chunk-rows", "2")
     total = len(PriorStore.open(reference[0]))
-    proc = subprocess.Popen(precompute_cmd(*args, processes=processes), cwd=REPO, env=ENV, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(precompute_cmd(*args, processes=processes), cwd=REPO, env=ENV,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while _done_rows(out) == 0 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -161,7 +162,8 @@ def test_proposals_become_rows_of_source_1(bench, tmp_path):
     records = []
     for i, inst in enumerate(ann):
         x1, y1, x2, y2 = np.array(inst.amodal_box) + rng.uniform(-3, 3, 4)
-        record = {"image_id": inst.image_id, "bbox": [x1, y1, x2 - x1, y2 - y1], "category_id": inst.category_id,
+        record = {"image_id": inst.image_id, "bbox": [x1, y1, x2 - x1, y2 - y1],
+                  "category_id": inst.category_id,
                   "score": 0.9, "segmentation": masks.rle_to_json(inst.visible_rle)}
         if i % 2:
             record["occluder_segmentation"] = masks.rle_to_json(ann.occluder_rles(inst.image_id)[inst.ann_id])
@@ -181,7 +183,8 @@ def test_proposals_become_rows_of_source_1(bench, tmp_path):
     boxes = np.array([[r["bbox"][0], r["bbox"][1], r["bbox"][0] + r["bbox"][2], r["bbox"][1] + r["bbox"][3]]
                       for r in records], np.float32)
     np.testing.assert_allclose(rows.box[proposal_rows], boxes, rtol=0, atol=1e-4)
-    assert store.settings["proposals"] == hashlib.sha256((tmp_path / "proposals.json").read_bytes()).hexdigest()
+    assert store.settings["proposals"] == hashlib.sha256(
+        (tmp_path / "proposals.json").read_bytes()).hexdigest()
 
 
 # -- bad input ---------------------------------------------------------------------------------------
@@ -208,12 +211,18 @@ def _bad_cases(bench: Path, work: Path) -> dict[str, tuple[list[str], str]]:
     empty = masks.rle_to_json(masks.empty(image["height"], image["width"]))
     files = {
         "malformed JSON": ("{\"images\": [", r"malformed JSON at line 1"),
-        "unknown format": (json.dumps({**doc, "annotations": [{k: v for k, v in a.items() if k not in ("a_segm", "i_segm")}
-                                                             for a in doc["annotations"]]}), "unknown annotation format"),
-        "zero-area box": (json.dumps(_edit_first_annotation(doc, a_bbox=[10, 10, 0, 5])), "zero or negative area"),
-        "box outside the image": (json.dumps(_edit_first_annotation(doc, a_bbox=[5000, 10, 20, 20])), "lies outside"),
-        "empty visible mask": (json.dumps(_edit_first_annotation(doc, i_segm=empty)), "visible mask is empty"),
-        "unknown category id": (json.dumps(_edit_first_annotation(doc, category_id=99)), "unknown category id 99"),
+        "unknown format": (json.dumps({**doc, "annotations": [{k: v for k, v in a.items()
+                                                               if k not in ("a_segm", "i_segm")}
+                                                             for a in doc["annotations"]]}),
+                           "unknown annotation format"),
+        "zero-area box": (json.dumps(_edit_first_annotation(doc, a_bbox=[10, 10, 0, 5])),
+                          "zero or negative area"),
+        "box outside the image": (json.dumps(_edit_first_annotation(doc, a_bbox=[5000, 10, 20, 20])),
+                                  "lies outside"),
+        "empty visible mask": (json.dumps(_edit_first_annotation(doc, i_segm=empty)),
+                               "visible mask is empty"),
+        "unknown category id": (json.dumps(_edit_first_annotation(doc, category_id=99)),
+                                "unknown category id 99"),
     }
     cases = {}
     for name, (text, message) in files.items():
@@ -225,7 +234,8 @@ def _bad_cases(bench: Path, work: Path) -> dict[str, tuple[list[str], str]]:
     images = work / "images_missing_one"
     shutil.copytree(bench / "images", images)
     (images / image["file_name"]).unlink()
-    cases["missing image file"] = (["--ann", str(bench / "annotations" / "train.json"), "--images", str(images)],
+    cases["missing image file"] = (["--ann", str(bench / "annotations" / "train.json"),
+                                    "--images", str(images)],
                                    "does not exist", f"image {image_id}, annotation {ann_id}")
     return cases
 

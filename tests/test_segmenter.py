@@ -40,8 +40,10 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("aisdiff-data")
     syn = root / "synthetic"
     synthetic.generate(syn, train_images=6, val_images=2, seed=5)
-    proc = subprocess.run([str(BIN / "aisdiff"), "precompute", "--ann", str(syn / "annotations" / "train.json"),
-                           "--images", str(syn / "images"), "--out", str(syn / "priors_train.zarr"), *config_diffsp_flags()],
+    proc = subprocess.run([str(BIN / "aisdiff"), "precompute",
+                           "--ann", str(syn / "annotations" / "train.json"),
+                           "--images", str(syn / "images"), "--out", str(syn / "priors_train.zarr"),
+                           *config_diffsp_flags()],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return root
@@ -101,18 +103,22 @@ def test_flip_crop_resize_keep_masks_and_priors_consistent(data, tmp_path):
     resized = _prepared(cfg, [dict(type="AmodalResize", scale_factor=2.0, keep_ratio=True)])
     torch.testing.assert_close(resized.gt_instances.shape_priors, gt.shape_priors)  # a resize needs nothing
     torch.testing.assert_close(resized.gt_instances.shape_prior_boxes, gt.shape_prior_boxes * 2)
-    np.testing.assert_array_equal(resized.gt_instances.visible_masks.masks[:, ::2, ::2], gt.visible_masks.masks)
+    np.testing.assert_array_equal(resized.gt_instances.visible_masks.masks[:, ::2, ::2],
+                                  gt.visible_masks.masks)
 
     h, w = plain.metainfo["img_shape"]
-    cropped = _prepared(cfg, [dict(type="AmodalRandomCrop", crop_size=(h - 40, w - 40), allow_negative_crop=True)])
+    cropped = _prepared(cfg,
+                        [dict(type="AmodalRandomCrop", crop_size=(h - 40, w - 40), allow_negative_crop=True)])
     gc = cropped.gt_instances
     keep = [int(np.flatnonzero(gt.ann_ids.numpy() == a)[0]) for a in gc.ann_ids.numpy()]
     dx, dy = (gt.shape_prior_boxes[keep] - gc.shape_prior_boxes)[0, :2].tolist()
     ch, cw = cropped.metainfo["img_shape"]
     for key in ("masks", "visible_masks", "occluder_masks"):
-        np.testing.assert_array_equal(gc[key].masks, gt[key].masks[keep][:, int(dy):int(dy) + ch, int(dx):int(dx) + cw])
+        np.testing.assert_array_equal(gc[key].masks,
+                                      gt[key].masks[keep][:, int(dy):int(dy) + ch, int(dx):int(dx) + cw])
     torch.testing.assert_close(gc.shape_priors, gt.shape_priors[keep])
-    torch.testing.assert_close(_pasted(cropped), _pasted(plain)[keep][:, int(dy):int(dy) + ch, int(dx):int(dx) + cw],
+    torch.testing.assert_close(_pasted(cropped),
+                               _pasted(plain)[keep][:, int(dy):int(dy) + ch, int(dx):int(dx) + cw],
                                atol=1e-5, rtol=0)
 
     padded = _prepared(cfg, [dict(type="AmodalPad", size=(w + 8, h + 8))])  # mmdet: (w, h)
@@ -184,7 +190,8 @@ def test_prediction_with_on_the_fly_priors(data, trained, tmp_path):
     assert n > 0
     for key in ("masks", "visible_masks", "occluder_masks"):
         assert pred[key].shape == (n, h, w) and pred[key].dtype == torch.bool
-    assert pred.shape_priors.shape == (n, 28, 28) and 0 <= pred.shape_priors.min() and pred.shape_priors.max() <= 1
+    assert (pred.shape_priors.shape == (n, 28, 28) and 0 <= pred.shape_priors.min()
+            and pred.shape_priors.max() <= 1)
     assert pred.bboxes.shape == (n, 4) and pred.mask_labels.shape == (n,)
 
 
@@ -272,7 +279,8 @@ def test_proposal_cache_gives_the_on_the_fly_priors(data, trained, tmp_path):
     work, _, _ = trained
     syn = data / "synthetic"
     identity = [dict(type="LoadImageFromFile"), dict(type="AmodalResize", scale_factor=1.0, keep_ratio=True),
-                dict(type="PackAmodalInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor"))]
+                dict(type="PackAmodalInputs",
+                     meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor"))]
 
     def cfg_for(provider=None):
         cfg = load_cfg(data, tmp_path)
@@ -290,7 +298,8 @@ def test_proposal_cache_gives_the_on_the_fly_priors(data, trained, tmp_path):
                                            "occluder_segmentation"}
     proc = subprocess.run([str(BIN / "aisdiff"), "precompute", "--ann", str(syn / "annotations" / "val.json"),
                            "--images", str(syn / "images"), "--proposals", str(tmp_path / "proposals.json"),
-                           "--out", str(tmp_path / "proposals.zarr"), *config_diffsp_flags()], capture_output=True, text=True)
+                           "--out", str(tmp_path / "proposals.zarr"), *config_diffsp_flags()],
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     store = PriorStore.open(tmp_path / "proposals.zarr")
     assert (store.rows().source == SOURCE_PROPOSAL).sum() == len(records)
@@ -314,8 +323,10 @@ def test_cache_provider_warp_matches_the_store_warp_on_exact_cases():
 
     priors = torch.rand(2, 28, 28)
     gt_boxes = torch.tensor([[10.0, 20.0, 66.0, 76.0], [0.0, 0.0, 28.0, 56.0]])
-    gt = InstanceData(shape_priors=priors, shape_prior_boxes=gt_boxes, bboxes=gt_boxes, labels=torch.tensor([0, 1]))
-    proposals = torch.cat([gt_boxes, gt_boxes[:1] + torch.tensor([6.0, 0.0, 6.0, 0.0])])  # same boxes; 3 cells right
+    gt = InstanceData(shape_priors=priors, shape_prior_boxes=gt_boxes, bboxes=gt_boxes,
+                      labels=torch.tensor([0, 1]))
+    # same boxes; 3 cells right
+    proposals = torch.cat([gt_boxes, gt_boxes[:1] + torch.tensor([6.0, 0.0, 6.0, 0.0])])
     sampling = InstanceData(pos_assigned_gt_inds=torch.tensor([0, 1, 0]), pos_priors=proposals)
     out = CachedPriors().training_priors([sampling], [gt], PriorContext(None, ((100, 100),), (1,)))
     torch.testing.assert_close(out, geometry.warp_priors(priors[[0, 1, 0]], gt_boxes[[0, 1, 0]], proposals))
@@ -353,8 +364,8 @@ def test_oracle_priors_are_the_ground_truth_amodal_masks(data):
     absent = next(i for i, c in enumerate(sorted(ann.categories))
                   if c not in {g.category_id for g in ann.by_image(inst.image_id)})
     context = PriorContext(None, ((1000, 1000),), (inst.image_id,))
-    priors = oracle.test_priors(0, torch.cat([box, box, far]), None, None, torch.tensor([label, absent, label]),
-                                meta, context)
+    priors = oracle.test_priors(0, torch.cat([box, box, far]), None, None,
+                                torch.tensor([label, absent, label]), meta, context)
     expected = geometry.roi_resample(torch.from_numpy(inst.amodal_mask().astype(np.float32))[None, None],
                                      torch.tensor([inst.amodal_box]), 28)[0, 0]
     torch.testing.assert_close(priors[0], expected)
@@ -401,7 +412,8 @@ def test_metric_equals_a_direct_cocoeval_on_the_json_results(data, tmp_path):
             [round(float(stats[i]), 4) for i in (0, 1, 2, 8)]
     assert 0 < ours["amodal/AP"] < 1 and ours["visible/AP"] > ours["amodal/AP"]
     assert [k for k in ours if "_occ_" in k] == ["amodal/AP_occ_none", "amodal/AP_occ_0-10%",
-                                                 "amodal/AP_occ_10-30%", "amodal/AP_occ_30-50%", "amodal/AP_occ_>50%"]
+                                                 "amodal/AP_occ_10-30%", "amodal/AP_occ_30-50%",
+                                                 "amodal/AP_occ_>50%"]
 
 
 # -- entry points ----------------------------------------------------------------------------------
@@ -409,27 +421,30 @@ def _env(data: Path) -> dict:
     return {**os.environ, "AISDIFF_DATA": str(data), "PYTHONWARNINGS": "ignore"}
 
 
-FAST = ["train_cfg.max_iters=2", "default_hooks.checkpoint.interval=2", "default_hooks.logger.interval=1", "train_dataloader.num_workers=0",
-        "train_dataloader.persistent_workers=False", "test_dataloader.num_workers=0",
+FAST = ["train_cfg.max_iters=2", "default_hooks.checkpoint.interval=2", "default_hooks.logger.interval=1",
+        "train_dataloader.num_workers=0", "train_dataloader.persistent_workers=False",
+        "test_dataloader.num_workers=0",
         "test_dataloader.persistent_workers=False", "val_dataloader.num_workers=0",
         "val_dataloader.persistent_workers=False", "train_cfg.val_interval=1000"]
 
 
 def test_aisdiff_train_and_test_commands(data, tmp_path):
     work = tmp_path / "w"
-    proc = subprocess.run([str(BIN / "aisdiff"), "train", str(CONFIG), "--work-dir", str(work), "--cfg-options",
-                           *FAST], capture_output=True, text=True, env=_env(data), cwd=REPO)
+    proc = subprocess.run([str(BIN / "aisdiff"), "train", str(CONFIG), "--work-dir", str(work),
+                           "--cfg-options", *FAST], capture_output=True, text=True, env=_env(data), cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (work / "iter_2.pth").is_file()
     proc = subprocess.run([str(BIN / "aisdiff"), "test", str(CONFIG), str(work / "iter_2.pth"), "--work-dir",
-                           str(work), "--dump-proposals", str(tmp_path / "props.json"), "--cfg-options", *FAST],
+                           str(work), "--dump-proposals", str(tmp_path / "props.json"),
+                           "--cfg-options", *FAST],
                           capture_output=True, text=True, env=_env(data), cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| amodal |" in proc.stdout and "| visible |" in proc.stdout
     metrics = json.loads((work / "metrics.json").read_text())
     assert {"amodal/AP", "amodal/AP50", "amodal/AP75", "amodal/AR", "visible/AP"} <= set(metrics)
     records = json.loads((tmp_path / "props.json").read_text())
-    assert isinstance(records, list)  # (after 2 iterations every visible mask may still be empty: none dumped)
+    # (after 2 iterations every visible mask may still be empty: none dumped)
+    assert isinstance(records, list)
     for record in records:
         rle = record["segmentation"]
         assert masks.area(masks.to_rle(rle, *rle["size"])) > 0
@@ -447,8 +462,9 @@ def test_mmdet_tools_train_runs_the_config(data, tmp_path):
     assert "loss_mask_amodal" in proc.stdout + proc.stderr
 
 
-CONFIGS = {"aisdiff_r50_fpn_kins.py": 7, "aisdiff_r101_fpn_kins.py": 7, "aisdiff_regnetx-3.2gf_fpn_kins.py": 7,
-           "aisdiff_r50_fpn_cocoa-cls.py": 80, "aisdiff_r50_fpn_d2sa.py": 60, "aisdiff_r18_fpn_synthetic.py": 7,
+CONFIGS = {"aisdiff_r50_fpn_kins.py": 7, "aisdiff_r101_fpn_kins.py": 7,
+           "aisdiff_regnetx-3.2gf_fpn_kins.py": 7, "aisdiff_r50_fpn_cocoa-cls.py": 80,
+           "aisdiff_r50_fpn_d2sa.py": 60, "aisdiff_r18_fpn_synthetic.py": 7,
            "aisdiff_r18_fpn_noprior_synthetic.py": 7, "aisdiff_r18_fpn_oracle_synthetic.py": 7,
            "maskrcnn_r18_fpn_amodal_synthetic.py": 7}
 
@@ -471,7 +487,8 @@ def test_every_config_builds_its_model_and_reads_data_roots_from_the_environment
     assert head.bbox_head.num_classes == head.mask_head.num_classes == CONFIGS[name]
     if name.startswith("aisdiff"):
         assert cfg.model.type == "AISDiff" and head.mask_head.type == "AISDiffMaskHead"
-        expected = "NoPriors" if "noprior" in name else "OraclePriors" if "oracle" in name else "OnTheFlyPriors"
+        expected = ("NoPriors" if "noprior" in name
+                    else "OraclePriors" if "oracle" in name else "OnTheFlyPriors")
         assert head.test_prior.type == expected
         assert cfg.train_dataloader.dataset.prior_store.startswith("/datasets/")
     if name.endswith("synthetic.py"):  # small enough to build here (the others load ImageNet weights)
@@ -503,7 +520,8 @@ def test_mask_head_starts_from_mmdet_initialization():
         logits = branch[-1]  # near-zero logits at the start (Detectron2's mask predictor)
         assert not logits.bias.any() and abs(logits.weight.std().item() / 0.001 - 1) < 0.25
         own.add(id(logits))
-    convs = [m for m in head.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) and id(m) not in own]
+    convs = [m for m in head.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))
+             and id(m) not in own]
     assert len(convs) == 11
     for conv in convs:
         w = conv.weight
@@ -543,8 +561,9 @@ def test_per_category_amodal_masks_are_the_channel_of_the_prior_class():
 
 
 def test_without_gate_convs_the_prior_alone_weighs_the_amodal_features():
-    """num_attention_convs=0 (an ablation of the paper's attention learning): no gate, the amodal logits are the
-    predictor on the amodal features times the prior resized to them; bad depths fail naming the options."""
+    """num_attention_convs=0 (an ablation of the paper's attention learning): no gate, the amodal logits are
+    the predictor on the amodal features times the prior resized to them; bad depths fail naming the
+    options."""
     import torch.nn.functional as F
 
     from priors.errors import AisdiffError

@@ -90,8 +90,8 @@ def test_providers_get_the_batch_as_a_context_argument(setup):
         assert context.image_ids == tuple(s.metainfo["img_id"] for s in data["data_samples"])
         for i, sample in enumerate(data["data_samples"]):
             assert context.image_shapes[i] == tuple(sample.metainfo["img_shape"][:2])
-            torch.testing.assert_close(context.image(i, "test"), _expected_rgb(batch, i, context.image_shapes[i]),
-                                       atol=1e-5, rtol=0)
+            torch.testing.assert_close(context.image(i, "test"),
+                                       _expected_rgb(batch, i, context.image_shapes[i]), atol=1e-5, rtol=0)
 
 
 def test_a_provider_without_images_gets_none_and_a_missing_image_id_is_an_error(setup):
@@ -153,7 +153,8 @@ def test_on_the_fly_class_names_come_from_the_config_or_the_checkpoint():
         OnTheFlyPriors().class_names(bare)
 
 
-@pytest.mark.parametrize(("name", "classes"), [("aisdiff_r50_fpn_kins.py", 7), ("aisdiff_r50_fpn_cocoa-cls.py", 80),
+@pytest.mark.parametrize(("name", "classes"), [("aisdiff_r50_fpn_kins.py", 7),
+                                               ("aisdiff_r50_fpn_cocoa-cls.py", 80),
                                                ("aisdiff_r50_fpn_d2sa.py", 60)])
 def test_real_data_configs_build_without_a_dataset_on_disk(name, classes, tmp_path, monkeypatch):
     from mmdet.registry import MODELS
@@ -228,10 +229,12 @@ def test_mask_head_targets_losses_and_pasting_follow_fcn_mask_head():
     feats = torch.rand(2, 16, 14, 14)
     preds = head(feats, torch.ones(2, 28, 28), sampling.pos_gt_labels)
     out = head.loss_and_target(preds, [sampling], [gt], ConfigDict(mask_size=28))
-    assert set(out["loss_mask"]) == {"loss_mask_amodal", "loss_mask_visible", "loss_mask_occluder", "loss_cls"}
+    assert set(out["loss_mask"]) == {"loss_mask_amodal", "loss_mask_visible", "loss_mask_occluder",
+                                     "loss_cls"}
     targets = out["mask_targets"]
     assert (targets["amodal"] == 1).all() and not targets["occluder"].any()  # each box is its mask's box
-    assert torch.equal(targets["visible"], head.get_targets([sampling], [gt], ConfigDict(mask_size=28))["visible"])
+    assert torch.equal(targets["visible"],
+                       head.get_targets([sampling], [gt], ConfigDict(mask_size=28))["visible"])
 
     results = [InstanceData(bboxes=torch.tensor([[4.0, 4.0, 20.0, 20.0]]))]
     meta = {"img_shape": (32, 32), "ori_shape": (16, 16), "scale_factor": (2.0, 2.0)}

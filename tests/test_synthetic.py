@@ -58,7 +58,8 @@ def test_categories_shapes_and_occlusion_statistics(make_benchmark):
     assert 1 / 3 <= (rates > 0.1).mean() <= 2 / 3
     assert (rates == 0).mean() > 0.2
     # shapes differ by category: mean amodal fill of the box (area / box area) separates them
-    fill = {c: np.mean([r.amodal_area / ((r.amodal_box[2] - r.amodal_box[0]) * (r.amodal_box[3] - r.amodal_box[1]))
+    fill = {c: np.mean([r.amodal_area
+                        / ((r.amodal_box[2] - r.amodal_box[0]) * (r.amodal_box[3] - r.amodal_box[1]))
                         for r in v]) for c, v in by_cat.items()}
     assert max(fill.values()) - min(fill.values()) > 0.25
     stats = synthetic.split_stats(ann)
@@ -67,7 +68,8 @@ def test_categories_shapes_and_occlusion_statistics(make_benchmark):
 
 def test_summary_lists_images_categories_and_occlusion(make_benchmark):
     root = make_benchmark("kins2020")
-    stats = {s: synthetic.split_stats(load_annotations(root / "annotations" / f"{s}.json")) for s in ("train", "val")}
+    stats = {s: synthetic.split_stats(load_annotations(root / "annotations" / f"{s}.json"))
+             for s in ("train", "val")}
     assert synthetic.summary(stats).splitlines() == [  # recorded before the buckets moved to priors.occlusion
         "train: 6 images, 28 instances (ball 3, box 6, triangle 8, star 2, cross 3, heart 3, moon 3); "
         "occlusion: none 11 (39%) | 0-10% 4 (14%) | 10-30% 8 (29%) | 30-50% 4 (14%) | >50% 1 (4%)",

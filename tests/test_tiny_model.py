@@ -1,4 +1,5 @@
-"""The shipped trained tiny model: it loads offline like real weights, and its priors beat the visible mask."""
+"""The shipped trained tiny model: it loads offline like real weights, and its priors beat the visible
+mask."""
 from __future__ import annotations
 
 import json
@@ -33,7 +34,8 @@ def test_shipped_model_loads_offline_with_from_pretrained():
     size = sum(f.stat().st_size for f in TINY_MODEL_DIR.rglob("*") if f.is_file())
     assert size < 8 * 2**20, f"the shipped model is {size / 2**20:.1f} MB"
     card = (TINY_MODEL_DIR / "README.md").read_text()
-    assert "## Reproduce" in card and "aisdiff train-diffusion" in card and (TINY_MODEL_DIR / "loss.png").is_file()
+    assert ("## Reproduce" in card and "aisdiff train-diffusion" in card
+            and (TINY_MODEL_DIR / "loss.png").is_file())
     model = load_model("tiny")
     assert model.identity["id"] == "tiny" and model.resolution == 64
     assert model.weights_sha256 != load_model("tiny-random").weights_sha256

@@ -49,7 +49,8 @@ def test_examples_are_consistent_and_reproducible(crops):
     assert (visible * (1 - amodal)).sum() == 0  # visible pixels are object pixels
     assert (first.hole * visible).sum() == 0  # the hole never covers a visible pixel
     kept = visible.sum((1, 2, 3)) / amodal.sum((1, 2, 3))
-    assert (kept >= MIN_VISIBLE_FRACTION - 0.02).all()  # (a few object pixels are exactly black: 0 in [-1, 1])
+    # (a few object pixels are exactly black: 0 in [-1, 1])
+    assert (kept >= MIN_VISIBLE_FRACTION - 0.02).all()
     assert (kept < 0.99).any() and (first.hole.sum((1, 2, 3)) > 0).float().mean() > 0.5  # occluders happen
 
 
@@ -163,7 +164,8 @@ def test_train_diffusion_end_to_end(make_benchmark, tmp_path):
 def test_tune_diffsp_reports_the_visible_baseline(make_benchmark, tmp_path):
     root = make_benchmark("kins2020", train_images=6, val_images=2, seed=0)
     report = tmp_path / "tune.json"
-    proc = aisdiff("tune-diffsp", "--ann", str(root / "annotations" / "train.json"), "--images", str(root / "images"),
+    proc = aisdiff("tune-diffsp", "--ann", str(root / "annotations" / "train.json"),
+                   "--images", str(root / "images"),
                    "--model", "tiny-random", "--tau", "1", "2", "--thresholds", "0.3", "0.5", "--limit", "6",
                    "--json", str(report))
     assert proc.returncode == 0, proc.stderr
@@ -174,7 +176,8 @@ def test_tune_diffsp_reports_the_visible_baseline(make_benchmark, tmp_path):
     scores = [r["prior_iou"] for r in data["results"]]
     assert scores == sorted(scores, reverse=True)
     (ceiling,) = data["ceilings"]  # one self_res tried: its grid's ceiling
-    assert ceiling["settings"]["amodal mask on the grid (ceiling)"] == data["results"][0]["settings"]["self_res"]
+    assert (ceiling["settings"]["amodal mask on the grid (ceiling)"]
+            == data["results"][0]["settings"]["self_res"])
     assert "(ceiling)" in proc.stdout
     best = data["results"][0]["settings"]  # tau 1 or 2 differs from the paper's 4; the rest is the paper's
     record = json.dumps({"tau": best["tau"], "threshold": best["threshold"]})

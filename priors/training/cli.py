@@ -22,21 +22,25 @@ from .train import TrainConfig, build_architecture, plot_losses, train_unet, tra
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "train-diffusion", help="train a small Stable Diffusion inpainting model on ROI crops (for DiffSP offline)",
-        description="Train a small inpainting diffusion model (Stable Diffusion's classes and 9-channel interface) "
-                    "on the unoccluded ROI crops of an amodal train split, and save it with save_pretrained "
-                    "(safetensors), a model card and the loss curve.")
+        "train-diffusion",
+        help="train a small Stable Diffusion inpainting model on ROI crops (for DiffSP offline)",
+        description="Train a small inpainting diffusion model (Stable Diffusion's classes and 9-channel "
+                    "interface) on the unoccluded ROI crops of an amodal train split, and save it with "
+                    "save_pretrained (safetensors), a model card and the loss curve.")
     p.add_argument("--ann", required=True, help="train annotation file (any supported amodal format)")
     p.add_argument("--images", required=True, help="folder holding the images the annotations name")
-    p.add_argument("--out", required=True, help="output folder (diffusers layout); replaced only when training ends")
+    p.add_argument("--out", required=True,
+                   help="output folder (diffusers layout); replaced only when training ends")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice)")
     defaults = TrainConfig()
     for f in fields(TrainConfig):
         p.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)),
                        default=getattr(defaults, f.name), help=f"(default: {getattr(defaults, f.name)})")
     p.add_argument("--save-dtype", choices=["fp32", "fp16"], default="fp16",
-                   help="dtype of the saved weights (default: fp16, half the size; loading casts to any dtype)")
+                   help="dtype of the saved weights (default: fp16, half the size; loading casts to any "
+                        "dtype)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=run)
 
@@ -49,15 +53,17 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     if cfg.resolution % 32:
-        raise AisdiffError(f"--resolution {cfg.resolution} must be a multiple of 32 (VAE factor 4, UNet factor 8)")
+        raise AisdiffError(
+            f"--resolution {cfg.resolution} must be a multiple of 32 (VAE factor 4, UNet factor 8)")
     if not 0 <= cfg.text_to_image_steps <= cfg.unet_steps:
-        raise AisdiffError(f"--text-to-image-steps {cfg.text_to_image_steps} must lie between 0 and --unet-steps "
-                           f"{cfg.unet_steps} (they are the first of the UNet steps)")
+        raise AisdiffError(f"--text-to-image-steps {cfg.text_to_image_steps} must lie between 0 and "
+                           f"--unet-steps {cfg.unet_steps} (they are the first of the UNet steps)")
     device = torch.device(args.device)
     annotations = AmodalAnnotations(args.ann, images_dir=args.images)
     started = time.time()
     crops = load_object_crops(annotations, cfg.resolution, cfg.context)
-    print(f"{len(crops)} unoccluded instances of {len(annotations)} in {len(annotations.images)} images", flush=True)
+    print(f"{len(crops)} unoccluded instances of {len(annotations)} in {len(annotations.images)} images",
+          flush=True)
     torch.manual_seed(cfg.seed)  # the VAE's posterior sampling draws from the global generator
     generator = torch.Generator().manual_seed(cfg.seed)
     pipe = build_architecture(cfg.resolution, crops.categories, cfg.seed).to(device)
@@ -69,17 +75,20 @@ def run(args: argparse.Namespace) -> int:
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.to("cpu", DTYPES[args.save_dtype]).save_pretrained(tmp, safe_serialization=True)
     (tmp / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-    (tmp / "losses.json").write_text(json.dumps({k: [round(v, 5) for v in vals] for k, vals in losses.items()}))
+    (tmp / "losses.json").write_text(json.dumps({k: [round(v, 5) for v in vals]
+                                                 for k, vals in losses.items()}))
     plot_losses(losses, tmp / "loss.png")
     data = {"ann": Path(args.ann).name, "sha256": annotations.sha256(), "images": len(annotations.images),
             "instances": len(annotations), "scaling_factor": pipe.vae.config.scaling_factor}
     command = "aisdiff " + shlex.join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("aisdiff") else \
-        f"aisdiff train-diffusion --ann {shlex.quote(args.ann)} --out {shlex.quote(str(out))} --seed {cfg.seed}"
+        f"aisdiff train-diffusion --ann {shlex.quote(args.ann)} --out {shlex.quote(str(out))} " \
+        f"--seed {cfg.seed}"
     write_card(tmp, cfg, crops, data, losses, seconds, str(device), command, args.save_dtype)
     if out.exists():
         shutil.rmtree(out)
     tmp.replace(out)
-    print(f"saved {out} ({seconds / 60:.1f} min); final loss VAE {losses['vae'][-1]:.4f}, UNet {losses['unet'][-1]:.4f}")
+    print(f"saved {out} ({seconds / 60:.1f} min); final loss VAE {losses['vae'][-1]:.4f}, UNet "
+          f"{losses['unet'][-1]:.4f}")
     print(f"DiffSP uses the paper's settings with it until tuned: `aisdiff tune-diffsp --model {out}` says "
           f"how to record its own in {out / MODEL_DEFAULTS_FILE}.")
     return 0

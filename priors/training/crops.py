@@ -65,16 +65,18 @@ def load_object_crops(annotations: AmodalAnnotations, resolution: int, context: 
         boxes.append(geometry.boxes_in_frame(box, crops, resolution))
         labels += [index[i.category] for i in whole]
     if not labels:
-        raise AisdiffError(f"{annotations.path}: no instance without occlusion; the inpainting model is trained on "
-                           "whole objects (their appearance is known everywhere). Use a split with unoccluded objects.")
-    return ObjectCrops(torch.cat(images), torch.cat(amodal), torch.cat(boxes), torch.tensor(labels), categories)
+        raise AisdiffError(f"{annotations.path}: no instance without occlusion; the inpainting model is "
+                           "trained on whole objects (their appearance is known everywhere). Use a split "
+                           "with unoccluded objects.")
+    return ObjectCrops(torch.cat(images), torch.cat(amodal), torch.cat(boxes), torch.tensor(labels),
+                       categories)
 
 
 def _warp(crops: torch.Tensor, centres: torch.Tensor, sizes: torch.Tensor, context: float,
           flips: torch.Tensor) -> torch.Tensor:
-    """Bilinearly resample object crops [B, C, R, R] (images or masks, each object centred in its crop, its box
-    1/context of the crop) so that each is `sizes` wide (normalized units) around `centres` [B, 2] (normalized
-    [-1, 1] coordinates), mirrored where `flips` is -1."""
+    """Bilinearly resample object crops [B, C, R, R] (images or masks, each object centred in its crop, its
+    box 1/context of the crop) so that each is `sizes` wide (normalized units) around `centres` [B, 2]
+    (normalized [-1, 1] coordinates), mirrored where `flips` is -1."""
     scale = sizes * context / 2  # the source object's longer side is 2 / context in normalized units
     theta = torch.zeros(len(crops), 2, 3)
     theta[:, 0, 0] = flips / scale
@@ -151,8 +153,8 @@ def add_companions(crops: ObjectCrops, scene: torch.Tensor, amodal: torch.Tensor
                    hole: torch.Tensor, boxes: torch.Tensor, context: float, probability: float,
                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """With `probability`, a second whole object (a "companion", drawn from the crops) stands next to each
-    object, behind it, in the target as well as in the input (outside the hole). Returns the scene [B, 3, R, R]
-    in [-1, 1], the visible mask of both objects and each companion's category (-1: none). A prompt that
+    object, behind it, in the target as well as in the input (outside the hole). Returns the scene [B, 3, R,
+    R] in [-1, 1], the visible mask of both objects and each companion's category (-1: none). A prompt that
     names both objects makes each category token matter in its own region, as in captioned images."""
     b = len(scene)
     pick = torch.randint(len(crops), (b,), generator=generator)
@@ -192,7 +194,8 @@ def sample_batch(crops: ObjectCrops, batch_size: int, generator: torch.Generator
     image[flip], amodal[flip] = image[flip].flip(-1), amodal[flip].flip(-1)
     r = image.shape[-1]
     boxes[flip] = torch.stack([r - boxes[flip, 2], boxes[flip, 1], r - boxes[flip, 0], boxes[flip, 3]], 1)
-    occluders = [crops.amodal[torch.randint(n, (batch_size,), generator=generator)] for _ in OCCLUDER_PROBABILITY]
+    occluders = [crops.amodal[torch.randint(n, (batch_size,), generator=generator)]
+                 for _ in OCCLUDER_PROBABILITY]
     visible, hole = occlude(amodal, boxes, occluders, context, generator)
     scene, companions = (image * 2 - 1) * amodal, torch.full((batch_size,), -1)
     if companion_probability:
@@ -200,5 +203,5 @@ def sample_batch(crops: ObjectCrops, batch_size: int, generator: torch.Generator
                                                     companion_probability, generator)
     if full_mask_probability or random_mask_probability:
         visible, hole = extra_masks(visible, hole, full_mask_probability, random_mask_probability, generator)
-    return InpaintingBatch(target=scene, masked=scene * visible, hole=hole, amodal=amodal, labels=crops.labels[idx],
-                           companions=companions)
+    return InpaintingBatch(target=scene, masked=scene * visible, hole=hole, amodal=amodal,
+                           labels=crops.labels[idx], companions=companions)

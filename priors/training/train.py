@@ -43,7 +43,8 @@ class TrainConfig:
     uncond_probability: float = 0.1
     full_mask_probability: float = 0.0  # Stable Diffusion inpainting's recipe: 0.25 (README: tried, no help)
     random_mask_probability: float = 0.25  # SD inpainting's random rectangles, on top of the occluders
-    companion_probability: float = 0.5  # a second object behind, named in the prompt: token-specific attention
+    # a second object behind, named in the prompt: token-specific attention
+    companion_probability: float = 0.5
     grounding_weight: float = 0.0  # token grounding loss (TokenCompose-style) on the object's cross-attention
     seed: int = 0
 
@@ -114,9 +115,11 @@ def grounding_loss(maps: list[torch.Tensor], amodal: torch.Tensor, keep: torch.T
 
 
 def cross_attention_to(unet, sink: TokenMaps) -> dict:
-    """The UNet's attention processors with every cross-attention layer handing its probabilities to `sink`."""
+    """The UNet's attention processors with every cross-attention layer handing its probabilities to
+    `sink`."""
     kinds = layer_resolutions(unet, unet.config.sample_size)
-    return {name: CaptureAttnProcessor(sink, "cross", name) if kinds.get(name, ("self",))[0] == "cross" else proc
+    return {name: CaptureAttnProcessor(sink, "cross", name) if kinds.get(name, ("self",))[0] == "cross"
+            else proc
             for name, proc in unet.attn_processors.items()}
 
 
@@ -162,7 +165,8 @@ def train_unet(pipe, crops: ObjectCrops, cfg: TrainConfig, generator: torch.Gene
     unet, text_encoder, vae, tokenizer = pipe.unet, pipe.text_encoder, pipe.vae, pipe.tokenizer
     n = len(crops.categories)
     prompts = [(PROMPT.format(category=c), c) for c in crops.categories] + [("", None)]
-    prompts += [(PAIR_PROMPT.format(category=c, other=o), c) for c in crops.categories for o in crops.categories]
+    prompts += [(PAIR_PROMPT.format(category=c, other=o), c) for c in crops.categories
+                for o in crops.categories]
     tokens = tokenizer([p for p, _ in prompts], padding="max_length", max_length=tokenizer.model_max_length,
                        truncation=True, return_tensors="pt").input_ids.to(device)
     token_weights = object_token_weights(tokenizer, prompts).to(device)
@@ -178,21 +182,26 @@ def train_unet(pipe, crops: ObjectCrops, cfg: TrainConfig, generator: torch.Gene
         for step in tqdm(range(cfg.unet_steps), desc="unet", disable=not progress):
             text_to_image = step < cfg.text_to_image_steps
             batch = sample_batch(crops, cfg.batch_size, generator, cfg.context,
-                                 1.0 if text_to_image else cfg.full_mask_probability, cfg.random_mask_probability,
-                                 cfg.companion_probability)
+                                 1.0 if text_to_image else cfg.full_mask_probability,
+                                 cfg.random_mask_probability, cfg.companion_probability)
             with torch.no_grad():
-                both = vae.encode(torch.cat([batch.target, batch.masked]).to(device)).latent_dist.mode() * scale
+                both = (vae.encode(torch.cat([batch.target, batch.masked]).to(device)).latent_dist.mode()
+                        * scale)
                 latents, masked_latents = both.chunk(2)
             hole = F.interpolate(batch.hole.to(device), size=latents.shape[-2:])
             noise = torch.randn(latents.shape, generator=generator).to(device)
-            t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
+            t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),),
+                              generator=generator)
             noisy = noise_scheduler.add_noise(latents, noise, t.to(device))
-            labels = torch.where(batch.companions < 0, batch.labels, n + 1 + batch.labels * n + batch.companions)
-            labels[torch.rand(len(labels), generator=generator) < cfg.uncond_probability] = n  # the empty prompt
+            labels = torch.where(batch.companions < 0, batch.labels,
+                                 n + 1 + batch.labels * n + batch.companions)
+            # the empty prompt
+            labels[torch.rand(len(labels), generator=generator) < cfg.uncond_probability] = n
             labels = labels.to(device)
             sink.weights, sink.maps = token_weights[labels], []
             text = text_encoder(tokens[labels])[0]
-            eps = unet(torch.cat([noisy, hole, masked_latents], 1), t.to(device), encoder_hidden_states=text).sample
+            eps = unet(torch.cat([noisy, hole, masked_latents], 1), t.to(device),
+                       encoder_hidden_states=text).sample
             loss = F.mse_loss(eps, noise)
             losses["unet"].append(loss.item())
             if cfg.grounding_weight:
@@ -244,12 +253,13 @@ def write_card(out: Path, cfg: TrainConfig, crops: ObjectCrops, data: dict, loss
         "# Tiny shape-aware Stable Diffusion inpainting model (AISDiff)",
         "",
         "A small inpainting diffusion model with Stable Diffusion inpainting's classes and interface "
-        "(`UNet2DConditionModel` with 9 input channels and cross-attention, `AutoencoderKL`, `CLIPTextModel` + "
-        "`CLIPTokenizer`, DDIM scheduler), trained from scratch on ROI crops of the AISDiff synthetic amodal "
-        "benchmark so that DiffSP's attention priors can be measured offline. It is not a general image model.",
+        "(`UNet2DConditionModel` with 9 input channels and cross-attention, `AutoencoderKL`, `CLIPTextModel` "
+        "+ `CLIPTokenizer`, DDIM scheduler), trained from scratch on ROI crops of the AISDiff synthetic "
+        "amodal benchmark so that DiffSP's attention priors can be measured offline. It is not a general "
+        "image model.",
         "",
-        "Load it like any diffusers folder: `StableDiffusionInpaintPipeline.from_pretrained(this_folder)`, or "
-        "`aisdiff precompute --model tiny` (the project's name for it).",
+        "Load it like any diffusers folder: `StableDiffusionInpaintPipeline.from_pretrained(this_folder)`, "
+        "or `aisdiff precompute --model tiny` (the project's name for it).",
         "",
         "## Data",
         f"- Annotations: `{data['ann']}` (sha256 `{data['sha256']}`), {data['images']} images, "
@@ -260,12 +270,12 @@ def write_card(out: Path, cfg: TrainConfig, crops: ObjectCrops, data: dict, loss
         "visible) or behind, and flips at random. Input: the visible pixels only and the occluders' visible "
         "region (cut to the object's box) as the inpainting mask; target: the whole object on a blank "
         f"background; prompt: `{PROMPT}` (10% empty)." + (
-            f" As Stable Diffusion inpainting was trained, {cfg.full_mask_probability:.0%} of the examples mask the "
-            "whole crop." if cfg.full_mask_probability else "") + (
-            f" {cfg.random_mask_probability:.0%} of the examples add a random rectangle to the mask, as in Stable "
-            "Diffusion inpainting's training." if cfg.random_mask_probability else "") + (
-            f" In {cfg.companion_probability:.0%} of the examples a second whole training object stands behind "
-            f"the object, in the input and the target, and the prompt names both: `{PAIR_PROMPT}`."
+            f" As Stable Diffusion inpainting was trained, {cfg.full_mask_probability:.0%} of the examples "
+            "mask the whole crop." if cfg.full_mask_probability else "") + (
+            f" {cfg.random_mask_probability:.0%} of the examples add a random rectangle to the mask, as in "
+            "Stable Diffusion inpainting's training." if cfg.random_mask_probability else "") + (
+            f" In {cfg.companion_probability:.0%} of the examples a second whole training object stands "
+            f"behind the object, in the input and the target, and the prompt names both: `{PAIR_PROMPT}`."
             if cfg.companion_probability else ""),
         f"- Categories: {', '.join(crops.categories)}.",
         "",
@@ -273,16 +283,19 @@ def write_card(out: Path, cfg: TrainConfig, crops: ObjectCrops, data: dict, loss
         f"- VAE: {cfg.vae_steps} steps, batch {cfg.batch_size}, AdamW lr {cfg.vae_lr}, L1 + MSE + "
         f"{cfg.kl_weight} x KL; latent scaling factor 1/std = {data['scaling_factor']}.",
         f"- UNet + text encoder: {cfg.unet_steps} steps, batch {cfg.batch_size}, AdamW lr {cfg.unet_lr} "
-        "(warm-up, cosine to 10%), epsilon prediction, Stable Diffusion's scaled-linear schedule (1000 steps)." + (
-            f" Plus {cfg.grounding_weight} x a token grounding loss on every cross-attention layer (TokenCompose's "
-            "token and pixel losses, Wang et al., CVPR 2024): the attention of the object's category token should "
-            "lie on the object's whole (amodal) mask in the target. Stable Diffusion learned that tie of word to "
-            f"pixels from web-scale captions; {len(crops)} crops are too few to learn it from denoising alone."
+        "(warm-up, cosine to 10%), epsilon prediction, Stable Diffusion's scaled-linear schedule (1000 "
+        "steps)." + (
+            f" Plus {cfg.grounding_weight} x a token grounding loss on every cross-attention layer "
+            "(TokenCompose's token and pixel losses, Wang et al., CVPR 2024): the attention of the object's "
+            "category token should lie on the object's whole (amodal) mask in the target. Stable Diffusion "
+            f"learned that tie of word to pixels from web-scale captions; {len(crops)} crops are too few to "
+            "learn it from denoising alone."
             if cfg.grounding_weight else "") + (
             f" The first {cfg.text_to_image_steps} steps mask every crop whole (text-to-image, the stage SD "
             "inpainting was fine-tuned from)." if cfg.text_to_image_steps else ""),
-        f"- Seed {cfg.seed}; {seconds / 60:.1f} min on {device} ({platform.processor() or platform.machine()}, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads).",
+        f"- Seed {cfg.seed}; {seconds / 60:.1f} min on {device} "
+        f"({platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads).",
         f"- Final losses (moving average of 50 steps): VAE {final['vae']}, UNet {final['unet']}"
         + (f", grounding {final['grounding']}." if "grounding" in final else "."),
         f"- Weights saved in {save_dtype} (safetensors); `from_pretrained(..., torch_dtype=...)` casts them.",

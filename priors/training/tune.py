@@ -38,11 +38,13 @@ from ..occlusion import OCCLUDED, OCCLUSION_BUCKETS, occlusion_bucket
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("tune-diffsp", help="grid-search DiffSP's steps, tau, resolutions and threshold",
+    p = subparsers.add_parser("tune-diffsp",
+                              help="grid-search DiffSP's steps, tau, resolutions and threshold",
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--ann", required=True, help="annotation file of the split to tune on (train)")
     p.add_argument("--images", required=True, help="its image folder")
-    p.add_argument("--model", default="tiny", help="'tiny', 'tiny-random', a local diffusers folder or a hub id")
+    p.add_argument("--model", default="tiny",
+                   help="'tiny', 'tiny-random', a local diffusers folder or a hub id")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32")
     model_default = f"(default: the model's, from its {MODEL_DEFAULTS_FILE}, else the paper's)"
@@ -51,7 +53,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--self-res", type=int, nargs="+", default=[None], help=model_default)
     p.add_argument("--cross-res", type=int, nargs="+", default=[None], help=model_default)
     p.add_argument("--guidance-scale", type=float, nargs="+", default=[None], help=model_default)
-    p.add_argument("--thresholds", type=float, nargs="+", default=[round(t, 2) for t in np.arange(0.1, 0.95, 0.05)])
+    p.add_argument("--thresholds", type=float, nargs="+",
+                   default=[round(t, 2) for t in np.arange(0.1, 0.95, 0.05)])
     p.add_argument("--min-occlusion", type=float, default=OCCLUDED)
     p.add_argument("--limit", type=int, default=300, help="at most this many instances (a fixed sample)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -76,11 +79,13 @@ class Scored:
                    {b: float(values[[x == b for x in buckets]].mean()) for b in dict.fromkeys(buckets)})
 
 
-def sample_instances(ann: AmodalAnnotations, min_occlusion: float, limit: int | None, seed: int) -> list[Instance]:
+def sample_instances(ann: AmodalAnnotations, min_occlusion: float, limit: int | None,
+                     seed: int) -> list[Instance]:
     """Occluded instances (rate > min_occlusion), a fixed random sample of at most `limit`, by image."""
     chosen = [i for i in ann if i.occlusion_rate > min_occlusion]
     if not chosen:
-        raise AisdiffError(f"{ann.path}: no instance with occlusion above {min_occlusion}; nothing to tune on")
+        raise AisdiffError(
+            f"{ann.path}: no instance with occlusion above {min_occlusion}; nothing to tune on")
     if limit is not None and len(chosen) > limit:
         pick = np.random.default_rng(seed).choice(len(chosen), limit, replace=False)
         chosen = [chosen[i] for i in sorted(pick)]
@@ -114,7 +119,8 @@ def roi_batches(diffsp: DiffSP, ann: AmodalAnnotations, instances: list[Instance
 
 def attention_maps(diffsp: DiffSP, ann: AmodalAnnotations, instances: list[Instance], batch_size: int,
                    progress: bool = True):
-    """Averaged attention of every instance's ROI: yields (instances, a_self, a_cross, token weights, boxes)."""
+    """Averaged attention of every instance's ROI: yields (instances, a_self, a_cross, token weights,
+    boxes)."""
     for part, batch in roi_batches(diffsp, ann, instances, batch_size, progress):
         yield part, *diffsp.attention(batch), batch.boxes
 
@@ -127,7 +133,8 @@ def score(model, ann: AmodalAnnotations, instances: list[Instance], base: DiffSP
     ious = {(tau, t): [] for tau in taus for t in thresholds}
     buckets = []
     for part, a_self, a_cross, weights, boxes in attention_maps(diffsp, ann, instances, batch_size, progress):
-        amodal = torch.stack([geometry.masks_in_box(i.amodal_mask()[None], i.amodal_box, size)[0] for i in part])
+        amodal = torch.stack([geometry.masks_in_box(i.amodal_mask()[None], i.amodal_box, size)[0]
+                              for i in part])
         buckets += [occlusion_bucket(i.occlusion_rate) for i in part]
         for tau in taus:
             priors = diffsp.priors_from_attention(a_self, a_cross, weights, boxes, tau=tau).cpu()
@@ -135,7 +142,8 @@ def score(model, ann: AmodalAnnotations, instances: list[Instance], base: DiffSP
                 ious[(tau, t)] += [geometry.mask_iou(p > t, a) for p, a in zip(priors, amodal, strict=True)]
     settings = {k: v for k, v in diffsp.config.attrs().items()
                 if k in ("steps", "self_res", "cross_res", "guidance_scale")}
-    return [Scored.of({**settings, "tau": tau, "threshold": t}, values, buckets) for (tau, t), values in ious.items()]
+    return [Scored.of({**settings, "tau": tau, "threshold": t}, values, buckets)
+            for (tau, t), values in ious.items()]
 
 
 def visible_baseline(instances: list[Instance], size: int) -> Scored:
@@ -149,7 +157,8 @@ def visible_baseline(instances: list[Instance], size: int) -> Scored:
     return Scored.of({"visible mask": True}, values, buckets)
 
 
-def grid_ceiling(instances: list[Instance], grid: int, config: DiffSPConfig, thresholds: list[float]) -> Scored:
+def grid_ceiling(instances: list[Instance], grid: int, config: DiffSPConfig,
+                 thresholds: list[float]) -> Scored:
     """The most a prior on a grid x grid attention map can score: the amodal mask itself, averaged onto the
     grid of its context crop and mapped back to the box as DiffSP maps its priors (best threshold). `config`
     gives the resolution, context and prior size (a resolved one: `DiffSPConfig.resolved`)."""
@@ -160,8 +169,8 @@ def grid_ceiling(instances: list[Instance], grid: int, config: DiffSPConfig, thr
         mask = inst.amodal_mask()
         amodal = torch.from_numpy(mask.astype(np.float32))[None, None]
         cells = F.adaptive_avg_pool2d(geometry.roi_resample(amodal, crop, config.resolution), grid)[:, 0]
-        prior = grid_to_priors(cells, geometry.boxes_in_frame(box, crop, config.resolution), config.resolution,
-                               config.prior_size)[0]
+        prior = grid_to_priors(cells, geometry.boxes_in_frame(box, crop, config.resolution),
+                               config.resolution, config.prior_size)[0]
         truth = geometry.masks_in_box(mask[None], inst.amodal_box, config.prior_size)[0]
         for t in thresholds:
             values[t].append(geometry.mask_iou(prior > t, truth))
@@ -190,8 +199,8 @@ def run(args: argparse.Namespace) -> int:
     results = []
     grid = itertools.product(args.steps, args.self_res, args.cross_res, args.guidance_scale)
     for steps, self_res, cross_res, guidance in grid:
-        base = replace(DiffSPConfig(), steps=steps, self_res=self_res, cross_res=cross_res, guidance_scale=guidance,
-                       seed=args.seed)
+        base = replace(DiffSPConfig(), steps=steps, self_res=self_res, cross_res=cross_res,
+                       guidance_scale=guidance, seed=args.seed)
         results += score(model, ann, instances, base, args.tau, args.thresholds, args.batch_size)
     results.sort(key=lambda r: -r.prior_iou)
     baseline = visible_baseline(instances, DiffSPConfig().prior_size)
@@ -199,11 +208,13 @@ def run(args: argparse.Namespace) -> int:
     ceilings = [grid_ceiling(instances, grid, native, args.thresholds)
                 for grid in sorted({r.settings["self_res"] for r in results})]
     buckets = [b.name for b in OCCLUSION_BUCKETS if b.name in baseline.by_bucket]
-    print(f"{len(instances)} instances of {args.ann} with occlusion > {args.min_occlusion:.0%}; model {args.model}")
+    print(f"{len(instances)} instances of {args.ann} with occlusion > {args.min_occlusion:.0%}; model "
+          f"{args.model}")
     print(f"{'setting':<80} {'IoU':>6} " + " ".join(f"{b:>7}" for b in buckets))
     for r in [baseline, *ceilings, *results[:15]]:
         name = ", ".join(f"{k} {v}" for k, v in r.settings.items())
-        print(f"{name:<80} {r.prior_iou:6.3f} " + " ".join(f"{r.by_bucket.get(b, float('nan')):7.3f}" for b in buckets))
+        print(f"{name:<80} {r.prior_iou:6.3f} "
+              + " ".join(f"{r.by_bucket.get(b, float('nan')):7.3f}" for b in buckets))
     print(how_to_record(args.model, model, results[0]))
     if args.json:
         with open(args.json, "w") as fh:
