@@ -311,9 +311,9 @@ class OraclePriors(PriorProvider):
                     / boxes.new_tensor(img_meta["scale_factor"]).double().repeat(2))
         overlap = masks.box_iou_xyxy(original.numpy(),
                                      np.array([g.amodal_box for g in gts], dtype=np.float64))
-        classes = self._ann.classes
+        gt_labels = [self._ann.classes.index(g.category) for g in gts]  # once per image, not per detection
         for i, label in enumerate(labels.tolist()):
-            same = [j for j, g in enumerate(gts) if classes.index(g.category) == label]
+            same = [j for j, gt_label in enumerate(gt_labels) if gt_label == label]
             if not same or overlap[i, same].max() <= 0:
                 continue
             best = gts[same[int(np.argmax(overlap[i, same]))]]
