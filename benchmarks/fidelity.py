@@ -16,11 +16,19 @@ mask heads, where the variants differ, train; `--detector trained` fine-tunes it
   (c) AISDiff, priors from the random tiny model (tiny-random) aisdiff_r18_fpn_synthetic.py
   (d) AISDiff, priors from the trained tiny model (tiny)       aisdiff_r18_fpn_synthetic.py
   (e) AISDiff, the ground-truth amodal mask as the prior       aisdiff_r18_fpn_oracle_synthetic.py
+  (f) AISDiff, the class template (mean train amodal mask)     aisdiff_r18_fpn_template_synthetic.py
+  (g) AISDiff, the oracle that knows only the shape            aisdiff_r18_fpn_oracle-shape_synthetic.py
+  (h) (d)'s model tested with DiffSP fed the ground truth's visible and occluder masks on the detected box
+      (no training of its own: it splits (d) to (e) into what the visible branch, DiffSP and the box cost)
 (c) and (d) train on cached priors (`aisdiff precompute` on train) and test with on-the-fly DiffSP, with the
 DiffSP settings given here; those not given are the trained model's defaults (tuned on train, shipped in
-priors/weights/tiny-shapes/diffsp_config.json, see the README), for both models. Test
-priors of (c), (d) and (e) are for the box head's class (`--prior-labels detector`): after a short schedule
-the mask head's own classifier, the paper's source of the prompt, is still near chance.
+priors/weights/tiny-shapes/diffsp_config.json, see the README), for both models. Every AISDiff variant takes
+the class of a detection (its DiffSP prompt, the oracle's ground truth, a per-category head's amodal channel)
+from the same source, the box head's label by default (`--prior-labels detector`, what Mask R-CNN picks its
+mask channel by): after a short schedule the mask head's own classifier, the paper's source, is near chance.
+Beside AP, each AISDiff run reports what its amodal path was given (`prior/...` of the metric: the IoU of the
+thresholded test prior and of the predicted visible mask with the amodal ground truth of the ground truths
+it found), and the IoU of each train prior store's priors with the train ground truth.
 Every step goes through the `aisdiff` commands and reuses what an earlier run with the same settings left in
 WORK_DIR (a finished run's metrics.json; the settings, the parsed config's sha256 and the prior model
 identity included, are in each run's settings.json; a train prior store's, in WORK_DIR/priors_MODEL/
@@ -33,7 +41,8 @@ kept apart from the plain ones by a tag derived from the options, so both can sh
 so are runs with an `--iters` other than the default (tag `_iters{N}`) or with `--detector trained`
 (`_trained`). Other sizes (images, scale, proposals, RoIs, `--pretrain-iters`) change the data or the
 detector: use a new WORK_DIR for them.
-Prints a table of mean and spread over seeds and writes WORK_DIR/fidelity[_TAG].{json,md}.
+Prints a table of mean and spread over seeds and writes WORK_DIR/fidelity[_TAG].{json,md} and
+benchmarks/results/fidelity[_TAG]_VARIANTS.json (the command, machine, date, table and every run's metrics).
 """
 from __future__ import annotations
 
@@ -57,6 +66,7 @@ from priors.occlusion import OCCLUSION_BUCKETS
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CONFIGS = REPO / "configs" / "aisdiff"
+RESULTS = REPO / "benchmarks" / "results"
 DETECTOR = ("backbone", "neck", "rpn_head", "roi_head.bbox_head")  # what `--detector frozen` keeps fixed
 DEFAULT_ITERS = 300  # each variant's schedule; runs of another length are kept apart (`ablation_tag`)
 VARIANTS = {
@@ -65,10 +75,14 @@ VARIANTS = {
     "c": ("AISDiff, random-model prior", "aisdiff_r18_fpn_synthetic.py", "tiny-random"),
     "d": ("AISDiff, trained-model prior", "aisdiff_r18_fpn_synthetic.py", "tiny"),
     "e": ("AISDiff, oracle prior (GT amodal)", "aisdiff_r18_fpn_oracle_synthetic.py", None),
+    "f": ("AISDiff, class-template prior", "aisdiff_r18_fpn_template_synthetic.py", None),
+    "g": ("AISDiff, oracle shape only", "aisdiff_r18_fpn_oracle-shape_synthetic.py", None),
+    "h": ("(d) tested on GT visible + occluder", "aisdiff_r18_fpn_oracle-input_synthetic.py", "tiny"),
 }
-PRIOR_READS_CLASS = ("c", "d", "e")  # DiffSP's prompt; the oracle's ground truth of that class
+TESTED_WITH = {"h": "d"}  # variants that only test another variant's checkpoint
 DIFFSP_SETTINGS = ("steps", "tau", "self_res", "cross_res")  # what both prior models are given alike
-COLUMNS = (("amodal", "AP"), ("amodal", "AP50"), ("amodal", "AP75"), ("amodal", "AR"), ("visible", "AP"))
+COLUMNS = (("amodal", "AP"), ("amodal", "AP50"), ("amodal", "AP75"), ("amodal", "AR"), ("visible", "AP"),
+           ("prior", "IoU_occluded"), ("prior", "visible_IoU_occluded"))
 
 
 def aisdiff(*args: str, log: Path | None = None) -> None:
@@ -217,10 +231,11 @@ def ablation_tag(args: argparse.Namespace) -> str:
 
 def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[str, Path],
                 detector: Path) -> dict:
-    """Train and test one variant with one seed (or read the metrics of an earlier run)."""
+    """Train and test one variant with one seed (or read the metrics of an earlier run); a variant of
+    TESTED_WITH tests the checkpoint of the variant it names, trained (or reused) first."""
     model = VARIANTS[variant][2]
     config = variant_config(args, variant)
-    work = args.work_dir / f"{variant}_seed{seed}{ablation_tag(args)}"
+    work = args.work_dir / run_name(args, variant, seed)
     metrics = work / "metrics.json"
     # the detector by its settings, not its path: a detector retrained differently makes every run stale
     settings = {"config": config.name, "config_sha256": config_digest(config), "iters": args.iters,
@@ -230,10 +245,15 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[
         from priors.store import PriorStore
 
         settings["priors"] = PriorStore.open(stores[model]).settings
-    if variant in PRIOR_READS_CLASS:
+    if variant != "a":
         settings["prior_labels"] = args.prior_labels
     if args.cfg_options:
         settings["cfg_options"] = args.cfg_options
+    trained_by = TESTED_WITH.get(variant)
+    if trained_by:  # (its own settings change with the checkpoint's: it is trained first)
+        run_variant(args, trained_by, seed, stores, detector)
+        settings["checkpoint_of"] = json.loads((work.parent / run_name(args, trained_by, seed)
+                                                / "settings.json").read_text())
     if reuse(work, settings) and metrics.is_file():
         return json.loads(metrics.read_text())
     options = [f"randomness.seed={seed}", *size_options(config, args)]  # for training and testing
@@ -242,19 +262,55 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[
                     f"model.roi_head.test_prior.model={model}",
                     f"model.roi_head.test_prior.store={stores[model]}"]
         options += [f"model.roi_head.test_prior.{k}={v}" for k, v in diffsp_flags(args).items()]
-    if variant in PRIOR_READS_CLASS:
-        options.append(f"model.roi_head.prior_labels={args.prior_labels}")
+    if variant != "a":
+        options += [f"model.roi_head.prior_labels={args.prior_labels}",
+                    f"test_evaluator.prior_threshold={prior_threshold()}"]
     options += args.cfg_options
     start = time.time()
-    print(f"({variant}) seed {seed}: training {args.iters} iterations -> {work}", flush=True)
-    if not (work / f"iter_{args.iters}.pth").is_file():
+    checkpoint = work.parent / run_name(args, trained_by or variant, seed) / f"iter_{args.iters}.pth"
+    if not checkpoint.is_file():
+        print(f"({variant}) seed {seed}: training {args.iters} iterations -> {work}", flush=True)
         aisdiff("train", str(config), "--work-dir", str(work), "--cfg-options", f"load_from={detector}",
                 *schedule_options(args.iters), "val_cfg=None", "val_dataloader=None", "val_evaluator=None",
                 *options, log=work.with_suffix(".train.log"))
-    aisdiff("test", str(config), str(work / f"iter_{args.iters}.pth"), "--work-dir", str(work),
+    print(f"({variant}) seed {seed}: testing {checkpoint}", flush=True)
+    aisdiff("test", str(config), str(checkpoint), "--work-dir", str(work),
             "--metrics-json", str(metrics), "--cfg-options", *options, log=work.with_suffix(".test.log"))
     print(f"({variant}) seed {seed}: done in {time.time() - start:.0f} s", flush=True)
     return json.loads(metrics.read_text())
+
+
+def run_name(args: argparse.Namespace, variant: str, seed: int) -> str:
+    return f"{variant}_seed{seed}{ablation_tag(args)}"
+
+
+@functools.cache
+def prior_threshold() -> float:
+    """The threshold at which a test prior counts as "in the object" (prior/IoU): the trained tiny model's
+    tuned one, as `aisdiff inspect` uses for its store."""
+    from pipeline.inspection import DEFAULT_THRESHOLD
+    from priors.diffsp import THRESHOLD_KEY
+    from priors.models import model_defaults
+
+    return float(model_defaults("tiny").get(THRESHOLD_KEY, DEFAULT_THRESHOLD))
+
+
+def store_ious(stores: dict[str, Path], ann: Path) -> str:
+    """Markdown table: IoU of each train prior store's priors (thresholded) with the train ground truth, by
+    occlusion rate: what training gives the head, beside what it meets at test (prior/IoU)."""
+    from pipeline.inspection import gt_ious
+    from priors.annotations import AmodalAnnotations
+    from priors.prior_quality import iou_table
+    from priors.store import PriorStore
+
+    groups = ("all", "occluded > 10%", *(b.name for b in OCCLUSION_BUCKETS))
+    lines = ["| train priors of | " + " | ".join(groups) + " |", "|" + "---|" * (len(groups) + 1)]
+    for model, path in sorted(stores.items()):
+        table = iou_table(gt_ious(PriorStore.open(path), AmodalAnnotations(ann), prior_threshold()))
+        lines.append(f"| {model} | " + " | ".join("-" if table[g]["prior_iou"] is None
+                                                   else f"{100 * table[g]['prior_iou']:.1f}" for g in groups)
+                     + " |")
+    return "\n".join(lines)
 
 
 def value(metrics: dict, part: str, name: str) -> float | None:
@@ -280,21 +336,23 @@ def table(results: dict[str, list[dict]], seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
-def bucket_table(results: dict[str, list[dict]]) -> str:
-    """Markdown table: amodal AP by occlusion rate, mean over seeds, in percent."""
-    found = {k for runs in results.values() for r in runs for k in r if k.startswith("amodal/AP_occ_")}
-    order = [f"amodal/AP_occ_{bucket.name}" for bucket in OCCLUSION_BUCKETS]
+def bucket_table(results: dict[str, list[dict]], prefix: str = "amodal/AP_occ_") -> str:
+    """Markdown table: a metric by occlusion rate (amodal AP; `prefix` "prior/IoU_occ_": the test priors'
+    IoU), mean over seeds, in percent; variants without it are left out."""
+    found = {k for runs in results.values() for r in runs for k in r if k.startswith(prefix)}
+    order = [f"{prefix}{bucket.name}" for bucket in OCCLUSION_BUCKETS]
     # (runs of older bucket names last)
     buckets = [k for k in order if k in found] + sorted(found - set(order))
-    lines = ["| variant | " + " | ".join(k.removeprefix("amodal/AP_occ_") for k in buckets) + " |",
+    lines = ["| variant | " + " | ".join(k.removeprefix(prefix) for k in buckets) + " |",
              "|" + "---|" * (len(buckets) + 1)]
+    part = prefix.split("/")[0]
     for variant, runs in results.items():
         cells = []
         for key in buckets:
-            vals = [v for v in (value(r, "amodal", key.removeprefix("amodal/")) for r in runs)
-                    if v is not None]
+            vals = [v for v in (value(r, part, key.removeprefix(f"{part}/")) for r in runs) if v is not None]
             cells.append(f"{100 * np.mean(vals):.1f}" if vals else "-")
-        lines.append(f"| ({variant}) | " + " | ".join(cells) + " |")
+        if any(c != "-" for c in cells):
+            lines.append(f"| ({variant}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -336,7 +394,14 @@ def main() -> None:
     detector = pretrain_detector(args)
     results = {v: [run_variant(args, v, s, stores, detector) for s in args.seeds] for v in args.variants}
     text = (table(results, args.seeds) + "\n\nAmodal AP by occlusion rate (mean over seeds):\n\n"
-            + bucket_table(results))
+            + bucket_table(results)
+            + "\n\nWhat the amodal path is given at test: IoU of the test prior (> "
+            f"{prior_threshold()}) with the amodal ground truth, found ground truths by occlusion rate (mean "
+            "over seeds):\n\n" + bucket_table(results, "prior/IoU_occ_"))
+    if stores:
+        text += ("\n\n... and in training: IoU of the train prior stores' priors with the train ground truth "
+                 "(in the ground-truth box):\n\n"
+                 + store_ious(stores, args.work_dir / "synthetic" / "annotations" / "train.json"))
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads per run: default"
     header = (f"Synthetic benchmark ({args.train_images} train / {args.val_images} val images, scale "
               f"{args.scale}, {args.proposals} proposals, {args.rois} sampled RoIs), "
@@ -348,9 +413,15 @@ def main() -> None:
     print("\n" + header + "\n\n" + text)
     out = args.work_dir / f"fidelity{ablation_tag(args)}"
     out.with_suffix(".md").write_text(header + "\n\n" + text + "\n")
-    out.with_suffix(".json").write_text(json.dumps(
-        {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-         "results": results}, indent=1))
+    record = json.dumps(
+        {"command": " ".join(["python", "benchmarks/fidelity.py", *sys.argv[1:]]),
+         "machine": machine, "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+         "table": header + "\n\n" + text, "results": results}, indent=1)
+    out.with_suffix(".json").write_text(record)
+    # (the committed copy, what the README's numbers come from)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"fidelity{ablation_tag(args)}_{'-'.join(args.variants)}.json").write_text(record)
 
 
 if __name__ == "__main__":

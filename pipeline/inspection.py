@@ -26,7 +26,8 @@ from priors.diffsp import MODEL_DEFAULTS_FILE, THRESHOLD_KEY
 from priors.errors import AisdiffError
 from priors.images import read_image
 from priors.models import model_defaults
-from priors.occlusion import OCCLUDED, OCCLUSION_BUCKETS, occlusion_bucket
+from priors.occlusion import occlusion_bucket
+from priors.prior_quality import iou_table
 from priors.store import SOURCE_GT, SOURCE_PROPOSAL, PriorStore
 
 EPS = 1e-6
@@ -122,20 +123,6 @@ def _instance(ann: AmodalAnnotations, ann_id: int, store: PriorStore) -> Instanc
     except KeyError:
         raise AisdiffError(f"{store.path}: ground-truth row for annotation {ann_id}, which {ann.path} does "
                            "not have (valid): is this the annotation file the store was made from?") from None
-
-
-def iou_table(records: list[dict]) -> dict:
-    """Mean IoUs overall, for occluded instances (> OCCLUDED) and by occlusion bucket."""
-    def mean(recs):
-        return {"instances": len(recs),
-                "prior_iou": float(np.mean([r["prior_iou"] for r in recs])) if recs else None,
-                "visible_iou": float(np.mean([r["visible_iou"] for r in recs])) if recs else None}
-
-    table = {"all": mean(records),
-             f"occluded > {OCCLUDED:.0%}": mean([r for r in records if r["occlusion"] > OCCLUDED])}
-    for bucket in OCCLUSION_BUCKETS:
-        table[bucket.name] = mean([r for r in records if bucket.contains(r["occlusion"])])
-    return table
 
 
 # -- pictures --------------------------------------------------------------------------------------

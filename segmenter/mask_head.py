@@ -6,6 +6,10 @@ features -> (global average pool) FC -> category logits.
 Shape Prior Amodal Predictor: conv3x3 stack on the RoI feature -> amodal feature; conv3x3 stack + sigmoid
 on it -> spatial attention (none with `num_attention_convs=0`, an ablation: the prior alone), times the
 shape prior M_sp (resized to the feature size), times the amodal feature; deconv2x2/s2 + 1x1 -> amodal mask.
+That is `prior_fusion="multiply"`, the paper's; beyond the paper, "residual" weighs the features by
+1 + attention x prior (a prior near 0 no longer erases them) and "concat" feeds the prior (and with
+`concat_masks` the predicted visible and occluder probabilities) to the amodal convs as extra channels,
+so the head can learn where to trust it.
 Visible and occluder masks are one channel; the amodal mask is one channel per category unless
 `class_agnostic_amodal` (the channel of the category its prior is for).
 """
@@ -82,6 +86,7 @@ class OcclusionBranch(nn.Module):
 
 
 MASK_TARGETS = {"amodal": "masks", "visible": "visible_masks", "occluder": "occluder_masks"}
+PRIOR_FUSIONS = ("multiply", "residual", "concat")
 
 
 @MODELS.register_module()
@@ -101,17 +106,29 @@ class AISDiffMaskHead(BaseModule):
         loss_mask: the mask loss of the three masks (default binary cross-entropy).
         loss_cls: the category loss (default softmax cross-entropy).
         loss_weights: weights of the amodal / visible / occluder mask losses (default 1 each).
+        prior_fusion: how the shape prior enters the amodal path: "multiply" (the paper's: features x
+            attention x prior), "residual" (features x (1 + attention x prior)) or "concat" (the prior is an
+            input channel of the amodal convs; features x attention).
+        concat_masks: with "concat", also feed the predicted visible and occluder probabilities (detached:
+            the amodal loss does not train the visible branch through them).
         init_cfg: mmengine's init config (the layers initialize themselves as mmdet's mask heads do).
     """
 
     def __init__(self, num_classes: int, in_channels: int = 256, conv_channels: int = 256,
                  num_amodal_convs: int = 2, num_attention_convs: int = 2, class_agnostic_amodal: bool = True,
                  loss_mask: dict | None = None, loss_cls: dict | None = None,
-                 loss_weights: dict | None = None, init_cfg: dict | None = None) -> None:
+                 loss_weights: dict | None = None, prior_fusion: str = "multiply", concat_masks: bool = False,
+                 init_cfg: dict | None = None) -> None:
         if num_amodal_convs < 1 or num_attention_convs < 0:
             raise AisdiffError(f"AISDiffMaskHead: num_amodal_convs={num_amodal_convs}, num_attention_convs="
                                f"{num_attention_convs}; use at least 1 feature conv and 0 or more gate convs")
+        if prior_fusion not in PRIOR_FUSIONS:
+            raise AisdiffError(f"AISDiffMaskHead: prior_fusion={prior_fusion!r}; use one of {PRIOR_FUSIONS}")
+        if concat_masks and prior_fusion != "concat":
+            raise AisdiffError(f"AISDiffMaskHead: concat_masks=True needs prior_fusion='concat', not "
+                               f"{prior_fusion!r}")
         super().__init__(init_cfg=init_cfg)
+        self.prior_fusion, self.concat_masks = prior_fusion, concat_masks
         self.num_classes = num_classes
         self.occluder = OcclusionBranch(in_channels, conv_channels)
         self.visible = OcclusionBranch(in_channels, conv_channels)
@@ -121,7 +138,9 @@ class AISDiffMaskHead(BaseModule):
         classifier = nn.Linear(conv_channels, num_classes)
         normal_init(classifier, std=0.01)  # as mmdet's box classifier
         self.cls_fc = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), classifier)
-        self.amodal_features = nn.Sequential(*[_conv3x3(in_channels if i == 0 else conv_channels,
+        # "concat": the prior (and the visible and occluder probabilities) as extra input channels
+        extra = (1 + 2 * concat_masks) if prior_fusion == "concat" else 0
+        self.amodal_features = nn.Sequential(*[_conv3x3(in_channels + extra if i == 0 else conv_channels,
                                                         conv_channels)
                                                for i in range(num_amodal_convs)])
         self.attention = self._gate(conv_channels, num_attention_convs) if num_attention_convs else None
@@ -151,24 +170,48 @@ class AISDiffMaskHead(BaseModule):
         return {"occluder": self.occluder.predictor(occ), "visible": self.visible.predictor(vis),
                 "cls": self.cls_fc(vis)}
 
-    def forward_amodal(self, feats: Tensor, shape_priors: Tensor, labels: Tensor) -> Tensor:
+    def forward_amodal(self, feats: Tensor, shape_priors: Tensor, labels: Tensor,
+                       masks: Tensor | None = None) -> Tensor:
         """Amodal mask logits [n, 1, 28, 28] from RoI features and shape priors [n, S, S] in [0, 1];
-        per-category heads give the channel of `labels` [n] (the classes the priors are for)."""
-        amodal = self.amodal_features(feats)
-        prior = F.interpolate(shape_priors[:, None].to(amodal.dtype), size=amodal.shape[-2:], mode="bilinear",
+        per-category heads give the channel of `labels` [n] (the classes the priors are for). `masks`
+        [n, 2, 28, 28], the visible and occluder probabilities, are read with `concat_masks`."""
+        size = feats.shape[-2:]
+        prior = F.interpolate(shape_priors[:, None].to(feats.dtype), size=size, mode="bilinear",
                               align_corners=False)
+        if self.prior_fusion == "concat":
+            inputs = [feats, prior]
+            if self.concat_masks:
+                if masks is None:
+                    raise AisdiffError("AISDiffMaskHead(concat_masks=True) needs the visible and occluder "
+                                       "probabilities (masks=...) to predict the amodal mask")
+                inputs.append(F.adaptive_avg_pool2d(masks.to(feats.dtype), size))
+            feats = torch.cat(inputs, 1)
+        amodal = self.amodal_features(feats)
         # without gate convs (an ablation) the prior alone is the spatial attention
-        spatial = prior if self.attention is None else torch.sigmoid(self.attention(amodal)) * prior
-        logits = self.amodal_predictor(amodal * spatial)
+        gate = None if self.attention is None else torch.sigmoid(self.attention(amodal))
+        if self.prior_fusion == "multiply":
+            fused = amodal * (prior if gate is None else gate * prior)
+        elif self.prior_fusion == "residual":
+            fused = amodal * (1 + (prior if gate is None else gate * prior))
+        else:
+            fused = amodal if gate is None else amodal * gate
+        logits = self.amodal_predictor(fused)
         if logits.shape[1] == 1:
             return logits
         return logits[torch.arange(len(logits), device=logits.device), labels.long()][:, None]
+
+    @staticmethod
+    def mask_probabilities(out: dict[str, Tensor]) -> Tensor:
+        """The visible and occluder probabilities [n, 2, 28, 28] of `forward_visible`'s output, detached (the
+        amodal path's extra input with `concat_masks`)."""
+        return torch.cat([out["visible"], out["occluder"]], 1).sigmoid().detach()
 
     def forward(self, feats: Tensor, shape_priors: Tensor, labels: Tensor) -> dict[str, Tensor]:
         """Every output of the head; `labels` [n] are the classes of the priors (the ground truth's in
         training)."""
         out = self.forward_visible(feats)
-        out["amodal"] = self.forward_amodal(feats, shape_priors, labels)
+        masks = self.mask_probabilities(out) if self.concat_masks else None
+        out["amodal"] = self.forward_amodal(feats, shape_priors, labels, masks)
         return out
 
     def get_targets(self, sampling_results, batch_gt_instances, rcnn_train_cfg) -> dict[str, Tensor]:

@@ -5,6 +5,12 @@ plus amodal AP per occlusion-rate bucket (`amodal/AP_occ_none`, `amodal/AP_occ_1
 `priors.occlusion`): ground truths outside the bucket are marked crowd, so detections matching them are
 neither true nor false positives. Results can be written as COCO results JSON (`outfile_prefix`) and as a
 proposals file (`proposals_file`, README: Computing priors).
+For a model whose results carry `shape_priors` (the AISDiff head), also what the amodal path was given:
+for each ground truth found by a detection of its class (box IoU >= 0.5, the highest-scoring one), the IoU
+with its amodal mask, in the detection's box, of the thresholded test prior (`prior/IoU`), of the predicted
+visible mask (`prior/visible_IoU`) and of the predicted amodal mask (`prior/amodal_IoU`), each overall,
+for occluded instances (`..._occluded`) and by bucket (`..._occ_none`, ...), and the share of ground
+truths found (`prior/found`).
 """
 from __future__ import annotations
 
@@ -14,18 +20,21 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from mmdet.registry import METRICS
 from mmengine.evaluator import BaseMetric
 from mmengine.logging import MMLogger
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from priors import masks
+from priors import geometry, masks
 from priors.annotations import AmodalAnnotations
 from priors.occlusion import OCCLUSION_BUCKETS
+from priors.prior_quality import iou_table, match_ground_truths
 from priors.proposals import proposal_record
 
 KINDS = ("amodal", "visible")
+PRIOR_IOUS = {"prior_iou": "IoU", "visible_iou": "visible_IoU", "amodal_iou": "amodal_IoU"}  # -> metric names
 
 
 def coco_eval(gt: dict, detections: list[dict]) -> np.ndarray:
@@ -67,9 +76,11 @@ class AmodalMetric(BaseMetric):
 
     def __init__(self, ann_file: str, ann_format: str | None = None, skip_invalid: bool = False,
                  outfile_prefix: str | None = None, proposals_file: str | None = None,
-                 collect_device: str = "cpu", prefix: str | None = None) -> None:
+                 prior_threshold: float = 0.5, collect_device: str = "cpu",
+                 prefix: str | None = None) -> None:
         super().__init__(collect_device=collect_device, prefix=prefix)
         self.ann_file, self.ann_format, self.skip_invalid = ann_file, ann_format, skip_invalid
+        self.prior_threshold = prior_threshold  # a test prior above it is "in the object" for prior/IoU
         self.outfile_prefix, self.proposals_file = outfile_prefix, proposals_file
 
     def process(self, data_batch, data_samples) -> None:
@@ -82,7 +93,9 @@ class AmodalMetric(BaseMetric):
                 "img_id": int(sample["img_id"]), "bboxes": pred["bboxes"].cpu().numpy(),
                 "scores": pred["scores"].cpu().numpy(), "labels": labels, **encode,
                 # the class the AISDiff head conditioned DiffSP on (`prior_labels`: its own or the box head's)
-                "prior_labels": pred["prior_labels"].cpu().numpy() if "prior_labels" in pred else labels})
+                "prior_labels": pred["prior_labels"].cpu().numpy() if "prior_labels" in pred else labels,
+                **({"shape_priors": pred["shape_priors"].cpu().numpy().astype(np.float16)}
+                   if "shape_priors" in pred else {})})
 
     def _detections(self, results: list[dict], label2cat: dict[int, int], kind: str) -> list[dict]:
         key = "masks" if kind == "amodal" else "visible_masks"
@@ -113,12 +126,44 @@ class AmodalMetric(BaseMetric):
             outside = {i.ann_id for i in ann if not bucket.contains(i.occlusion_rate)}
             metrics[f"amodal/AP_occ_{bucket.name}"] = coco_eval(ground_truth(ann, "amodal", outside),
                                                                 amodal_dets)[0]
+        if any("shape_priors" in r for r in results):
+            metrics.update(self._prior_quality(results, ann, label2cat))
         if self.proposals_file:
             self._dump(self.proposals_file, self._proposals(results, label2cat))
             logger.info(f"wrote proposals to {self.proposals_file}")
         metrics = {k: round(float(v), 4) for k, v in metrics.items()}
         logger.info("amodal / visible: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         return metrics
+
+    def _prior_quality(self, results: list[dict], ann: AmodalAnnotations,
+                       label2cat: dict[int, int]) -> dict[str, float]:
+        """prior/IoU, prior/visible_IoU, prior/amodal_IoU (see the module docstring) and prior/found."""
+        records, total = [], 0
+        for r in results:
+            gts = ann.by_image(r["img_id"])
+            total += len(gts)
+            cats = [label2cat[int(label)] for label in r["labels"]]
+            found = match_ground_truths([g.amodal_box for g in gts], [g.category_id for g in gts],
+                                        r["bboxes"], cats, r["scores"])
+            for gt, d in zip(gts, found.tolist(), strict=True):
+                if d < 0:
+                    continue
+                prior = r["shape_priors"][d]
+                images = [gt.amodal_mask(), masks.decode(r["visible_masks"][d]), masks.decode(r["masks"][d])]
+                amodal, visible, predicted = geometry.masks_in_box(np.stack(images), r["bboxes"][d],
+                                                                   prior.shape[-1])
+                thresholded = torch.from_numpy(prior.astype(np.float32) > self.prior_threshold)
+                records.append({"occlusion": gt.occlusion_rate,
+                                "prior_iou": geometry.mask_iou(thresholded, amodal),
+                                "visible_iou": geometry.mask_iou(visible, amodal),
+                                "amodal_iou": geometry.mask_iou(predicted, amodal)})
+        out = {"prior/found": len(records) / max(total, 1)}
+        for group, means in iou_table(records, tuple(PRIOR_IOUS)).items():
+            suffix = ("" if group == "all" else "_occluded" if group.startswith("occluded")
+                      else f"_occ_{group}")
+            out.update({f"prior/{name}{suffix}": means[key] for key, name in PRIOR_IOUS.items()
+                        if means[key] is not None})
+        return out
 
     def _proposals(self, results: list[dict], label2cat: dict[int, int]) -> list[dict]:
         """Detections as proposal records, with the class DiffSP is conditioned on (the head's visible-branch

@@ -108,7 +108,8 @@ class AISDiffRoIHead(StandardRoIHead):
         probs = {k: first[k].sigmoid()[:, 0].split(counts) for k in ("visible", "occluder")}
         shape_priors = [self._test_priors(i, res, probs, prior_labels[i], meta, context)
                         for i, (res, meta) in enumerate(zip(results_list, batch_img_metas, strict=True))]
-        amodal = self.mask_head.forward_amodal(feats, torch.cat(shape_priors), torch.cat(prior_labels))
+        masks = self.mask_head.mask_probabilities(first) if self.mask_head.concat_masks else None
+        amodal = self.mask_head.forward_amodal(feats, torch.cat(shape_priors), torch.cat(prior_labels), masks)
         maps = {"masks": amodal.sigmoid()[:, 0].split(counts), "visible_masks": probs["visible"],
                 "occluder_masks": probs["occluder"]}
         results_list = self.mask_head.predict_by_feat(maps, results_list, batch_img_metas, self.test_cfg,

@@ -1,0 +1,43 @@
+"""How good shape priors are: IoU with the amodal ground truth, overall and by occlusion bucket, and the
+matching of detections to ground truths it needs (one definition for `aisdiff inspect` and the segmenter's
+metric, so that store rows and a model's test-time priors are scored alike)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from priors import masks
+from priors.occlusion import OCCLUDED, OCCLUSION_BUCKETS
+
+MATCH_IOU = 0.5  # box IoU at which a detection counts as finding a ground truth (COCO's AP50 criterion)
+
+
+def match_ground_truths(gt_boxes: Sequence, gt_labels: Sequence[int], boxes: Sequence, labels: Sequence[int],
+                        ranks: Sequence[float] | None = None, min_iou: float = MATCH_IOU) -> np.ndarray:
+    """For each ground truth, the index of the detection of its class whose box overlaps its amodal box by
+    `min_iou` or more with the highest rank (the score; the box IoU when `ranks` is None), or -1."""
+    out = np.full(len(gt_boxes), -1, dtype=np.int64)
+    if not len(gt_boxes) or not len(boxes):
+        return out
+    overlap = masks.box_iou_xyxy(np.asarray(gt_boxes, np.float64), np.asarray(boxes, np.float64))
+    same = np.asarray(gt_labels)[:, None] == np.asarray(labels)[None, :]
+    found = same & (overlap >= min_iou)
+    rank = overlap if ranks is None else np.broadcast_to(np.asarray(ranks, np.float64), overlap.shape)
+    for g in np.nonzero(found.any(1))[0]:
+        out[g] = int(np.argmax(np.where(found[g], rank[g], -np.inf)))
+    return out
+
+
+def iou_table(records: list[dict], keys: Sequence[str] = ("prior_iou", "visible_iou")) -> dict:
+    """Mean of each IoU in `keys` over `records` (dicts with an "occlusion" rate): overall, for occluded
+    instances (> OCCLUDED) and by occlusion bucket; None where a group is empty."""
+    def mean(recs):
+        return {"instances": len(recs), **{k: float(np.mean([r[k] for r in recs])) if recs else None
+                                           for k in keys}}
+
+    table = {"all": mean(records),
+             f"occluded > {OCCLUDED:.0%}": mean([r for r in records if r["occlusion"] > OCCLUDED])}
+    for bucket in OCCLUSION_BUCKETS:
+        table[bucket.name] = mean([r for r in records if bucket.contains(r["occlusion"])])
+    return table
