@@ -3,7 +3,8 @@
 Registered: the `AmodalDataset`; the transforms `LoadAmodalAnnotations`, `LoadCachedPriors`,
 `AmodalResize`, `AmodalRandomFlip`, `AmodalRandomCrop`, `AmodalPad`, `PackAmodalInputs`; the `AISDiff`
 detector, `AISDiffRoIHead` and `AISDiffMaskHead`; the prior providers (TASK_UTILS) `CachedPriors`,
-`OnTheFlyPriors`, `ProposalCachePriors`, `NoPriors` and `OraclePriors`; the `AmodalMetric`; the
+`OnTheFlyPriors`, `ProposalCachePriors`, `NoPriors`, `OraclePriors` and the controls `DegradedPriors`,
+`ClassTemplatePriors` and `OracleInputPriors`; the `AmodalMetric`; the
 `FreezeModulesHook`. Besides registering, the import only allow-lists the types mmengine writes into
 checkpoints for torch's safe (weights-only) unpickler (see `segmenter.checkpoint`).
 """
@@ -14,6 +15,7 @@ from .hooks import FreezeModulesHook
 from .mask_head import AISDiffMaskHead
 from .metric import AmodalMetric
 from .prior_context import PriorContext
+from .prior_controls import ClassTemplatePriors, DegradedPriors, OracleInputPriors
 from .prior_providers import (
     CachedPriors,
     NoPriors,
@@ -37,7 +39,8 @@ allow_mmengine_checkpoints()
 
 __all__ = [
     "AISDiff", "AISDiffMaskHead", "AISDiffRoIHead", "AmodalDataset", "AmodalMetric", "AmodalPad",
-    "AmodalRandomCrop", "AmodalRandomFlip", "AmodalResize", "CachedPriors", "FreezeModulesHook",
-    "LoadAmodalAnnotations", "LoadCachedPriors", "NoPriors", "OnTheFlyPriors", "OraclePriors",
-    "PackAmodalInputs", "PriorContext", "PriorProvider", "ProposalCachePriors",
+    "AmodalRandomCrop", "AmodalRandomFlip", "AmodalResize", "CachedPriors", "ClassTemplatePriors",
+    "DegradedPriors", "FreezeModulesHook", "LoadAmodalAnnotations", "LoadCachedPriors", "NoPriors",
+    "OnTheFlyPriors", "OracleInputPriors", "OraclePriors", "PackAmodalInputs", "PriorContext",
+    "PriorProvider", "ProposalCachePriors",
 ]

@@ -7,18 +7,22 @@
   detected box, batched per image; with `store=`, its settings are checked against that store's.
 - `ProposalCachePriors` (testing): priors of proposal rows (source 1) of a store, matched by image and box.
 - `NoPriors`: a prior of 1 everywhere (the ablation).
-- `OraclePriors`: the ground-truth amodal mask itself as the prior (the ceiling a shape prior can reach).
-Providers are registered in mmdet's TASK_UTILS: plain objects, not modules, so the diffusion model's
-weights never enter a checkpoint. `PriorProvider` is the contract they keep.
+- `OraclePriors`: the ground-truth amodal mask itself as the prior (the ceiling a shape prior can reach),
+  where it lies in the image (`frame="image"`) or only its shape, stretched over the box (`frame="box"`).
+The fidelity benchmark's other controls (`DegradedPriors`, `ClassTemplatePriors`, `OracleInputPriors`)
+are in `segmenter.prior_controls`. Providers are registered in mmdet's TASK_UTILS: plain objects, not
+modules, so the diffusion model's weights never enter a checkpoint. `PriorProvider` is the contract they keep.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 from mmdet.registry import TASK_UTILS
+from mmdet.structures.bbox import get_box_tensor
 from torch import Tensor
 
-from priors import geometry
+from priors import geometry, masks
+from priors.annotations import AmodalAnnotations, Instance
 from priors.diffsp import DiffSP, DiffSPConfig, prepare_rois
 from priors.errors import AisdiffError
 from priors.identity import gt_roi_seed, proposal_roi_seed
@@ -29,6 +33,7 @@ from .prior_context import PriorContext
 # store settings that describe the dataset, not DiffSP: not compared with an on-the-fly provider's
 DATASET_SETTINGS = ("annotations", "annotation_format", "proposals")
 ROLES = {"train": "training_priors", "test": "test_priors"}
+ORACLE_FRAMES = ("image", "box")
 
 
 class PriorProvider:
@@ -272,34 +277,63 @@ class NoPriors(PriorProvider):
         return torch.ones(len(boxes), self.prior_size, self.prior_size, device=boxes.device)
 
 
+def original_boxes(boxes: Tensor, img_meta: dict) -> Tensor:
+    """Detection boxes [n, 4] in original-image pixels (float64, CPU), where annotation files draw them."""
+    scale = torch.as_tensor(img_meta["scale_factor"], dtype=boxes.dtype).double().repeat(2)
+    return boxes.detach().cpu().double() / scale
+
+
+def match_ground_truth(gts: list[Instance], classes: tuple[str, ...], boxes_original: np.ndarray,
+                       labels: list[int]) -> list[Instance | None]:
+    """Each detection's ground truth (the oracles' look-up): of the detection's class (`labels` index
+    `classes`), the one whose amodal box has the highest IoU with the detection's box (original-image
+    pixels); None where no ground truth of its class overlaps it."""
+    if not gts:
+        return [None] * len(labels)
+    overlap = masks.box_iou_xyxy(boxes_original, np.array([g.amodal_box for g in gts], dtype=np.float64))
+    gt_labels = [classes.index(g.category) for g in gts]  # once per image, not per detection
+    matches: list[Instance | None] = []
+    for i, label in enumerate(labels):
+        same = [j for j, gt_label in enumerate(gt_labels) if gt_label == label]
+        matched = same and overlap[i, same].max() > 0
+        matches.append(gts[same[int(np.argmax(overlap[i, same]))]] if matched else None)
+    return matches
+
+
 @TASK_UTILS.register_module()
 class OraclePriors(PriorProvider):
     """The ground-truth amodal mask as the prior: the ceiling of what a shape prior can give the head.
 
-    Training: each positive proposal gets its assigned ground truth's amodal mask cropped to the proposal
-    box (as mask targets are made). Testing: each detection gets the amodal mask of the ground truth of the
-    same class whose amodal box overlaps it most (from `ann_file`, read at the first test batch; classes are
-    its categories in id order, as the dataset configs list them), resampled onto the detection box; a
-    detection that overlaps no ground truth of its class gets a prior of 0. Not a method: a measurement.
+    Each box gets a ground truth's amodal mask: in training the positive proposal's assigned ground truth;
+    at test the ground truth that `match_ground_truth` gives the detection (from `ann_file`, read at the
+    first test batch; classes are its categories in id order, as the dataset configs list them), a
+    detection without one getting a prior of 0. `frame` says what of the mask the prior keeps:
+    - "image" (default): the mask where it lies in the image, cropped to the box (training, as mask targets
+      are made) or resampled onto it (test): the oracle also corrects the box's misalignment.
+    - "box": only the shape, the mask in its ground truth's own amodal box (at test as
+      `geometry.masks_in_box`), stretched as it is over the proposal or detection box: what a perfect
+      shape prior that knows nothing of the box's error would give.
+    Not a method: a measurement.
     """
 
-    def __init__(self, ann_file: str | None = None, prior_size: int = 28) -> None:
-        self.ann_file, self.prior_size = ann_file, prior_size
+    def __init__(self, ann_file: str | None = None, prior_size: int = 28, frame: str = "image") -> None:
+        if frame not in ORACLE_FRAMES:
+            raise AisdiffError(f"OraclePriors: frame={frame!r}; use 'image' (the mask where it lies in the "
+                               "image) or 'box' (its shape in its own box, stretched over the detection)")
+        self.ann_file, self.prior_size, self.frame = ann_file, prior_size, frame
         self._ann = None
 
     def training_priors(self, sampling_results, batch_gt_instances, context: PriorContext) -> Tensor:
         out = []
         for res, gt in zip(sampling_results, batch_gt_instances, strict=True):
-            idx = res.pos_assigned_gt_inds.cpu().numpy()
-            out.append(gt.masks.crop_and_resize(res.pos_priors, (self.prior_size, self.prior_size), idx,
+            idx = res.pos_assigned_gt_inds
+            boxes = res.pos_priors if self.frame == "image" else get_box_tensor(gt.bboxes)[idx]
+            out.append(gt.masks.crop_and_resize(boxes, (self.prior_size, self.prior_size), idx.cpu().numpy(),
                                                 device=res.pos_priors.device).to_tensor(torch.float32,
                                                                                         res.pos_priors.device))
         return torch.cat(out)
 
     def test_priors(self, index, boxes, visible, occluder, labels, img_meta, context) -> Tensor:
-        from priors import masks
-        from priors.annotations import AmodalAnnotations
-
         if self.ann_file is None:
             raise AisdiffError("OraclePriors needs ann_file=... (the ground truth) to give test priors")
         self._ann = self._ann or AmodalAnnotations(self.ann_file)
@@ -307,16 +341,15 @@ class OraclePriors(PriorProvider):
         gts = self._ann.by_image(context.image_id(index, type(self).__name__))
         if not gts or not len(boxes):
             return priors
-        original = (boxes.detach().cpu().double()
-                    / boxes.new_tensor(img_meta["scale_factor"]).double().repeat(2))
-        overlap = masks.box_iou_xyxy(original.numpy(),
-                                     np.array([g.amodal_box for g in gts], dtype=np.float64))
-        gt_labels = [self._ann.classes.index(g.category) for g in gts]  # once per image, not per detection
-        for i, label in enumerate(labels.tolist()):
-            same = [j for j, gt_label in enumerate(gt_labels) if gt_label == label]
-            if not same or overlap[i, same].max() <= 0:
+        original = original_boxes(boxes, img_meta)
+        matches = match_ground_truth(gts, self._ann.classes, original.numpy(), labels.tolist())
+        for i, best in enumerate(matches):
+            if best is None:
                 continue
-            best = gts[same[int(np.argmax(overlap[i, same]))]]
-            mask = torch.from_numpy(best.amodal_mask().astype(np.float32))[None, None]
-            priors[i] = geometry.roi_resample(mask, original[i:i + 1], self.prior_size)[0, 0].to(priors)
+            if self.frame == "image":
+                mask = torch.from_numpy(best.amodal_mask().astype(np.float32))[None, None]
+                priors[i] = geometry.roi_resample(mask, original[i:i + 1], self.prior_size)[0, 0].to(priors)
+            else:
+                priors[i] = geometry.masks_in_box(best.amodal_mask()[None], best.amodal_box,
+                                                  self.prior_size)[0].to(priors)
         return priors

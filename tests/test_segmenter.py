@@ -466,7 +466,11 @@ CONFIGS = {"aisdiff_r50_fpn_kins.py": 7, "aisdiff_r101_fpn_kins.py": 7,
            "aisdiff_regnetx-3.2gf_fpn_kins.py": 7, "aisdiff_r50_fpn_cocoa-cls.py": 80,
            "aisdiff_r50_fpn_d2sa.py": 60, "aisdiff_r18_fpn_synthetic.py": 7,
            "aisdiff_r18_fpn_noprior_synthetic.py": 7, "aisdiff_r18_fpn_oracle_synthetic.py": 7,
-           "maskrcnn_r18_fpn_amodal_synthetic.py": 7}
+           "aisdiff_r18_fpn_oracle-shape_synthetic.py": 7, "aisdiff_r18_fpn_oracle-input_synthetic.py": 7,
+           "aisdiff_r18_fpn_template_synthetic.py": 7, "maskrcnn_r18_fpn_amodal_synthetic.py": 7}
+# the test prior of each config, by a word of its name (first match; otherwise OnTheFlyPriors)
+TEST_PRIORS = {"noprior": "NoPriors", "oracle-input": "OracleInputPriors", "oracle": "OraclePriors",
+               "template": "ClassTemplatePriors"}
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -487,9 +491,10 @@ def test_every_config_builds_its_model_and_reads_data_roots_from_the_environment
     assert head.bbox_head.num_classes == head.mask_head.num_classes == CONFIGS[name]
     if name.startswith("aisdiff"):
         assert cfg.model.type == "AISDiff" and head.mask_head.type == "AISDiffMaskHead"
-        expected = ("NoPriors" if "noprior" in name
-                    else "OraclePriors" if "oracle" in name else "OnTheFlyPriors")
+        expected = next((prior for word, prior in TEST_PRIORS.items() if word in name), "OnTheFlyPriors")
         assert head.test_prior.type == expected
+        assert head.test_prior.get("ann_file", "/datasets/").startswith("/datasets/")
+        assert head.test_prior.get("frame", "image") == ("box" if "oracle-shape" in name else "image")
         assert cfg.train_dataloader.dataset.prior_store.startswith("/datasets/")
     if name.endswith("synthetic.py"):  # small enough to build here (the others load ImageNet weights)
         model = MODELS.build(cfg.model)
