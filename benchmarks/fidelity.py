@@ -356,7 +356,8 @@ def bucket_table(results: dict[str, list[dict]], prefix: str = "amodal/AP_occ_")
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with the DiffSP settings filled in and the work folder made."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work-dir", type=Path, default=REPO / "work_dirs" / "fidelity")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -383,12 +384,16 @@ def main() -> None:
     parser.add_argument("--cross-res", type=int, help=tiny_default)
     parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config options for every chosen variant (an ablation; its runs are kept apart)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     fill_diffsp_flags(args)
     args.work_dir = args.work_dir.resolve()
     args.work_dir.mkdir(parents=True, exist_ok=True)
     os.environ["AISDIFF_DATA"] = str(args.work_dir)  # the synthetic configs read $AISDIFF_DATA/synthetic/
+    return args
 
+
+def main() -> None:
+    args = parse_args()
     start = time.time()
     stores = prepare(args)
     detector = pretrain_detector(args)

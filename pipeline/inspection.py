@@ -5,7 +5,9 @@
   category the mean prior, its entropy and its sharpness.
 - With `--ann`: for ground-truth rows, IoU of the thresholded prior with the amodal ground truth beside
   the IoU of the visible mask with it (the number a prior must beat), overall and by occlusion rate,
-  compared in the box frame (S x S) where priors live.
+  compared in the box frame (S x S) where priors live; for proposal rows (a detector's test-time
+  priors), the same prior IoU for each ground truth found by a proposal of its class (box IoU >= 0.5, the
+  best-overlapping one), in the proposal's box: what the amodal head meets at test.
 - `--png`: one row per sampled ROI: the image inside the box, visible mask, occluder mask, prior heat map
   and amodal ground truth; sampled by category or occlusion rate, deterministic with `--seed`.
 Works on a store that is still being written (reports progress); a damaged store is an error.
@@ -27,7 +29,7 @@ from priors.errors import AisdiffError
 from priors.images import read_image
 from priors.models import model_defaults
 from priors.occlusion import occlusion_bucket
-from priors.prior_quality import iou_table
+from priors.prior_quality import iou_table, match_ground_truths
 from priors.store import SOURCE_GT, SOURCE_PROPOSAL, PriorStore
 
 EPS = 1e-6
@@ -114,6 +116,27 @@ def gt_ious(store: PriorStore, ann: AmodalAnnotations, threshold: float) -> list
                         "occlusion": inst.occlusion_rate,
                         "prior_iou": geometry.mask_iou(prior > threshold, amodal),
                         "visible_iou": geometry.mask_iou(visible, amodal)})
+    return out
+
+
+def proposal_ious(store: PriorStore, ann: AmodalAnnotations, threshold: float) -> list[dict]:
+    """For every ground truth found by a done proposal row of its class: occlusion rate and
+    IoU(prior > t, amodal) in the proposal's box."""
+    rows, done = store.rows(), store.done()
+    proposal = np.flatnonzero(done & (rows.source == SOURCE_PROPOSAL))
+    out = []
+    for image_id in sorted(set(rows.image_id[proposal].tolist())):
+        idx = proposal[rows.image_id[proposal] == image_id]
+        gts = ann.by_image(int(image_id))
+        found = match_ground_truths([g.amodal_box for g in gts], [g.category_id for g in gts], rows.box[idx],
+                                    rows.category_id[idx])
+        for gt, k in zip(gts, found.tolist(), strict=True):
+            if k < 0:
+                continue
+            prior = torch.from_numpy(store.priors([int(idx[k])])[0])
+            amodal = geometry.masks_in_box(gt.amodal_mask()[None], rows.box[idx[k]], store.prior_size)[0]
+            out.append({"row": int(idx[k]), "ann_id": gt.ann_id, "occlusion": gt.occlusion_rate,
+                        "prior_iou": geometry.mask_iou(prior > threshold, amodal)})
     return out
 
 
@@ -234,6 +257,13 @@ def _text(report: dict) -> str:
         for name, v in report["iou"].items():
             if v["instances"]:
                 lines.append(f"| {name} | {v['instances']} | {v['prior_iou']:.3f} | {v['visible_iou']:.3f} |")
+    if "proposal_iou" in report:
+        lines += ["", "IoU with the amodal ground truth of the ground truths found by proposal rows (box IoU "
+                  ">= "
+                  f"0.5, in the proposal's box, prior > {report['threshold']}):",
+                  "| instances | n | prior IoU |", "|---|---|---|"]
+        lines += [f"| {name} | {v['instances']} | {v['prior_iou']:.3f} |"
+                  for name, v in report["proposal_iou"].items() if v["instances"]]
     if "png" in report:
         lines += ["",
                   f"picture: {report['png']} ({report['png_rows']} ROIs x {report['png_columns']} panels)"]
@@ -255,6 +285,8 @@ def run(args: argparse.Namespace) -> int:
     report["categories"] = category_statistics(store, names, row_statistics(store))
     if ann is not None:
         report["iou"] = iou_table(gt_ious(store, ann, threshold))
+        if (store.rows().source == SOURCE_PROPOSAL).any():
+            report["proposal_iou"] = iou_table(proposal_ious(store, ann, threshold), ("prior_iou",))
     if args.png:
         rows, done = store.rows(), store.done()
         candidates = np.flatnonzero(done)

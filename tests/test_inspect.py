@@ -90,3 +90,36 @@ def test_in_progress_and_damaged_stores(store, tmp_path):
     proc = aisdiff("inspect", str(damaged))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "damaged prior store: missing arrays: prior" in proc.stderr
+
+
+def test_proposal_rows_are_scored_against_the_ground_truths_they_find(make_benchmark, tmp_path):
+    """Proposal rows on the ground-truth boxes with the amodal masks as priors score IoU 1; a proposal of
+    another class, or one that misses its box, finds nothing; the report has the table beside the
+    ground-truth rows' (none here)."""
+    from pipeline.inspection import proposal_ious
+    from priors import geometry
+    from priors.annotations import load_annotations
+    from priors.store import SOURCE_PROPOSAL, Rows
+
+    root = make_benchmark("kins2020", train_images=2, val_images=2, seed=12)
+    ann_path = root / "annotations" / "val.json"
+    ann = load_annotations(ann_path)
+    insts = list(ann)
+    boxes = [i.amodal_box for i in insts]
+    cats = [i.category_id for i in insts]
+    boxes.append([b + 1000 for b in insts[0].amodal_box])  # misses every box
+    cats.append(insts[0].category_id)
+    n = len(boxes)
+    rows = Rows(box=np.array(boxes, np.float32), image_id=[i.image_id for i in insts] + [insts[0].image_id],
+                ann_id=np.full(n, -1), category_id=cats, source=np.full(n, SOURCE_PROPOSAL))
+    store = PriorStore.create(tmp_path / "p.zarr", STORE_SETTINGS, rows, prior_size=28, chunk_rows=n)
+    priors = [geometry.masks_in_box(i.amodal_mask()[None], i.amodal_box, 28)[0].numpy() for i in insts]
+    store.write_chunk(0, np.stack([*priors, np.zeros((28, 28))]).astype(np.float32))
+    records = proposal_ious(PriorStore.open(store.path), ann, 0.5)
+    assert len(records) == len(insts) and all(r["prior_iou"] == 1.0 for r in records)
+    assert sorted(r["row"] for r in records) == list(range(len(insts)))
+    proc = aisdiff("inspect", str(store.path), "--ann", str(ann_path), "--json", "--threshold", "0.5")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["proposal_iou"]["all"] == {"instances": len(insts), "prior_iou": 1.0}
+    assert report["iou"]["all"]["instances"] == 0
