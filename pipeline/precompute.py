@@ -55,6 +55,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="prior store to create or resume (a .zarr folder)")
     p.add_argument("--proposals", type=Path,
                    help="COCO results JSON of detector proposals (README, section 'Computing priors')")
+    p.add_argument("--proposals-only", action="store_true",
+                   help="with --proposals, no ground-truth rows: e.g. a model's detections of its train "
+                        "split, for LoadCachedPriors(source='detections', detections=STORE)")
     p.add_argument("--format", choices=["kins2020", "kins", "cocoa", "d2sa", "aistron"],
                    help="annotation format (default: detected from the keys)")
     p.add_argument("--model", default="tiny",
@@ -105,6 +108,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise AisdiffError("--workers must be >= 0")
     if not args.wait_timeout > 0:
         raise AisdiffError("--wait-timeout must be > 0 seconds")
+    if args.proposals_only and not args.proposals:
+        raise AisdiffError("--proposals-only needs --proposals (the proposals file whose rows to compute)")
     if not args.images.is_dir():
         raise AisdiffError(f"--images {args.images} is not a folder; point it at the dataset's image folder.")
 
@@ -240,12 +245,14 @@ def run(args: argparse.Namespace) -> int:
     annotations = AmodalAnnotations(args.ann, format=args.format, images_dir=args.images,
                                     skip_invalid=args.skip_invalid)
     proposals = Proposals(args.proposals, annotations, args.skip_invalid) if args.proposals else None
-    table = enumerate_rois(annotations, proposals, args.seed, args.limit)
+    table = enumerate_rois(annotations, proposals, args.seed, args.limit,
+                           ground_truth=not args.proposals_only)
     if len(table) == 0:
         raise AisdiffError(f"{args.ann}: no valid ROI to compute (all records invalid, or an empty file).")
     diffsp = _diffsp(args, accelerator.device)
     settings = {**diffsp.attrs, "annotations": annotations.sha256(), "annotation_format": annotations.format,
-                "proposals": sha256_file(args.proposals) if args.proposals else None}
+                "proposals": sha256_file(args.proposals) if args.proposals else None,
+                **({"row_sources": "proposals only"} if args.proposals_only else {})}
     store, resumed = open_store(args, settings, table, accelerator)
 
     done_at_start, pending = int(store.done().sum()), store.pending_chunks()

@@ -35,8 +35,11 @@ class RoiTable:
 
 
 def enumerate_rois(annotations: AmodalAnnotations, proposals: Proposals | None, seed: int,
-                   limit: int | None = None) -> RoiTable:
-    entries = [(i.image_id, SOURCE_GT, i.ann_id, i.amodal_box, i.category_id) for i in annotations]
+                   limit: int | None = None, ground_truth: bool = True) -> RoiTable:
+    """The store's rows: every ground-truth instance (unless not `ground_truth`) and every proposal, by
+    image; with their DiffSP seeds."""
+    entries = ([(i.image_id, SOURCE_GT, i.ann_id, i.amodal_box, i.category_id) for i in annotations]
+               if ground_truth else [])
     if proposals is not None:
         entries += [(p.image_id, SOURCE_PROPOSAL, p.index, p.box, p.category_id) for p in proposals]
     entries.sort(key=lambda e: (e[0], e[1], e[2]))

@@ -31,7 +31,7 @@ from priors.store import SOURCE_PROPOSAL, PriorStore, settings_differences
 from .prior_context import PriorContext
 
 # store settings that describe the dataset, not DiffSP: not compared with an on-the-fly provider's
-DATASET_SETTINGS = ("annotations", "annotation_format", "proposals")
+DATASET_SETTINGS = ("annotations", "annotation_format", "proposals", "row_sources")
 ROLES = {"train": "training_priors", "test": "test_priors"}
 ORACLE_FRAMES = ("image", "box")
 

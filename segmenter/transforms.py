@@ -20,11 +20,13 @@ from mmdet.structures.mask import BitmapMasks
 
 from priors import masks as mask_utils
 from priors.errors import AisdiffError
-from priors.store import PriorStore
+from priors.prior_quality import MATCH_IOU, match_ground_truths
+from priors.store import SOURCE_PROPOSAL, PriorStore
 
 MMDET_WRITTEN_FOR = "3.3"  # the mmdet minor version whose private transform methods the Amodal* ones override
 EXTRA_MASKS = ("gt_visible_masks", "gt_occluder_masks")
 INSTANCE_ARRAYS = ("gt_ann_ids", "gt_shape_priors", "gt_shape_prior_boxes")
+PRIOR_SOURCES = ("ground_truth", "detections")  # LoadCachedPriors: which rows give an instance its prior
 
 
 def _each_mask_set(results: dict, fn: Callable[[dict], None]) -> None:
@@ -97,22 +99,37 @@ class LoadCachedPriors(BaseTransform):
     The store is `store`, or else the dataset's `prior_store`. `on_missing="error"` stops on an instance
     without a done row (naming image and annotation); `"compute"` marks it (NaN prior) for the model to
     compute on the fly (`CachedPriors(diffsp=...)`).
+    `source="detections"` trains as the model is tested: each instance takes, instead of its ground-truth
+    row, the prior of the proposal row (a model's own detection, `aisdiff test --dump-proposals` then
+    `precompute --proposals`) of its class whose box overlaps its amodal box most, at least `min_iou`,
+    with that detection's box as the box the prior covers; instances no detection found keep their
+    ground-truth row's. The proposal rows are read from `detections` (a store made with
+    `precompute --proposals-only`), else from the prior store itself.
     """
 
-    def __init__(self, store: str | None = None, on_missing: str = "error") -> None:
+    def __init__(self, store: str | None = None, on_missing: str = "error", source: str = "ground_truth",
+                 detections: str | None = None, min_iou: float = MATCH_IOU) -> None:
         if on_missing not in ("error", "compute"):
             raise ValueError(f"on_missing must be 'error' or 'compute', not {on_missing!r}")
-        self.store_path, self.on_missing = store, on_missing
+        if source not in PRIOR_SOURCES:
+            raise ValueError(f"source must be one of {PRIOR_SOURCES}, not {source!r}")
+        if detections and source != "detections":
+            raise ValueError(f"detections={detections!r} is read with source='detections', not {source!r}")
+        self.store_path, self.on_missing, self.source, self.min_iou = store, on_missing, source, min_iou
+        self.detections_path = detections
         self._stores: dict[str, PriorStore] = {}  # opened lazily: once per DataLoader worker
+
+    def _open(self, path: str) -> PriorStore:
+        if path not in self._stores:
+            self._stores[path] = PriorStore.open(path)
+        return self._stores[path]
 
     def _store(self, results: dict) -> tuple[str, PriorStore]:
         path = self.store_path or results.get("prior_store")
         if not path:
             raise AisdiffError("LoadCachedPriors needs a prior store: set the dataset's prior_store "
                                "(the config's `prior_store`) or LoadCachedPriors(store=...)")
-        if path not in self._stores:
-            self._stores[path] = PriorStore.open(path)
-        return path, self._stores[path]
+        return path, self._open(path)
 
     def transform(self, results: dict) -> dict:
         path, store = self._store(results)
@@ -132,12 +149,42 @@ class LoadCachedPriors(BaseTransform):
                 f"{', '.join(str(int(ann_ids[i])) for i in missing)}. Run `aisdiff precompute` on this "
                 "annotation file with this store (it resumes), or set on_missing='compute' to compute "
                 "missing priors on the fly.")
+        boxes = results["gt_bboxes"].numpy().astype(np.float32).copy()
+        if self.source == "detections":
+            detections = self._open(self.detections_path) if self.detections_path else store
+            self._take_detections(detections, image_id, categories(store, rows), boxes, priors)
         results["gt_shape_priors"] = priors
-        results["gt_shape_prior_boxes"] = results["gt_bboxes"].numpy().astype(np.float32).copy()
+        results["gt_shape_prior_boxes"] = boxes
         return results
 
+    def _take_detections(self, store: PriorStore, image_id: int, classes: np.ndarray, boxes: np.ndarray,
+                         priors: np.ndarray) -> None:
+        """Replace, in place, the priors and boxes of the instances (of category ids `classes`, -1 where
+        unknown) a done proposal row of the image in `store` found."""
+        candidates = store.rows_of_image(image_id)
+        if not len(candidates):
+            return
+        meta = store.rows(candidates)
+        keep = (meta.source == SOURCE_PROPOSAL) & store.done(candidates)
+        rows = candidates[keep]
+        found = match_ground_truths(boxes, classes, meta.box[keep], meta.category_id[keep],
+                                    min_iou=self.min_iou)
+        for i in np.flatnonzero(found >= 0):
+            priors[i] = store.priors([int(rows[found[i]])])[0]
+            boxes[i] = meta.box[keep][found[i]]
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(store={self.store_path!r}, on_missing={self.on_missing!r})"
+        return (f"{type(self).__name__}(store={self.store_path!r}, on_missing={self.on_missing!r}, "
+                f"source={self.source!r}, detections={self.detections_path!r}, min_iou={self.min_iou})")
+
+
+def categories(store: PriorStore, rows: list[int | None]) -> np.ndarray:
+    """The category ids of ground-truth rows (-1 where an instance has no row)."""
+    known = [r for r in rows if r is not None]
+    ids = store.rows(np.asarray(known, dtype=np.int64)).category_id if known else np.zeros(0, np.int64)
+    out = np.full(len(rows), -1, dtype=np.int64)
+    out[[i for i, r in enumerate(rows) if r is not None]] = ids
+    return out
 
 
 @TRANSFORMS.register_module()

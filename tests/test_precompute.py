@@ -185,6 +185,22 @@ def test_proposals_become_rows_of_source_1(bench, tmp_path):
     np.testing.assert_allclose(rows.box[proposal_rows], boxes, rtol=0, atol=1e-4)
     assert store.settings["proposals"] == hashlib.sha256(
         (tmp_path / "proposals.json").read_bytes()).hexdigest()
+    # --proposals-only: the same proposal rows and priors, no ground-truth rows, and the store says so
+    only = tmp_path / "only.zarr"
+    proc = run(*job_args(bench, only, "--proposals", str(tmp_path / "proposals.json"), "--proposals-only",
+                         split="val"))
+    assert proc.returncode == 0, proc.stderr
+    alone = PriorStore.open(only)
+    assert (alone.rows().source == SOURCE_PROPOSAL).all() and alone.done().all()
+    np.testing.assert_array_equal(alone.rows().box, rows.box[proposal_rows])
+    # (equal up to DiffSP's batch tolerance and one float16 step: the batches hold other ROIs)
+    np.testing.assert_allclose(alone.priors(slice(None)), store.priors(np.flatnonzero(proposal_rows)),
+                               rtol=0, atol=1e-4 + 2**-10)
+    assert alone.settings["row_sources"] == "proposals only" and "row_sources" not in store.settings
+    refused = run(*job_args(bench, only, "--proposals", str(tmp_path / "proposals.json"), split="val"))
+    assert refused.returncode == 2 and "row_sources" in refused.stderr
+    missing = run(*job_args(bench, tmp_path / "x.zarr", "--proposals-only", split="val"))
+    assert missing.returncode == 2 and "--proposals-only needs --proposals" in missing.stderr
 
 
 # -- bad input ---------------------------------------------------------------------------------------
