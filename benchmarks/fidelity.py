@@ -20,6 +20,10 @@ mask heads, where the variants differ, train; `--detector trained` fine-tunes it
   (g) AISDiff, the oracle that knows only the shape            aisdiff_r18_fpn_oracle-shape_synthetic.py
   (h) (d)'s model tested with DiffSP fed the ground truth's visible and occluder masks on the detected box
       (no training of its own: it splits (d) to (e) into what the visible branch, DiffSP and the box cost)
+  (i) (d) trained as it is tested: its train priors are DiffSP on the predicted visible and occluder masks
+      of (d)'s own detections of the train split (same seed), a second round (`aisdiff test
+      --dump-proposals` on train, the detection that finds each ground truth kept, `precompute --proposals
+      --proposals-only`, `LoadCachedPriors(source='detections')`); ground truths (d) missed keep theirs
 (c) and (d) train on cached priors (`aisdiff precompute` on train) and test with on-the-fly DiffSP, with the
 DiffSP settings given here; those not given are the trained model's defaults (tuned on train, shipped in
 priors/weights/tiny-shapes/diffsp_config.json, see the README), for both models. Every AISDiff variant takes
@@ -78,8 +82,10 @@ VARIANTS = {
     "f": ("AISDiff, class-template prior", "aisdiff_r18_fpn_template_synthetic.py", None),
     "g": ("AISDiff, oracle shape only", "aisdiff_r18_fpn_oracle-shape_synthetic.py", None),
     "h": ("(d) tested on GT visible + occluder", "aisdiff_r18_fpn_oracle-input_synthetic.py", "tiny"),
+    "i": ("AISDiff, trained on priors of its own detections", "aisdiff_r18_fpn_synthetic.py", "tiny"),
 }
 TESTED_WITH = {"h": "d"}  # variants that only test another variant's checkpoint
+TRAINED_ON_DETECTIONS_OF = {"i": "d"}  # variants whose train priors come from another's train detections
 DIFFSP_SETTINGS = ("steps", "tau", "self_res", "cross_res")  # what both prior models are given alike
 COLUMNS = (("amodal", "AP"), ("amodal", "AP50"), ("amodal", "AP75"), ("amodal", "AR"), ("visible", "AP"),
            ("prior", "IoU_occluded"), ("prior", "visible_IoU_occluded"))
@@ -152,11 +158,9 @@ def config_digest(config: Path) -> str:
 
 def size_options(config: Path, args: argparse.Namespace) -> list[str]:
     """--cfg-options for the benchmark's size: image scale, RPN proposals and sampled RoIs per image."""
-    cfg = load_config(config)
     out = []
-    for key, pipeline in (("train_dataloader", cfg.train_dataloader.dataset.pipeline),
-                          ("test_dataloader", cfg.test_dataloader.dataset.pipeline)):
-        i = next(i for i, t in enumerate(pipeline) if t["type"] == "AmodalResize")
+    for key in ("train_dataloader", "test_dataloader"):
+        i = pipeline_index(config, key, "AmodalResize")
         out.append(f"{key}.dataset.pipeline.{i}.scale=({args.scale},{args.scale})")
     return out + [f"model.train_cfg.rpn_proposal.max_per_img={args.proposals}",
                   f"model.test_cfg.rpn.max_per_img={args.proposals}",
@@ -254,9 +258,17 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[
         run_variant(args, trained_by, seed, stores, detector)
         settings["checkpoint_of"] = json.loads((work.parent / run_name(args, trained_by, seed)
                                                 / "settings.json").read_text())
+    detections = None
+    if variant in TRAINED_ON_DETECTIONS_OF:
+        detections = detection_store(args, TRAINED_ON_DETECTIONS_OF[variant], seed, stores, detector)
+        settings["detections"] = json.loads((detections.parent / "settings.json").read_text())
     if reuse(work, settings) and metrics.is_file():
         return json.loads(metrics.read_text())
     options = [f"randomness.seed={seed}", *size_options(config, args)]  # for training and testing
+    if detections is not None:
+        load = pipeline_index(config, "train_dataloader", "LoadCachedPriors")
+        options += [f"train_dataloader.dataset.pipeline.{load}.source=detections",
+                    f"train_dataloader.dataset.pipeline.{load}.detections={detections}"]
     if model is not None:
         options += [f"train_dataloader.dataset.prior_store={stores[model]}",
                     f"model.roi_head.test_prior.model={model}",
@@ -278,6 +290,61 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[
             "--metrics-json", str(metrics), "--cfg-options", *options, log=work.with_suffix(".test.log"))
     print(f"({variant}) seed {seed}: done in {time.time() - start:.0f} s", flush=True)
     return json.loads(metrics.read_text())
+
+
+def detection_store(args: argparse.Namespace, of: str, seed: int, stores: dict[str, Path],
+                    detector: Path) -> Path:
+    """The priors of variant `of`'s detections of the train split (seed `seed`; trained first if need be):
+    its checkpoint tested on train (no test priors: the detections and their visible and occluder masks do
+    not depend on them), the best-overlapping detection of each ground truth's class kept (IoU >= 0.5, what
+    LoadCachedPriors(source='detections') takes), DiffSP on them into a proposals-only store."""
+    from priors.annotations import AmodalAnnotations
+    from priors.prior_quality import match_ground_truths
+
+    run_variant(args, of, seed, stores, detector)
+    trained = args.work_dir / run_name(args, of, seed)
+    work = args.work_dir / f"detections_{run_name(args, of, seed)}"
+    store = work / "train.zarr"
+    if reuse(work, {"of": json.loads((trained / "settings.json").read_text())}) and (work / "done").is_file():
+        return store
+    data = args.work_dir / "synthetic"
+    train = data / "annotations" / "train.json"
+    config = work / "dump_train.py"
+    config.write_text(f"_base_ = [{str(variant_config(args, of))!r}]\n"
+                      "model = dict(roi_head=dict(test_prior=dict(_delete_=True, type='NoPriors')))\n"
+                      "test_dataloader = dict(dataset=dict(ann_file='annotations/train.json'))\n"
+                      f"test_evaluator = dict(ann_file={str(train)!r})\n")
+    print(f"({of}) seed {seed}: detecting the train split -> {work}", flush=True)
+    aisdiff("test", str(config), str(trained / f"iter_{args.iters}.pth"), "--work-dir", str(work),
+            "--dump-proposals", str(work / "all.json"), "--cfg-options", f"randomness.seed={seed}",
+            *size_options(config, args), f"model.roi_head.prior_labels={args.prior_labels}",
+            *args.cfg_options, log=work / "dump.log")
+    ann, records = AmodalAnnotations(train), json.loads((work / "all.json").read_text())
+    kept = []
+    for image_id in ann.image_ids():
+        gts, dets = ann.by_image(image_id), [r for r in records if r["image_id"] == image_id]
+        boxes = [[x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in dets)]
+        found = match_ground_truths([g.amodal_box for g in gts], [g.category_id for g in gts], boxes,
+                                    [r["category_id"] for r in dets])
+        kept += [dets[k] for k in sorted(set(found.tolist()) - {-1})]
+    if not kept:
+        sys.exit(f"({of}) seed {seed} finds none of the {len(ann)} train ground truths (IoU >= 0.5, its "
+                 f"class): no priors to train on; see {work / 'dump.log'}")
+    (work / "detections.json").write_text(json.dumps(kept))
+    print(f"({of}) seed {seed}: {len(kept)} of {len(records)} detections find one of {len(ann)} ground "
+          "truths; their priors ->", store, flush=True)
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in diffsp_flags(args).items()]
+    aisdiff("precompute", "--ann", str(train), "--images", str(data / "images"), "--proposals",
+            str(work / "detections.json"), "--proposals-only", "--out", str(store), "--model",
+            VARIANTS[of][2], "--batch-size", "32", *flags, log=work / "precompute.log")
+    (work / "done").touch()
+    return store
+
+
+def pipeline_index(config: Path, loader: str, transform: str) -> int:
+    """The position of `transform` in a config's `loader` pipeline (for --cfg-options)."""
+    pipeline = load_config(config)[loader].dataset.pipeline
+    return next(i for i, t in enumerate(pipeline) if t["type"] == transform)
 
 
 def run_name(args: argparse.Namespace, variant: str, seed: int) -> str:
