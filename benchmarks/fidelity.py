@@ -32,7 +32,7 @@ from the same source, the box head's label by default (`--prior-labels detector`
 mask channel by): after a short schedule the mask head's own classifier, the paper's source, is near chance.
 Beside AP, each AISDiff run reports what its amodal path was given (`prior/...` of the metric: the IoU of the
 thresholded test prior and of the predicted visible mask with the amodal ground truth of the ground truths
-it found), and the IoU of each train prior store's priors with the train ground truth.
+it found), and the IoU of each ground-truth train prior store's priors with the train ground truth.
 Every step goes through the `aisdiff` commands and reuses what an earlier run with the same settings left in
 WORK_DIR (a finished run's metrics.json; the settings, the parsed config's sha256 and the prior model
 identity included, are in each run's settings.json; a train prior store's, in WORK_DIR/priors_MODEL/
@@ -280,6 +280,9 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[
     options += args.cfg_options
     start = time.time()
     checkpoint = work.parent / run_name(args, trained_by or variant, seed) / f"iter_{args.iters}.pth"
+    if trained_by and not checkpoint.is_file():
+        sys.exit(f"({variant}) tests ({trained_by})'s checkpoint {checkpoint}, which is gone: delete "
+                 f"{checkpoint.parent} to retrain it")
     if not checkpoint.is_file():
         print(f"({variant}) seed {seed}: training {args.iters} iterations -> {work}", flush=True)
         aisdiff("train", str(config), "--work-dir", str(work), "--cfg-options", f"load_from={detector}",
@@ -298,9 +301,6 @@ def detection_store(args: argparse.Namespace, of: str, seed: int, stores: dict[s
     its checkpoint tested on train (no test priors: the detections and their visible and occluder masks do
     not depend on them), the best-overlapping detection of each ground truth's class kept (IoU >= 0.5, what
     LoadCachedPriors(source='detections') takes), DiffSP on them into a proposals-only store."""
-    from priors.annotations import AmodalAnnotations
-    from priors.prior_quality import match_ground_truths
-
     run_variant(args, of, seed, stores, detector)
     trained = args.work_dir / run_name(args, of, seed)
     work = args.work_dir / f"detections_{run_name(args, of, seed)}"
@@ -309,6 +309,23 @@ def detection_store(args: argparse.Namespace, of: str, seed: int, stores: dict[s
         return store
     data = args.work_dir / "synthetic"
     train = data / "annotations" / "train.json"
+    if not (work / "detections.json").is_file():  # (else an interrupted build resumes its precompute)
+        dump_detections(args, of, seed, trained, work, train)
+    print(f"({of}) seed {seed}: the priors of its train detections ->", store, flush=True)
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in diffsp_flags(args).items()]
+    aisdiff("precompute", "--ann", str(train), "--images", str(data / "images"), "--proposals",
+            str(work / "detections.json"), "--proposals-only", "--out", str(store), "--model",
+            VARIANTS[of][2], "--batch-size", "32", *flags, log=work / "precompute.log")
+    (work / "done").touch()
+    return store
+
+
+def dump_detections(args: argparse.Namespace, of: str, seed: int, trained: Path, work: Path,
+                    train: Path) -> None:
+    """`trained`'s detections of the train split that find a ground truth -> work/detections.json."""
+    from priors.annotations import AmodalAnnotations
+    from priors.prior_quality import match_ground_truths
+
     config = work / "dump_train.py"
     config.write_text(f"_base_ = [{str(variant_config(args, of))!r}]\n"
                       "model = dict(roi_head=dict(test_prior=dict(_delete_=True, type='NoPriors')))\n"
@@ -332,13 +349,7 @@ def detection_store(args: argparse.Namespace, of: str, seed: int, stores: dict[s
                  f"class): no priors to train on; see {work / 'dump.log'}")
     (work / "detections.json").write_text(json.dumps(kept))
     print(f"({of}) seed {seed}: {len(kept)} of {len(records)} detections find one of {len(ann)} ground "
-          "truths; their priors ->", store, flush=True)
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in diffsp_flags(args).items()]
-    aisdiff("precompute", "--ann", str(train), "--images", str(data / "images"), "--proposals",
-            str(work / "detections.json"), "--proposals-only", "--out", str(store), "--model",
-            VARIANTS[of][2], "--batch-size", "32", *flags, log=work / "precompute.log")
-    (work / "done").touch()
-    return store
+          "truths", flush=True)
 
 
 def pipeline_index(config: Path, loader: str, transform: str) -> int:

@@ -1,6 +1,7 @@
 """How good shape priors are: IoU with the amodal ground truth, overall and by occlusion bucket, and the
-matching of detections to ground truths it needs (one definition for `aisdiff inspect` and the segmenter's
-metric, so that store rows and a model's test-time priors are scored alike)."""
+matching of detections to ground truths it needs (one definition for `aisdiff inspect`, the segmenter's
+metric and training on detections' priors; the metric ranks a ground truth's candidates by score, the
+others, which have no scores, by box IoU)."""
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -109,15 +109,20 @@ class ClassTemplatePriors(PriorProvider):
     of the class (give the TRAIN annotations) of the amodal mask in its own amodal box
     (`geometry.masks_in_box`, as float). A class without instances gets a template of 1 everywhere (no
     information). Labels index the file's categories in id order, as `OraclePriors`' do. The templates are
-    computed at the first call and kept.
+    computed at the first call and kept. With `symmetric` (the default) each is averaged with its left-right
+    mirror: training flips images (`AmodalRandomFlip`) and a template cannot know whether a sample was
+    flipped, while cached priors and the oracle follow the flip; a mirrored template would otherwise be
+    wrong half the time for shapes that are not left-right symmetric. Boxes are the amodal boxes as the
+    data pipeline gives them (clipped to the image in training, as mmdet's Resize does; unclipped in the
+    annotations): the same for objects inside the image, as the synthetic ones are.
 
     Training: each positive proposal gets its assigned ground truth's class template warped from the ground
     truth's (amodal) box to the proposal box, as `CachedPriors` warps cached priors. Test: each detection
     gets its label's template as it is (spanning the detection box).
     """
 
-    def __init__(self, ann_file: str, prior_size: int = 28) -> None:
-        self.ann_file, self.prior_size = ann_file, prior_size
+    def __init__(self, ann_file: str, prior_size: int = 28, symmetric: bool = True) -> None:
+        self.ann_file, self.prior_size, self.symmetric = ann_file, prior_size, symmetric
         self._templates: Tensor | None = None
 
     def templates(self, device: torch.device) -> Tensor:
@@ -133,6 +138,8 @@ class ClassTemplatePriors(PriorProvider):
                                                  self.prior_size)[0]
                 counts[c] += 1
             mean = sums / counts.clamp(min=1)[:, None, None]
+            if self.symmetric:
+                mean = (mean + mean.flip(-1)) / 2
             self._templates = torch.where(counts[:, None, None] > 0, mean, 1.0).float()
         return self._templates.to(device)
 

@@ -168,8 +168,12 @@ def hand_made(tmp_path):
 def test_class_templates_are_the_mean_amodal_mask_of_each_class(hand_made):
     from segmenter.prior_controls import ClassTemplatePriors
 
-    provider = ClassTemplatePriors(ann_file=hand_made, prior_size=4)
+    provider = ClassTemplatePriors(ann_file=hand_made, prior_size=4, symmetric=False)
     assert torch.equal(provider.templates(torch.device("cpu")), TEMPLATES)
+    # by default averaged with the mirror (training flips images; the template cannot know which were)
+    symmetric = ClassTemplatePriors(ann_file=hand_made, prior_size=4).templates(torch.device("cpu"))
+    torch.testing.assert_close(symmetric, (TEMPLATES + TEMPLATES.flip(-1)) / 2)
+    assert not torch.equal(symmetric, TEMPLATES)
     boxes = torch.tensor([[0.0, 0.0, 30.0, 10.0]] * 3)
     out = provider.test_priors(0, boxes, None, None, torch.tensor([1, 0, 2]), {}, _context())
     assert torch.equal(out, TEMPLATES[[1, 0, 2]])  # the label's template, as it is, on any box
@@ -186,7 +190,8 @@ def test_class_templates_in_training_are_warped_from_the_ground_truth_box(hand_m
     proposals = torch.cat([gt_boxes, gt_boxes[:1] + torch.tensor([10.0, 0.0, 10.0, 0.0])])  # 1 cell right
     sampling = InstanceData(pos_assigned_gt_inds=torch.tensor([0, 1, 0]), pos_priors=proposals,
                             pos_gt_labels=torch.tensor([1, 0, 1]))
-    out = ClassTemplatePriors(ann_file=hand_made, prior_size=4).training_priors([sampling], [gt], _context())
+    out = ClassTemplatePriors(ann_file=hand_made, prior_size=4,
+                              symmetric=False).training_priors([sampling], [gt], _context())
     assert torch.equal(out[:2], TEMPLATES[[1, 0]])  # a proposal on its ground truth's box: the template
     assert torch.equal(out[2, :, :3], TEMPLATES[1, :, 1:]) and not out[2, :, 3].any()
 
