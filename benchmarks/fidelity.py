@@ -418,6 +418,8 @@ def bucket_table(results: dict[str, list[dict]], prefix: str = "amodal/AP_occ_")
     """Markdown table: a metric by occlusion rate (amodal AP; `prefix` "prior/IoU_occ_": the test priors'
     IoU), mean over seeds, in percent; variants without it are left out."""
     found = {k for runs in results.values() for r in runs for k in r if k.startswith(prefix)}
+    if not found:
+        return "(none of these variants reports it)"
     order = [f"{prefix}{bucket.name}" for bucket in OCCLUSION_BUCKETS]
     # (runs of older bucket names last)
     buckets = [k for k in order if k in found] + sorted(found - set(order))
