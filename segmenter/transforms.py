@@ -169,9 +169,10 @@ class LoadCachedPriors(BaseTransform):
         rows = candidates[keep]
         found = match_ground_truths(boxes, classes, meta.box[keep], meta.category_id[keep],
                                     min_iou=self.min_iou)
-        for i in np.flatnonzero(found >= 0):
-            priors[i] = store.priors([int(rows[found[i]])])[0]
-            boxes[i] = meta.box[keep][found[i]]
+        hit = np.flatnonzero(found >= 0)
+        if len(hit):  # (one read for the image's matched rows)
+            priors[hit] = store.priors(rows[found[hit]])
+            boxes[hit] = meta.box[keep][found[hit]]
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(store={self.store_path!r}, on_missing={self.on_missing!r}, "

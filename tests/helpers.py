@@ -27,3 +27,23 @@ def store_rows(n: int = 10) -> Rows:
     image_id = np.array([1, 1, 1, 2, 2, 3, 3, 3, 3, 5][:n])
     return Rows(box=np.arange(n * 4, dtype=np.float32).reshape(n, 4), image_id=image_id,
                 ann_id=np.arange(100, 100 + n), category_id=np.arange(n) % 3 + 1, source=np.zeros(n))
+
+
+def trained_one_step(cfg, data_root, pipeline=None):
+    """The config's model (seed 0) and a batch of the first two training samples of `data_root`, after one
+    loss: (model, preprocessed data, losses)."""
+    import torch
+    from mmdet.registry import DATASETS, MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.dataset import pseudo_collate
+
+    import segmenter  # noqa: F401
+
+    register_all_modules()
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    dataset = cfg.train_dataloader.dataset
+    dataset.update(data_root=str(data_root), **({"pipeline": pipeline} if pipeline is not None else {}))
+    batch = pseudo_collate([DATASETS.build(dataset)[i] for i in range(2)])
+    data = model.data_preprocessor(batch, training=True)
+    return model, data, model.loss(data["inputs"], data["data_samples"])

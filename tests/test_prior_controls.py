@@ -298,27 +298,16 @@ def test_oracle_input_feeds_diffsp_the_matched_ground_truths_masks(make_benchmar
 def test_the_template_config_trains_on_degraded_templates_and_predicts_templates(make_benchmark):
     """The template config's model, its training prior wrapped in DegradedPriors: one loss on two real
     samples (mmdet's boxes and sampling) and a prediction whose priors are the templates of its labels."""
-    from mmdet.registry import DATASETS, MODELS
-    from mmdet.utils import register_all_modules
+    from helpers import trained_one_step
     from mmengine.config import Config
-    from mmengine.dataset import pseudo_collate
 
-    import segmenter  # noqa: F401
-
-    register_all_modules()
     root = make_benchmark("kins2020", 6, 2, 0)
     cfg = Config.fromfile(str(CONFIGS / "aisdiff_r18_fpn_template_synthetic.py"))
     template = dict(type="ClassTemplatePriors", ann_file=str(root / "annotations" / "train.json"))
     cfg.model.roi_head.train_prior = dict(type="DegradedPriors", provider=template, drop=0.3, morph=0.3,
                                           shift=0.3)
     cfg.model.roi_head.test_prior = template
-    torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
-    dataset = cfg.train_dataloader.dataset
-    dataset.update(data_root=str(root))
-    batch = pseudo_collate([DATASETS.build(dataset)[i] for i in range(2)])
-    data = model.data_preprocessor(batch, training=True)
-    losses = model.loss(data["inputs"], data["data_samples"])
+    model, data, losses = trained_one_step(cfg, root)
     assert torch.isfinite(losses["loss_mask_amodal"])
     model.eval()
     with torch.no_grad():

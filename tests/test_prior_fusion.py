@@ -102,25 +102,14 @@ def test_bad_fusion_options_are_refused(options, message):
 @pytest.mark.parametrize("fusion", ["residual", "concat"])
 def test_the_synthetic_model_trains_and_predicts_with_each_fusion(make_benchmark, fusion):
     """The RoI head hands the probabilities to the amodal path at test as in training."""
-    from mmdet.registry import DATASETS, MODELS
-    from mmdet.utils import register_all_modules
+    from helpers import trained_one_step
     from mmengine.config import Config
-    from mmengine.dataset import pseudo_collate
 
-    import segmenter  # noqa: F401
-
-    register_all_modules()
     cfg = Config.fromfile(str(CONFIG))
     cfg.model.roi_head.mask_head.update(prior_fusion=fusion, concat_masks=fusion == "concat")
     cfg.model.roi_head.train_prior = cfg.model.roi_head.test_prior = dict(type="NoPriors")
-    torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
-    dataset = cfg.train_dataloader.dataset
-    dataset.update(data_root=str(make_benchmark("kins2020", 4, 2, 3)),
-                   pipeline=cfg.train_pipeline_without_priors)
-    batch = pseudo_collate([DATASETS.build(dataset)[i] for i in range(2)])
-    data = model.data_preprocessor(batch, training=True)
-    losses = model.loss(data["inputs"], data["data_samples"])
+    model, data, losses = trained_one_step(cfg, make_benchmark("kins2020", 4, 2, 3),
+                                           cfg.train_pipeline_without_priors)
     assert torch.isfinite(losses["loss_mask_amodal"])
     model.eval()
     with torch.no_grad():
