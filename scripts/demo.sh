@@ -5,7 +5,9 @@
 #   3. train the synthetic AISDiff config with the cache provider    -> $DEMO_DIR/iter_$DEMO_ITERS.pth
 #   4. test on val with on-the-fly priors, print the AP table        -> $DEMO_DIR/metrics.json
 #   5. render the inspection picture of the store                    -> $DEMO_DIR/priors.png
-# Every step reuses what a previous run left: rerunning finishes fast.
+#   6. predict a few val images as a user's photos (aisdiff predict)  -> $DEMO_DIR/predict/vis/*.png
+# Every step reuses what a previous run left: rerunning finishes fast. The terminal shows each step's progress
+# and tables; every command's full output is in $DEMO_DIR/logs/<step>.log.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,36 +25,79 @@ CONFIG=configs/aisdiff/aisdiff_r18_fpn_synthetic.py
 CKPT="$OUT/iter_$ITERS.pth"
 SETTINGS=(train_cfg.max_iters="$ITERS" train_dataloader.dataset.prior_store="$STORE"
           model.roi_head.test_prior.store="$STORE" default_hooks.checkpoint.interval="$ITERS")
+LOGS="$OUT/logs"
+PREDICT_IMAGES="${DEMO_PREDICT_IMAGES:-4}"
+mkdir -p "$LOGS"
 step() { printf '\n== %s\n' "$*"; }
+# logged NAME PATTERN CMD...: CMD's whole output to $LOGS/NAME.log; its lines matching PATTERN (progress bars
+# split at their carriage returns) on the terminal. On failure, the log's last lines and its path.
+logged() {
+  local log="$LOGS/$1.log" pattern="$2" rc
+  shift 2
+  set +e
+  "$@" 2>&1 | tee "$log" | tr '\r' '\n' | grep --line-buffered -E "$pattern"
+  rc=${PIPESTATUS[0]}
+  set -e
+  if [ "$rc" -ne 0 ]; then
+    echo "failed (exit $rc): the last lines of $log"
+    tr '\r' '\n' < "$log" | tail -n 30
+    exit "$rc"
+  fi
+}
+# mmengine's 'Iter(train) [ 50/300] ... eta: 0:07:10 ... loss: 3.1 ...' as '  train iteration 50/300  loss 3.1  eta 0:07:10'
+iterations() {
+  sed -E -u -e 's/.*Iter\(train\) *\[ *([0-9]+)\/([0-9]+)\].*eta: ([0-9:]+).* loss: ([0-9.]+).*/  train iteration \1\/\2  loss \4  eta \3/' \
+            -e 's/.*Iter\(test\) *\[ *([0-9]+)\/([0-9]+)\].*eta: ([0-9:]+).*/  test image \1\/\2  eta \3/' \
+            -e 's/.*Iter\(test\) *\[ *([0-9]+)\/([0-9]+)\].*/  test image \1\/\2/'
+}
 start=$(date +%s)
 
-step "1/5 synthetic benchmark ($TRAIN_IMAGES train + $VAL_IMAGES val images)"
-aisdiff demo-data "$DATA" --format kins2020 --train-images "$TRAIN_IMAGES" --val-images "$VAL_IMAGES" --seed 0
+step "1/6 synthetic benchmark ($TRAIN_IMAGES train + $VAL_IMAGES val images)"
+logged demo-data '.' \
+  aisdiff demo-data "$DATA" --format kins2020 --train-images "$TRAIN_IMAGES" --val-images "$VAL_IMAGES" --seed 0
 
-step "2/5 train priors with DiffSP (tiny model, 2 CPU processes)"
-accelerate launch --config_file configs/accelerate/cpu_2proc.yaml -m pipeline precompute \
+step "2/6 train priors with DiffSP (tiny model, 2 CPU processes)"
+logged precompute 'DiffSP priors: +(0|25|50|75|100)%|^  [a-zA-Z]|warning|rror' \
+  accelerate launch --config_file configs/accelerate/cpu_2proc.yaml -m pipeline precompute \
   --ann "$DATA/annotations/train.json" --images "$DATA/images" --out "$STORE" --model tiny --batch-size 16
 
-step "3/5 train AISDiff R18-FPN, $ITERS iterations, cached priors"
+step "3/6 train AISDiff R18-FPN, $ITERS iterations, cached priors"
 if [ -f "$CKPT" ]; then
   echo "reusing $CKPT"
 else
   resume=()
   [ -f "$OUT/last_checkpoint" ] && resume=(--resume)
-  aisdiff train "$CONFIG" --work-dir "$OUT" "${resume[@]}" \
-    --cfg-options "${SETTINGS[@]}" val_cfg=None val_dataloader=None val_evaluator=None
+  logged train 'Iter\(train\)' aisdiff train "$CONFIG" --work-dir "$OUT" "${resume[@]}" \
+    --cfg-options "${SETTINGS[@]}" val_cfg=None val_dataloader=None val_evaluator=None \
+    default_hooks.logger.interval=50 | iterations
+  echo "checkpoint: $CKPT"
 fi
 
-step "4/5 test on val with on-the-fly priors"
+step "4/6 test on val with on-the-fly priors"
 if [ -f "$OUT/metrics.json" ] && [ "$OUT/metrics.json" -nt "$CKPT" ]; then
   echo "reusing $OUT/metrics.json"
   python -c "import json, sys; from segmenter.cli import format_metrics; print(format_metrics(json.load(open(sys.argv[1]))))" "$OUT/metrics.json"
 else
-  aisdiff test "$CONFIG" "$CKPT" --work-dir "$OUT" --metrics-json "$OUT/metrics.json" --cfg-options "${SETTINGS[@]}"
+  logged test 'Iter\(test\)|^\||^amodal AP by|^metrics written' \
+    aisdiff test "$CONFIG" "$CKPT" --work-dir "$OUT" --metrics-json "$OUT/metrics.json" \
+    --cfg-options "${SETTINGS[@]}" default_hooks.logger.interval=5 | iterations
 fi
 
-step "5/5 inspection picture of the prior store"
-aisdiff inspect "$STORE" --ann "$DATA/annotations/train.json" --images "$DATA/images" --png "$OUT/priors.png"
+step "5/6 inspection picture of the prior store"
+logged inspect '.' \
+  aisdiff inspect "$STORE" --ann "$DATA/annotations/train.json" --images "$DATA/images" --png "$OUT/priors.png"
+
+step "6/6 predict $PREDICT_IMAGES val images as new photos (no annotations; DiffSP on the fly)"
+if [ -f "$OUT/predict/predictions.json" ] && [ "$OUT/predict/predictions.json" -nt "$CKPT" ]; then
+  echo "reusing $OUT/predict"
+else
+  rm -rf "$OUT/predict"
+  mapfile -t photos < <(find "$DATA/images" -name 'val_*' | sort | head -n "$PREDICT_IMAGES")
+  logged predict '^ *[0-9]+%\|.*(image/s|s/image)\]|images/s|^pictures in' \
+    aisdiff predict "$CONFIG" "$CKPT" "${photos[@]}" --out "$OUT/predict" --save-priors \
+    --cfg-options model.roi_head.test_prior.store="$STORE"
+fi
 
 echo
-echo "demo done in $(( $(date +%s) - start )) s: $OUT/{metrics.json,priors_train.zarr,iter_$ITERS.pth,priors.png}"
+echo "demo done in $(( $(date +%s) - start )) s: $OUT/{metrics.json,priors_train.zarr,iter_$ITERS.pth,priors.png}," \
+  "$OUT/predict/{vis,predictions.json}; full logs in $LOGS"

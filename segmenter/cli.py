@@ -131,3 +131,50 @@ def run_test(args: argparse.Namespace) -> int:
     print(format_metrics(metrics))
     print(f"metrics written to {out}")
     return 0
+
+
+def add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
+    from mmengine.config import DictAction
+
+    p = subparsers.add_parser(
+        "predict", help="amodal segmentation of your own images: pictures and a COCO results file",
+        description="Run a checkpoint on images without annotations (DiffSP priors on the fly) and write, "
+                    "per image, OUT/vis/<name>.png (amodal outline, visible fill, hatched occluders, label "
+                    "and score) and, for all, OUT/predictions.json (COCO results: amodal RLE as "
+                    "segmentation, visible_segmentation, occluder_segmentation).")
+    p.add_argument("config", type=Path, help="the AISDiff config the checkpoint was trained with")
+    p.add_argument("checkpoint", type=Path,
+                   help="checkpoint file (.pth), loaded weights-only (see --trust-checkpoint)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files, folders (searched recursively) or glob patterns (quote them)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder (refused when it already holds predictions)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--score-thr", type=float, default=0.3,
+                   help="keep instances scoring above this (default 0.3)")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="images per forward pass; a batch holds images of one size (default 1)")
+    p.add_argument("--save-priors", action="store_true",
+                   help="add a second panel to each picture: each instance's shape prior as a heat map")
+    p.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
+                   help="override config settings, e.g. model.test_cfg.rcnn.max_per_img=20")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load the checkpoint with full unpickling (only for files you made or trust)")
+    p.set_defaults(func=run_predict)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    import segmenter  # noqa: F401
+
+    from .predict import collect_images, load_model, predict_images
+
+    images = collect_images(args.inputs)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(args.config, args.checkpoint, device, args.cfg_options, args.trust_checkpoint)
+    summary = predict_images(model, images, args.out, score_thr=args.score_thr, batch_size=args.batch_size,
+                             save_priors=args.save_priors)
+    print(summary.line())
+    print(f"pictures in {args.out / 'vis'}, results in {args.out / 'predictions.json'}")
+    return 0

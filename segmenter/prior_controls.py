@@ -121,6 +121,8 @@ class ClassTemplatePriors(PriorProvider):
     gets its label's template as it is (spanning the detection box).
     """
 
+    serves_new_images = True  # (the templates come from the train annotations, not the test image's)
+
     def __init__(self, ann_file: str, prior_size: int = 28, symmetric: bool = True) -> None:
         self.ann_file, self.prior_size, self.symmetric = ann_file, prior_size, symmetric
         self._templates: Tensor | None = None

@@ -15,6 +15,8 @@ modules, so the diffusion model's weights never enter a checkpoint. `PriorProvid
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 from mmdet.registry import TASK_UTILS
@@ -44,11 +46,18 @@ class PriorProvider:
     implements `training_priors`, at test when it implements `test_priors`; the RoI head checks this when
     it is built (`check_role`). Class attributes tell the detector what to put in the `PriorContext`:
     `needs_images` (the RGB input images) and, at test, `needs_masks` (the predicted visible and occluder
-    masks pasted into the network input; otherwise None is passed).
+    masks pasted into the network input; otherwise None is passed). `serves_new_images`: its test priors
+    need no dataset record (annotations, a cache), so it serves images nobody annotated (`aisdiff predict`).
     """
 
     needs_images: bool = False
     needs_masks: bool = False
+    serves_new_images: bool = False
+
+    def diffsp_seconds(self) -> float:
+        """Seconds this provider has spent running DiffSP (0 for providers that do not run it)."""
+        runner = getattr(self, "runner", None)
+        return runner.seconds if isinstance(runner, DiffSPRunner) else 0.0
 
     def serves(self, role: str) -> bool:
         """Whether this provider implements the method of `role` ("train" or "test")."""
@@ -90,12 +99,14 @@ def gt_priors_for_proposals(sampling_results, batch_gt_instances) -> tuple[Tenso
 
 class DiffSPRunner:
     """Lazily builds DiffSP on the boxes' device and computes priors for one image's boxes (shared by the
-    providers that run DiffSP)."""
+    providers that run DiffSP). `seconds` adds up the time spent computing priors (model loading excluded),
+    so that commands can report DiffSP's share of the run."""
 
     def __init__(self, model: str, dtype: str, store: str | None, **diffsp_settings) -> None:
         self.model_name, self.dtype, self.store_path = model, dtype, store
         self.config = DiffSPConfig(**diffsp_settings)
         self._diffsp: DiffSP | None = None
+        self.seconds = 0.0
 
     def diffsp(self, device: torch.device) -> DiffSP:
         if self._diffsp is None:
@@ -122,9 +133,14 @@ class DiffSPRunner:
         if len(boxes) == 0:
             return boxes.new_zeros((0, self.config.prior_size, self.config.prior_size))
         diffsp = self.diffsp(boxes.device)
+        start = time.perf_counter()
         rois = prepare_rois(image, boxes, visible, occluder, categories, seeds, diffsp.config.resolution,
                             diffsp.config.context)
-        return diffsp(rois).to(boxes.device)
+        priors = diffsp(rois).to(boxes.device)
+        if priors.is_cuda:  # (kernels run asynchronously: wait for them before reading the clock)
+            torch.cuda.synchronize(priors.device)
+        self.seconds += time.perf_counter() - start
+        return priors
 
 
 @TASK_UTILS.register_module()
@@ -186,7 +202,7 @@ class OnTheFlyPriors(PriorProvider):
         diffsp_settings: DiffSPConfig fields (steps, tau, self_res, ...).
     """
 
-    needs_images = needs_masks = True
+    needs_images = needs_masks = serves_new_images = True
 
     def __init__(self, model: str = "tiny", classes: tuple[str, ...] | list[str] = (), dtype: str = "fp32",
                  store: str | None = None, **diffsp_settings) -> None:
@@ -264,6 +280,8 @@ class ProposalCachePriors(PriorProvider):
 @TASK_UTILS.register_module()
 class NoPriors(PriorProvider):
     """A prior of 1 everywhere: the Shape Prior Amodal Predictor's attention alone (the ablation)."""
+
+    serves_new_images = True
 
     def __init__(self, prior_size: int = 28) -> None:
         self.prior_size = prior_size

@@ -20,6 +20,7 @@ from mmdet.structures.mask import BitmapMasks
 
 from priors import masks as mask_utils
 from priors.errors import AisdiffError
+from priors.identity import content_image_id
 from priors.prior_quality import MATCH_IOU, match_ground_truths
 from priors.store import SOURCE_PROPOSAL, PriorStore
 
@@ -89,6 +90,24 @@ class LoadAmodalAnnotations(LoadAnnotations):
     def transform(self, results: dict) -> dict:
         results = super().transform(results)
         results["gt_ann_ids"] = np.array([i["ann_id"] for i in results.get("instances", [])], dtype=np.int64)
+        return results
+
+
+@TRANSFORMS.register_module()
+class ContentImageId(BaseTransform):
+    """Give an image that comes without a dataset record (mmdet's `inference_detector` / `DetInferencer`,
+    `aisdiff predict`: no `instances` key) an id derived from its pixels; dataset images keep theirs.
+
+    DiffSP's per-ROI noise is seeded by the image id, so a new image needs a stable one: the same image then
+    gives the same priors and masks on every run and in every batch. Place it right after the image loader.
+    """
+
+    def transform(self, results: dict) -> dict:
+        if "instances" not in results:
+            if results.get("img") is None:
+                raise AisdiffError("ContentImageId needs the decoded image: place it after LoadImageFromFile "
+                                   "in the test pipeline")
+            results["img_id"] = content_image_id(results["img"])
         return results
 
 

@@ -23,10 +23,17 @@ def test_demo_runs_end_to_end_and_reruns_from_what_is_there(tmp_path):
            "DEMO_ITERS": "2", "VENV": os.path.relpath(VENV, REPO), "PYTHONWARNINGS": "ignore"}
     first = subprocess.run(["bash", "scripts/demo.sh"], cwd=REPO, env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    for step in range(1, 6):
-        assert f"== {step}/5" in first.stdout
+    for step in range(1, 7):
+        assert f"== {step}/6" in first.stdout
     assert "| amodal |" in first.stdout and "| visible |" in first.stdout  # the AP table
-    assert "DiffSP priors" in first.stderr  # the precompute progress bar
+    assert "DiffSP priors" in first.stdout and "train iteration 2/2" in first.stdout  # progress
+    # the terminal tells the story; mmengine's hook tables and environment dump stay in the logs
+    assert "before_train:" not in first.stdout and "before_train:" in (out / "logs" / "train.log").read_text()
+    assert sorted(p.name for p in (out / "logs").iterdir()) == [
+        "demo-data.log", "inspect.log", "precompute.log", "predict.log", "test.log", "train.log"]
+    assert "images/s" in first.stdout
+    assert sorted(p.name for p in (out / "predict" / "vis").iterdir()) == ["val_000000.png", "val_000001.png"]
+    assert isinstance(json.loads((out / "predict" / "predictions.json").read_text()), list)
 
     metrics = json.loads((out / "metrics.json").read_text())
     for kind in ("amodal", "visible"):
@@ -41,5 +48,5 @@ def test_demo_runs_end_to_end_and_reruns_from_what_is_there(tmp_path):
 
     again = subprocess.run(["bash", "scripts/demo.sh"], cwd=REPO, env=env, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("reusing") == 3  # data, checkpoint, metrics
+    assert again.stdout.count("reusing") == 4  # data, checkpoint, metrics, predictions
     assert "computed now     0" in again.stdout

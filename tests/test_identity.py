@@ -44,3 +44,16 @@ def test_seeds_are_distinct_across_ids_sources_and_jobs():
 def test_a_box_needs_four_values():
     with pytest.raises(ValueError, match="got 3 values"):
         proposal_roi_seed(0, 1, (1.0, 2.0, 3.0))
+
+
+def test_content_image_id_is_the_recorded_one_and_follows_the_pixels():
+    import numpy as np
+
+    from priors.identity import CONTENT_ID_BITS, content_image_id
+
+    pixels = np.arange(24, dtype=np.uint8).reshape(2, 4, 3)
+    assert content_image_id(pixels) == 68972580042194  # pinned: it seeds DiffSP for new images
+    assert content_image_id(pixels.copy()) == content_image_id(np.asfortranarray(pixels))  # layout: no matter
+    assert content_image_id(pixels[:, ::-1]) != content_image_id(pixels)
+    assert content_image_id(pixels.astype(np.uint16)) != content_image_id(pixels)  # dtype is part of it
+    assert 0 <= content_image_id(pixels) < 2**CONTENT_ID_BITS

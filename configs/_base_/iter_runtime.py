@@ -3,3 +3,4 @@ _base_ = ['mmdet::_base_/default_runtime.py']
 default_hooks = dict(checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=2000, max_keep_ckpts=3),
                      logger=dict(type='LoggerHook', interval=50))
 log_processor = dict(by_epoch=False)
+visualizer = dict(type='AmodalLocalVisualizer')  # amodal outline, visible fill, hatched occluders (--show-dir)

@@ -15,6 +15,7 @@ train_pipeline = [
 ]
 test_pipeline = [
     dict(type='LoadImageFromFile'),
+    dict(type='ContentImageId'),  # an id for images without one (inference_detector, aisdiff predict)
     dict(type='AmodalResize', scale=(3000, 800), keep_ratio=True),
     dict(type='PackAmodalInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
 ]

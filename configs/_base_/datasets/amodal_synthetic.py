@@ -14,6 +14,7 @@ train_pipeline_without_priors = [
 train_pipeline = train_pipeline_without_priors[:2] + [dict(type='LoadCachedPriors')] + train_pipeline_without_priors[2:]
 test_pipeline = [
     dict(type='LoadImageFromFile'),
+    dict(type='ContentImageId'),  # an id for images without one (inference_detector, aisdiff predict)
     dict(type='AmodalResize', scale=(384, 384), keep_ratio=True),
     dict(type='PackAmodalInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
 ]

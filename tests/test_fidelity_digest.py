@@ -1,0 +1,44 @@
+"""The fidelity benchmark's config digest (which decides whether a stored run is reused): it changes with what
+changes the numbers, not with the visualizer or the ContentImageId transform."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "aisdiff" / "aisdiff_r18_fpn_synthetic.py"
+
+
+def fidelity():
+    spec = importlib.util.spec_from_file_location("fidelity", REPO / "benchmarks" / "fidelity.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_digest_ignores_visualizer_and_content_ids_but_not_the_pipeline(tmp_path):
+    bench = fidelity()
+    cfg = bench.load_config(CONFIG)
+    assert cfg.visualizer.type == "AmodalLocalVisualizer"
+    assert any(step.type == "ContentImageId" for step in cfg.test_dataloader.dataset.pipeline)
+
+    def digest_of(edit) -> str:
+        changed = bench.load_config(CONFIG)
+        edit(changed)
+        path = tmp_path / f"c{len(list(tmp_path.iterdir()))}.py"
+        changed.dump(str(path))
+        return bench.config_digest(path)
+
+    def without_ids(c):  # the config as it was before ContentImageId and the amodal visualizer
+        c.visualizer.type = "DetLocalVisualizer"
+        c.test_pipeline = [s for s in c.test_pipeline if s.type != "ContentImageId"]
+        c.test_dataloader.dataset.pipeline = [s for s in c.test_dataloader.dataset.pipeline
+                                              if s.type != "ContentImageId"]
+        c.val_dataloader.dataset.pipeline = c.test_dataloader.dataset.pipeline
+
+    def other_scale(c):
+        c.test_dataloader.dataset.pipeline[2].scale = (256, 256)
+
+    same = digest_of(lambda c: None)
+    assert digest_of(without_ids) == same
+    assert digest_of(other_scale) != same
