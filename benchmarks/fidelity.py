@@ -121,8 +121,11 @@ def prepare(args: argparse.Namespace) -> dict[str, Path]:
     from priors.models import load_model
 
     data = args.work_dir / "synthetic"
+    # RLE visible masks, as this benchmark's data was first written (polygons decode to the same masks but for
+    # a few hole pixels, and a new file would make every stored run stale)
     aisdiff("demo-data", str(data), "--train-images", str(args.train_images),
-            "--val-images", str(args.val_images), "--seed", "0", log=args.work_dir / "demo-data.log")
+            "--val-images", str(args.val_images), "--seed", "0", "--visible-masks", "rle",
+            log=args.work_dir / "demo-data.log")
     stores = {}
     for model in sorted({VARIANTS[v][2] for v in args.variants} - {None}):
         # one folder per model, emptied when the model's weights or the settings change (as runs are), so a

@@ -25,6 +25,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train-images", type=int, default=100, help="number of train images (default: 100)")
     p.add_argument("--val-images", type=int, default=25, help="number of val images (default: 25)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--visible-masks", choices=synthetic.VISIBLE_ENCODINGS, default=None,
+                   help="how visible masks are stored (default: as the format's real files do: polygons for "
+                        "kins2020 and kins, RLE for cocoa and d2sa)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing benchmark made with other settings")
     p.set_defaults(func=run)
@@ -44,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
     if args.train_images < 0 or args.val_images < 0:
         raise AisdiffError("--train-images and --val-images must be >= 0")
     out: Path = args.out
-    wanted = {"format": args.format, "seed": args.seed,
-              "images": {"train": args.train_images, "val": args.val_images}}
+    wanted = synthetic.data_settings(args.format, args.seed, args.train_images, args.val_images,
+                                     args.visible_masks)
     infos = _existing_infos(out)
     if len(infos) == len(SPLITS) and all(info.get("settings") == wanted for info in infos.values()):
         print(f"demo-data: {out} already holds this benchmark (same settings); reusing it")
@@ -63,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         for sub in ("images", "annotations"):  # ours, or an interrupted run: start over
             shutil.rmtree(out / sub, ignore_errors=True)
     stats = synthetic.generate(out, fmt=args.format, train_images=args.train_images,
-                               val_images=args.val_images, seed=args.seed, settings=wanted)
+                               val_images=args.val_images, seed=args.seed, settings=wanted,
+                               visible_masks=args.visible_masks)
     print(f"demo-data: wrote {out} (format {args.format}, seed {args.seed})")
     print(synthetic.summary(stats))
     return 0

@@ -39,6 +39,7 @@ class FormatSpec:
     amodal_box: tuple[str, ...]
     visible_box: str | None  # None: derived from the visible mask (the format's box is the amodal one)
     extra: tuple[str, ...] = ()  # further keys the writer emits, as the real dataset files have them
+    visible_encoding: str = "rle"  # how the real files store the visible mask: "rle" or "polygons"
 
     def encode(self, ann_id: int, image_id: int, category_id: int, amodal_segm: Any, visible_segm: Any,
                amodal_box_xywh: Sequence[float], visible_box_xywh: Sequence[float],
@@ -60,9 +61,9 @@ class FormatSpec:
 
 FORMATS: dict[str, FormatSpec] = {
     "kins2020": FormatSpec("kins2020", ("a_segm",), "i_segm", ("a_bbox",), "i_bbox",
-                           ("area", "a_area", "i_area")),
+                           ("area", "a_area", "i_area"), visible_encoding="polygons"),
     "kins": FormatSpec("kins", ("segmentation",), "inmodal_seg", ("bbox",), "inmodal_bbox",
-                       ("area", "inmodal_area")),
+                       ("area", "inmodal_area"), visible_encoding="polygons"),
     "cocoa": FormatSpec("cocoa", ("segmentation",), "visible_mask", ("bbox",), None,
                         ("area", "occlude_rate")),
     "d2sa": FormatSpec("d2sa", ("segmentation",), "visible_mask", ("bbox",), None, ("area",)),

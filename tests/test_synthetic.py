@@ -75,3 +75,48 @@ def test_summary_lists_images_categories_and_occlusion(make_benchmark):
         "occlusion: none 11 (39%) | 0-10% 4 (14%) | 10-30% 8 (29%) | 30-50% 4 (14%) | >50% 1 (4%)",
         "val: 2 images, 14 instances (ball 0, box 4, triangle 0, star 2, cross 2, heart 4, moon 2); "
         "occlusion: none 5 (36%) | 0-10% 2 (14%) | 10-30% 2 (14%) | 30-50% 1 (7%) | >50% 4 (29%)"]
+
+
+def test_mask_encodings_follow_the_real_files(tmp_path):
+    """KINS files store amodal and visible masks as polygons, COCOA-cls and D2SA visible masks as RLE; the
+    polygons decode to the exact masks (holes filled: COCO polygons cannot hold them)."""
+    import json
+
+    from scipy import ndimage
+
+    from priors import masks
+
+    for fmt, key, kind in (("kins2020", "i_segm", list), ("kins", "inmodal_seg", list),
+                           ("cocoa", "visible_mask", dict), ("d2sa", "visible_mask", dict)):
+        synthetic.generate(tmp_path / fmt, fmt=fmt, train_images=4, val_images=0, seed=1)
+        doc = json.loads((tmp_path / fmt / "annotations" / "train.json").read_text())
+        assert all(isinstance(a[key], kind) for a in doc["annotations"]), fmt
+        assert ("visible_masks" in doc["info"]["settings"]) == (kind is list)
+    doc = json.loads((tmp_path / "kins2020" / "annotations" / "train.json").read_text())
+    anns = iter(doc["annotations"])
+    for index in range(4):
+        scene = synthetic.make_scene(1, "train", index)
+        h, w = scene.image.shape[:2]
+        for obj, visible in zip(scene.objects, scene.visible, strict=True):
+            ann = next(anns)
+            assert isinstance(ann["a_segm"][0], list)
+            np.testing.assert_array_equal(masks.decode(masks.to_rle(ann["a_segm"], h, w)), obj.amodal)
+            np.testing.assert_array_equal(masks.decode(masks.to_rle(ann["i_segm"], h, w)),
+                                          ndimage.binary_fill_holes(visible))
+    # RLE on request, exact, and recorded as the files written before polygons existed
+    synthetic.generate(tmp_path / "rle", fmt="kins2020", train_images=1, val_images=0, seed=1,
+                       visible_masks="rle")
+    doc = json.loads((tmp_path / "rle" / "annotations" / "train.json").read_text())
+    assert "visible_masks" not in doc["info"]["settings"]
+    scene = synthetic.make_scene(1, "train", 0)
+    for ann, visible in zip(doc["annotations"], scene.visible, strict=True):
+        np.testing.assert_array_equal(masks.decode(ann["i_segm"]), visible)
+
+
+def test_polygons_of_thin_and_tiny_masks_decode_exactly():
+    from priors import masks
+
+    for mask in (np.eye(6, dtype=bool), np.pad(np.ones((1, 1), bool), 2), np.pad(np.ones((1, 5), bool), 2),
+                 np.pad(np.ones((3, 3), bool), ((1, 2), (4, 0)))):
+        np.testing.assert_array_equal(masks.decode(masks.to_rle(masks.to_polygons(mask), *mask.shape)), mask)
+    assert masks.to_polygons(np.zeros((4, 4), bool)) == []
