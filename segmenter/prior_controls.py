@@ -177,6 +177,8 @@ class OracleInputPriors(OnTheFlyPriors):
     costs and what the box and DiffSP cost. Not a method: a measurement. Other args as `OnTheFlyPriors`.
     """
 
+    serves_new_images = False  # (it reads the test annotations)
+
     def __init__(self, ann_file: str, model: str = "tiny", classes: tuple[str, ...] | list[str] = (),
                  dtype: str = "fp32", store: str | None = None, **diffsp_settings) -> None:
         super().__init__(model=model, classes=classes, dtype=dtype, store=store, **diffsp_settings)

@@ -319,4 +319,7 @@ class PackAmodalInputs(PackDetInputs):
             if key in results:
                 value = results[key] if keep is None else results[key][keep]
                 packed["data_samples"].gt_instances[key[3:]] = value
+        if "img_id" in results and "img_id" not in packed["data_samples"].metainfo:
+            # (DetInferencer drops 'img_id' from meta_keys; DiffSP's noise seed needs it)
+            packed["data_samples"].set_metainfo({"img_id": results["img_id"]})
         return packed
