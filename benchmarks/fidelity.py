@@ -51,6 +51,7 @@ benchmarks/results/fidelity[_TAG]_VARIANTS.json (the command, machine, date, tab
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import hashlib
 import json
@@ -163,7 +164,7 @@ DIGEST_SKIPS_TRANSFORMS = ("ContentImageId",)
 
 def config_digest(config: Path) -> str:
     """sha256 of the parsed config: an edited config (or one of its bases) makes earlier runs stale."""
-    cfg = load_config(config)
+    cfg = copy.deepcopy(load_config(config))  # the cached config stays as `aisdiff train` will read it
     if "visualizer" in cfg:
         cfg.visualizer.type = DIGEST_VISUALIZER
     for holder, key in ((cfg, "test_pipeline"), *((cfg[loader].dataset, "pipeline") for loader in

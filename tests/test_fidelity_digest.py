@@ -2,6 +2,7 @@
 changes the numbers, not with the visualizer or the ContentImageId transform."""
 from __future__ import annotations
 
+import copy
 import importlib.util
 from pathlib import Path
 
@@ -23,7 +24,7 @@ def test_digest_ignores_visualizer_and_content_ids_but_not_the_pipeline(tmp_path
     assert any(step.type == "ContentImageId" for step in cfg.test_dataloader.dataset.pipeline)
 
     def digest_of(edit) -> str:
-        changed = bench.load_config(CONFIG)
+        changed = copy.deepcopy(bench.load_config(CONFIG))
         edit(changed)
         path = tmp_path / f"c{len(list(tmp_path.iterdir()))}.py"
         changed.dump(str(path))
@@ -42,3 +43,13 @@ def test_digest_ignores_visualizer_and_content_ids_but_not_the_pipeline(tmp_path
     same = digest_of(lambda c: None)
     assert digest_of(without_ids) == same
     assert digest_of(other_scale) != same
+
+
+def test_digest_leaves_the_parsed_config_as_training_reads_it():
+    """The digest's normalization works on a copy: the benchmark's --cfg-options indices (found in the same
+    cached config) must still see ContentImageId, or they would set the image scale on the wrong transform."""
+    bench = fidelity()
+    resize = bench.pipeline_index(CONFIG, "test_dataloader", "AmodalResize")
+    bench.config_digest(CONFIG)
+    assert bench.pipeline_index(CONFIG, "test_dataloader", "AmodalResize") == resize == 2
+    assert bench.load_config(CONFIG).visualizer.type == "AmodalLocalVisualizer"
