@@ -259,8 +259,10 @@ def write_split(out: Path, split: str, num_images: int, seed: int, fmt: str, fir
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
         for obj, visible in zip(scene.objects, scene.visible, strict=True):
             amodal_rle, visible_rle = masks.encode(obj.amodal), masks.encode(visible)
-            a_area, v_area = masks.area(amodal_rle), masks.area(visible_rle)
             visible_segm = masks.to_polygons(visible) if as_polygons else masks.rle_to_json(visible_rle)
+            if as_polygons and visible_segm:  # (area and box of the mask the polygons draw: holes filled)
+                visible_rle = masks.to_rle(visible_segm, height, width)
+            a_area, v_area = masks.area(amodal_rle), masks.area(visible_rle)
             anns.append(spec.encode(ann_id, image_id, obj.category_id, [obj.polygon],
                                     visible_segm, masks.bbox_xywh(amodal_rle),
                                     masks.bbox_xywh(visible_rle), a_area, v_area))

@@ -41,6 +41,7 @@ logged() {
   if [ "$rc" -ne 0 ]; then
     echo "failed (exit $rc): the last lines of $log"
     tr '\r' '\n' < "$log" | tail -n 30
+    [ -n "${HINT:-}" ] && echo "$HINT"
     exit "$rc"
   fi
 }
@@ -53,7 +54,7 @@ iterations() {
 start=$(date +%s)
 
 step "1/6 synthetic benchmark ($TRAIN_IMAGES train + $VAL_IMAGES val images)"
-logged demo-data '.' \
+HINT="(a demo folder made by an older version of this script: remove $OUT and run it again)" logged demo-data '.' \
   aisdiff demo-data "$DATA" --format kins2020 --train-images "$TRAIN_IMAGES" --val-images "$VAL_IMAGES" --seed 0
 
 step "2/6 train priors with DiffSP (tiny model, 2 CPU processes)"

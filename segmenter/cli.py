@@ -50,6 +50,9 @@ def add_test_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="also write COCO results JSON: PREFIX.{amodal,visible}.segm.json")
     p.add_argument("--metrics-json", type=Path,
                    help="write the metrics as JSON (default: WORK_DIR/metrics.json)")
+    p.add_argument("--show-dir", type=Path,
+                   help="also draw each test image's predictions (the config's visualizer: amodal outline, "
+                        "visible fill, hatched occluders) into this folder, as mmdet's tools/test.py does")
     p.set_defaults(func=run_test)
 
 
@@ -110,6 +113,16 @@ def format_metrics(metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def show_predictions(cfg, folder: Path) -> None:
+    """Turn on the config's visualization hook to draw the test predictions into `folder` (mmdet's
+    tools/test.py --show-dir)."""
+    hook = cfg.get("default_hooks", {}).get("visualization")
+    if not hook:
+        raise AisdiffError("--show-dir needs default_hooks.visualization (mmdet's DetVisualizationHook, in "
+                           "mmdet's default runtime) in the config")
+    hook.draw, hook.test_out_dir = True, str(folder.resolve())
+
+
 def run_test(args: argparse.Namespace) -> int:
     import segmenter  # noqa: F401
 
@@ -124,6 +137,8 @@ def run_test(args: argparse.Namespace) -> int:
             cfg.test_evaluator.proposals_file = str(args.dump_proposals)
         if args.out_prefix:
             cfg.test_evaluator.outfile_prefix = str(args.out_prefix)
+    if args.show_dir:
+        show_predictions(cfg, args.show_dir)
     metrics = run_runner(args, cfg, "test")
     out = args.metrics_json or Path(cfg.work_dir) / "metrics.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -164,14 +179,12 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    import torch
-
     import segmenter  # noqa: F401
 
-    from .predict import collect_images, load_model, predict_images
+    from .predict import collect_images, load_model, predict_images, resolve_device
 
     images = collect_images(args.inputs)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     model = load_model(args.config, args.checkpoint, device, args.cfg_options, args.trust_checkpoint)
     summary = predict_images(model, images, args.out, score_thr=args.score_thr, batch_size=args.batch_size,
                              save_priors=args.save_priors)

@@ -15,7 +15,8 @@ class AmodalDataset(BaseDetDataset):
     """KINS 2020 / KINS / COCOA-cls / D2SA / aistron files as mmdet data: per instance the amodal box (the
     detection target), label, amodal mask, visible mask, occluder mask (BCNet rule) and annotation id.
 
-    Classes default to the file's categories in id order. `ann_format` names the format (default: detected).
+    Classes default to the file's categories in id order; `metainfo['category_ids']` gives each label's id.
+    `ann_format` names the format (default: detected).
     `prior_store` is the prior store (from `aisdiff precompute`) that `LoadCachedPriors` reads.
     """
 
@@ -38,6 +39,9 @@ class AmodalDataset(BaseDetDataset):
                 f"{self.ann_file}: categories {unknown} are not among the configured classes {names}")
         self.cat2label = {c: names.index(ann.categories[c]) for c in cat_ids}
         self.label2cat = {v: k for k, v in self.cat2label.items()}
+        # the file's category id of each label (None for a configured class the file lacks): checkpoints keep
+        # it in meta.dataset_meta, so predictions on new images carry the dataset's ids
+        self._metainfo["category_ids"] = tuple(self.label2cat.get(label) for label in range(len(names)))
         data = []
         for image_id in sorted(ann.images):
             info = ann.images[image_id]

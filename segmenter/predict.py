@@ -99,18 +99,30 @@ def model_classes(config: Path, checkpoint: Path, cfg, meta: dict) -> tuple[str,
     return from_ckpt or from_cfg
 
 
+def resolve_device(name: str | None) -> str:
+    """The torch device to run on: `name`, checked to exist here, or cuda when available, else cpu."""
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise AisdiffError(f"--device {name}: not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AisdiffError(f"--device {name}: this torch {torch.__version__} sees no CUDA device; use "
+                           "--device cpu, or install a CUDA build of torch")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise AisdiffError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return name
+
+
 def load_model(config: Path, checkpoint: Path, device: str, cfg_options: dict, trust_checkpoint: bool):
     """The AISDiff model of `config` with `checkpoint`'s weights, in eval mode on `device`, with its
     `dataset_meta` and `cfg` set (as mmdet's `init_detector` sets them); refused when it cannot serve new
     images."""
-    import pickle
-
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     from mmengine.config import Config
-    from mmengine.runner import load_checkpoint
 
-    from .checkpoint import refused_checkpoint, trusted_checkpoints
     from .roi_head import AISDiffRoIHead
 
     for path, what in ((config, "config"), (checkpoint, "checkpoint")):
@@ -141,17 +153,62 @@ def load_model(config: Path, checkpoint: Path, device: str, cfg_options: dict, t
             "model.roi_head.test_prior.store=PATH), or skip the check with --cfg-options "
             "model.roi_head.test_prior.store=None (the settings then come from the config and the model, as "
             "in training if neither changed)")
-    try:
-        with trusted_checkpoints(trust_checkpoint):
-            loaded = load_checkpoint(model, str(checkpoint), map_location="cpu", logger="silent")
-    except pickle.UnpicklingError as exc:
-        raise refused_checkpoint(exc) from None
-    model.dataset_meta = {"classes": model_classes(config, checkpoint, cfg, loaded.get("meta", {}))}
+    meta = load_weights(model, config, checkpoint, trust_checkpoint)
+    classes = model_classes(config, checkpoint, cfg, meta)
+    model.dataset_meta = {"classes": classes, "category_ids": category_ids(meta, classes)}
     model.cfg = cfg
     return model.to(device).eval()
 
 
-def test_pipeline(cfg):
+def load_weights(model, config: Path, checkpoint: Path, trust_checkpoint: bool) -> dict:
+    """Load `checkpoint`'s weights into `model`, every one (a checkpoint of another architecture is refused,
+    not half-loaded); returns the checkpoint's `meta`."""
+    import pickle
+
+    from mmengine.runner.checkpoint import CheckpointLoader, load_state_dict
+
+    from .checkpoint import refused_checkpoint, trusted_checkpoints
+
+    try:
+        with trusted_checkpoints(trust_checkpoint):
+            loaded = CheckpointLoader.load_checkpoint(str(checkpoint), map_location="cpu")
+    except pickle.UnpicklingError as exc:
+        raise refused_checkpoint(exc) from None
+    except (RuntimeError, EOFError, OSError) as exc:  # (torch's errors for a truncated or foreign file)
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "no message"
+        raise AisdiffError(f"checkpoint {checkpoint} could not be read ({type(exc).__name__}: {first_line}): "
+                           "is it a complete .pth file written by training?") from None
+    if not isinstance(loaded, dict):
+        raise AisdiffError(f"checkpoint {checkpoint} holds a {type(loaded).__name__}, not a checkpoint dict")
+    state = loaded.get("state_dict", loaded)
+    state = {key.removeprefix("module."): value for key, value in state.items()}  # (DDP-wrapped weights)
+    missing = sorted(set(model.state_dict()) - set(state))
+    unexpected = sorted(set(state) - set(model.state_dict()))
+    if missing or unexpected:
+        listed = [f"{len(keys)} {what} weights ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+                  for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+        raise AisdiffError(f"checkpoint {checkpoint} does not fit the model of config {config}: "
+                           f"{'; '.join(listed)}. Use the config (and --cfg-options) the checkpoint was "
+                           "trained with")
+    try:
+        load_state_dict(model, state, strict=True)
+    except RuntimeError as exc:  # (a weight of another shape)
+        raise AisdiffError(f"checkpoint {checkpoint} does not fit the model of config {config}: "
+                           f"{str(exc).strip().splitlines()[-1]}. Use the config the checkpoint was trained "
+                           "with") from None
+    return loaded.get("meta") or {}
+
+
+def category_ids(meta: dict, classes: tuple[str, ...]) -> tuple[int, ...]:
+    """Each label's category id in the training annotation file (checkpoint `meta.dataset_meta.category_ids`,
+    written by `AmodalDataset`); label + 1 where the checkpoint does not record one."""
+    recorded = (meta.get("dataset_meta") or {}).get("category_ids") or ()
+    if len(recorded) != len(classes):
+        recorded = (None,) * len(classes)
+    return tuple(int(cid) if cid is not None else label + 1 for label, cid in enumerate(recorded))
+
+
+def inference_pipeline(cfg):
     """The config's test pipeline, with `ContentImageId` after the loader when the config lacks it."""
     from mmcv.transforms import Compose
     from mmdet.utils import get_test_pipeline_cfg
@@ -167,6 +224,8 @@ def load_inputs(images: list[InputImage], pipeline) -> Iterator[tuple[InputImage
     for image in images:
         try:
             data = pipeline(dict(img_path=str(image.path)))
+        except AisdiffError:  # (a transform's own message names the fix)
+            raise
         except Exception as exc:  # (mmcv raises several kinds for a missing or undecodable file)
             raise AisdiffError(f"image {image.path} could not be read ({type(exc).__name__}: {exc}); remove "
                                "it from the inputs or replace it with a readable image") from None
@@ -175,16 +234,26 @@ def load_inputs(images: list[InputImage], pipeline) -> Iterator[tuple[InputImage
         yield image, data
 
 
-def same_size_batches(items: Iterator[tuple[InputImage, dict]], batch_size: int) -> Iterator[list]:
+def same_size_batches(items: Iterator[tuple[InputImage, dict]], batch_size: int,
+                      max_waiting: int | None = None) -> Iterator[list]:
     """Batches of at most `batch_size` items whose network inputs have one shape (no padding between
-    them, which would change GroupNorm statistics and so the results): the first full group goes out first,
-    the rest at the end."""
+    them, which would change GroupNorm statistics and so the results): a group goes out when full, or, oldest
+    first, when more than `max_waiting` items (default 4 x batch_size) wait, so memory stays bounded whatever
+    the mix of sizes; the rest at the end."""
+    max_waiting = 4 * batch_size if max_waiting is None else max_waiting
     groups: OrderedDict[tuple, list] = OrderedDict()
+    waiting = 0
     for item in items:
-        group = groups.setdefault(tuple(item[1]["inputs"].shape), [])
-        group.append(item)
-        if len(group) == batch_size:
-            yield groups.pop(tuple(item[1]["inputs"].shape))
+        shape = tuple(item[1]["inputs"].shape)
+        groups.setdefault(shape, []).append(item)
+        waiting += 1
+        if len(groups[shape]) == batch_size:
+            waiting -= batch_size
+            yield groups.pop(shape)
+        elif waiting > max_waiting:
+            oldest = groups.popitem(last=False)[1]
+            waiting -= len(oldest)
+            yield oldest
     yield from groups.values()
 
 
@@ -193,8 +262,10 @@ def rle(mask: np.ndarray) -> dict:
     return mask_utils.rle_to_json(mask_utils.encode(np.asarray(mask, dtype=np.uint8)))
 
 
-def image_predictions(image: InputImage, sample, classes: tuple[str, ...], score_thr: float) -> list[dict]:
-    """COCO results records of one image's instances scoring above `score_thr`."""
+def image_predictions(image: InputImage, sample, dataset_meta: dict, score_thr: float) -> list[dict]:
+    """COCO results records of one image's instances scoring above `score_thr` (category ids and names from
+    `dataset_meta`, as `load_model` sets it)."""
+    classes, ids = dataset_meta["classes"], dataset_meta["category_ids"]
     pred = sample.pred_instances
     keep = pred.scores > score_thr
     records = []
@@ -204,7 +275,7 @@ def image_predictions(image: InputImage, sample, classes: tuple[str, ...], score
         records.append({
             "image_id": int(sample.metainfo["img_id"]), "file_name": str(image.path),
             "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-            "score": round(float(pred.scores[i]), 5), "category_id": label + 1,
+            "score": round(float(pred.scores[i]), 5), "category_id": ids[label],
             "category_name": classes[label],
             "segmentation": rle(pred.masks[i].cpu().numpy()),
             "visible_segmentation": rle(pred.visible_masks[i].cpu().numpy()),
@@ -263,36 +334,46 @@ class PredictSummary:
 
 def predict_images(model, images: list[InputImage], out: Path, score_thr: float = 0.3, batch_size: int = 1,
                    save_priors: bool = False, progress: bool = True) -> PredictSummary:
-    """Predict every image, write `out/vis/<name>.png` and `out/predictions.json` (records in input order)."""
+    """Predict every image, write `out/vis/<name>.png` and `out/predictions.json` (records in input order);
+    nothing lands in `out` unless every image is done."""
+    if batch_size < 1:
+        raise AisdiffError(f"--batch-size must be at least 1, not {batch_size}")
+    if out.exists() and not out.is_dir():
+        raise AisdiffError(f"--out {out} is a file: give a folder (it is created if missing)")
+    out.mkdir(parents=True, exist_ok=True)
+    partial = prepare_out(out)
+    try:
+        records, summary = predict_into(model, images, partial / "vis", score_thr, batch_size, save_priors,
+                                        progress)
+        finish_out(partial, out, records)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return summary
+
+
+def predict_into(model, images: list[InputImage], vis: Path, score_thr: float, batch_size: int,
+                 save_priors: bool, progress: bool) -> tuple[list[dict], PredictSummary]:
+    """Predict every image, drawing `vis/<name>.png`: the COCO records in input order, and the summary."""
     from tqdm import tqdm
 
     from .visualization import AmodalLocalVisualizer
 
-    if batch_size < 1:
-        raise AisdiffError(f"--batch-size must be at least 1, not {batch_size}")
-    out.mkdir(parents=True, exist_ok=True)
-    partial = prepare_out(out)
-    try:
-        visualizer = AmodalLocalVisualizer(name=f"aisdiff-predict-{id(partial)}", show_priors=save_priors)
-        visualizer.dataset_meta = model.dataset_meta
-        classes = tuple(model.dataset_meta["classes"])
-        order = {image.name: i for i, image in enumerate(images)}
-        records: list[list[dict]] = [[] for _ in images]
-        provider = model.roi_head.test_prior
-        diffsp_start, start = provider.diffsp_seconds(), time.perf_counter()
-        with tqdm(total=len(images), unit="image", disable=not progress) as bar:
-            for batch in same_size_batches(load_inputs(images, test_pipeline(model.cfg)), batch_size):
-                with torch.no_grad():
-                    samples = model.test_step({"inputs": [d["inputs"] for _, d in batch],
-                                               "data_samples": [d["data_samples"] for _, d in batch]})
-                for (image, _), sample in zip(batch, samples, strict=True):
-                    records[order[image.name]] = image_predictions(image, sample, classes, score_thr)
-                    draw(visualizer, image, sample, score_thr, partial / "vis" / f"{image.name}.png")
-                bar.update(len(batch))
-        flat = [record for image_records in records for record in image_records]
-        finish_out(partial, out, flat)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    return PredictSummary(len(images), len(flat), time.perf_counter() - start,
-                          provider.diffsp_seconds() - diffsp_start)
+    visualizer = AmodalLocalVisualizer(name=f"aisdiff-predict-{id(vis)}", show_priors=save_priors)
+    visualizer.dataset_meta = model.dataset_meta
+    order = {image.name: i for i, image in enumerate(images)}
+    records: list[list[dict]] = [[] for _ in images]
+    provider = model.roi_head.test_prior
+    diffsp_start, start = provider.diffsp_seconds(), time.perf_counter()
+    with tqdm(total=len(images), unit="image", disable=not progress) as bar:
+        for batch in same_size_batches(load_inputs(images, inference_pipeline(model.cfg)), batch_size):
+            with torch.no_grad():
+                samples = model.test_step({"inputs": [d["inputs"] for _, d in batch],
+                                           "data_samples": [d["data_samples"] for _, d in batch]})
+            for (image, _), sample in zip(batch, samples, strict=True):
+                records[order[image.name]] = image_predictions(image, sample, model.dataset_meta, score_thr)
+                draw(visualizer, image, sample, score_thr, vis / f"{image.name}.png")
+            bar.update(len(batch))
+    flat = [record for image_records in records for record in image_records]
+    return flat, PredictSummary(len(images), len(flat), time.perf_counter() - start,
+                                provider.diffsp_seconds() - diffsp_start)

@@ -133,6 +133,8 @@ class DiffSPRunner:
         if len(boxes) == 0:
             return boxes.new_zeros((0, self.config.prior_size, self.config.prior_size))
         diffsp = self.diffsp(boxes.device)
+        if boxes.is_cuda:  # (the clock starts when the kernels queued before DiffSP are done)
+            torch.cuda.synchronize(boxes.device)
         start = time.perf_counter()
         rois = prepare_rois(image, boxes, visible, occluder, categories, seeds, diffsp.config.resolution,
                             diffsp.config.context)

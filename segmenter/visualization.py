@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import torch
 from mmdet.registry import VISUALIZERS
+from mmdet.structures.bbox import BaseBoxes
 from mmdet.structures.mask import BitmapMasks, PolygonMasks, bitmap_to_polygon
 from mmdet.visualization import DetLocalVisualizer
 from mmdet.visualization.palette import get_palette
@@ -19,7 +20,9 @@ HATCH_PERIOD = 6  # pixels between the diagonal stripes that mark an occluder re
 
 
 def as_numpy(values) -> np.ndarray:
-    """A tensor, array or mmdet mask structure as a numpy array (float32 for floating tensors)."""
+    """A tensor, array, mmdet box or mask structure as a numpy array (float32 for floating tensors)."""
+    if isinstance(values, BaseBoxes):  # (ground-truth boxes, as tools/test.py --show-dir draws them)
+        values = values.tensor
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu()
         return (values.float() if values.is_floating_point() else values).numpy()
@@ -39,7 +42,7 @@ def hatch(shape: tuple[int, int], period: int = HATCH_PERIOD) -> np.ndarray:
     return (x + y) % period < max(1, period // 3)
 
 
-def instance_colors(labels, palette, count: int) -> list[tuple[int, int, int]]:
+def instance_colors(labels, palette) -> list[tuple[int, int, int]]:
     """One RGB colour per instance: its class colour, shifted per instance so that neighbours of one class
     differ (a fixed shift per index, so every run draws the same picture)."""
     base = get_palette(palette, max([int(v) for v in labels], default=0) + 1)
@@ -47,7 +50,7 @@ def instance_colors(labels, palette, count: int) -> list[tuple[int, int, int]]:
     for i, label in enumerate(labels):
         shift = ((i * 37) % 61) - 30  # in [-30, 30], the same for instance i on every run
         colors.append(tuple(int(np.clip(c + shift, 0, 255)) for c in base[int(label)]))
-    return colors[:count]
+    return colors
 
 
 def prior_panel(image: np.ndarray, boxes: np.ndarray, priors: np.ndarray, colormap: int = cv2.COLORMAP_JET,
@@ -93,7 +96,7 @@ class AmodalLocalVisualizer(DetLocalVisualizer):
         if "visible_masks" not in instances or "masks" not in instances:
             return super()._draw_instances(image, instances, classes, palette)
         labels = [int(v) for v in instances.labels]
-        colors = instance_colors(labels, palette if self.mask_color is None else self.mask_color, len(labels))
+        colors = instance_colors(labels, palette if self.mask_color is None else self.mask_color)
         amodal, visible = as_bool_masks(instances.masks), as_bool_masks(instances.visible_masks)
         self.set_image(image)
         if len(labels):

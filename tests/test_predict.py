@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import uuid
 from pathlib import Path
 
@@ -26,14 +25,19 @@ OPTIONS = ["model.roi_head.test_prior.store=None", "model.test_cfg.rcnn.max_per_
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """(checkpoint after two iterations without priors, a folder of photos: two of one size, one other)."""
+    with pytest.MonkeyPatch.context() as env:
+        root = tmp_path_factory.mktemp("predict-data")
+        synthetic.generate(root / "synthetic", train_images=4, val_images=3, seed=3)
+        env.setenv("AISDIFF_DATA", str(root))
+        yield train_two_iterations(root), photos_of(root)
+
+
+def train_two_iterations(root: Path) -> Path:
     from mmengine.config import Config
     from mmengine.runner import Runner
 
     import segmenter  # noqa: F401
 
-    root = tmp_path_factory.mktemp("predict-data")
-    synthetic.generate(root / "synthetic", train_images=4, val_images=3, seed=3)
-    os.environ["AISDIFF_DATA"] = str(root)
     cfg = Config.fromfile(str(CONFIG))
     cfg.work_dir, cfg.experiment_name = str(root / "work"), f"predict-{uuid.uuid4().hex[:8]}"
     cfg.model.roi_head.train_prior = dict(type="NoPriors")
@@ -44,13 +48,17 @@ def trained(tmp_path_factory):
     cfg.train_dataloader.num_workers, cfg.train_dataloader.persistent_workers = 0, False
     cfg.randomness = dict(seed=0)
     Runner.from_cfg(cfg).train()
+    return root / "work" / "iter_2.pth"
+
+
+def photos_of(root: Path) -> Path:
     photos = root / "photos"
     (photos / "street").mkdir(parents=True)
     first = mmcv.imread(str(root / "synthetic" / "images" / "val_000000.png"))
     mmcv.imwrite(first, str(photos / "a.png"))
     mmcv.imwrite(first[:, ::-1].copy(), str(photos / "street" / "a.jpg"))  # same size, other content
     mmcv.imwrite(mmcv.imread(str(root / "synthetic" / "images" / "val_000001.png")), str(photos / "b.png"))
-    return root / "work" / "iter_2.pth", photos
+    return photos
 
 
 def predict(checkpoint: Path, *inputs, out: Path, extra=(), options=OPTIONS, config: Path = CONFIG):
@@ -150,17 +158,19 @@ def test_amodal_visualizer_fills_visible_hatches_occluder_and_outlines_amodal():
     hidden = np.zeros((60, 80), bool)
     hidden[26:45, 45:65] = True  # inside the occluder, away from outline, box and label (rows 5-22)
     assert changed[hidden & stripes].all() and not changed[hidden & ~stripes].any()  # hatched
-    assert changed[30, 69] and changed[30, 10]  # the amodal outline runs through the hidden part too
+    right_edge = (slice(26, 45), 69)  # the amodal mask's right edge, in the hidden part
+    assert changed[right_edge].all() and not stripes[right_edge].all()  # outlined where no stripe is too
     assert not changed[2, 2] and not changed[57, 2]  # outside every mask and box: untouched
     panel = drawn[:, 80:].astype(int)
     assert np.abs(panel[30, 40] - panel[2, 2]).sum() > 0  # the prior's box is coloured, the rest grey
 
 
 @pytest.mark.parametrize("case", ["missing", "empty folder", "unreadable", "classes", "no on-the-fly prior",
-                                  "taken"])
+                                  "taken", "out is a file", "device", "corrupt checkpoint",
+                                  "other architecture"])
 def test_predict_refuses_bad_input_and_leaves_nothing_half_written(trained, tmp_path, case):
     checkpoint, photos = trained
-    inputs, options, config, expected = [photos / "b.png"], OPTIONS, CONFIG, None
+    inputs, options, config, expected, extra = [photos / "b.png"], OPTIONS, CONFIG, None, []
     out = tmp_path / "out"
     if case == "missing":
         inputs, expected = [photos / "nope.png"], "nope.png: no such file or folder"
@@ -176,12 +186,98 @@ def test_predict_refuses_bad_input_and_leaves_nothing_half_written(trained, tmp_
     elif case == "no on-the-fly prior":
         config = REPO / "configs" / "aisdiff" / "aisdiff_r18_fpn_oracle_synthetic.py"
         options, expected = OPTIONS[1:], "OraclePriors"
-    else:
+    elif case == "taken":
         (out / "vis").mkdir(parents=True)
         expected = "already holds predictions"
-    proc = predict(checkpoint, *inputs, out=out, options=options, config=config)
+    elif case == "out is a file":
+        out = tmp_path / "out.txt"
+        out.write_text("notes")
+        expected = "is a file"
+    elif case == "device":
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+        extra, expected = ["--device", "cuda"], "sees no CUDA device"
+    elif case == "corrupt checkpoint":
+        checkpoint = copied(checkpoint, tmp_path, lambda data: data[:len(data) // 2])
+        expected = "could not be read"
+    else:  # a checkpoint without the occluder branch's weights, as another architecture's would be
+        import segmenter  # noqa: F401  (mmengine's checkpoint types for weights-only loading)
+
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = {k: v for k, v in saved["state_dict"].items() if ".occluder" not in k}
+        checkpoint = tmp_path / "other.pth"
+        torch.save({"state_dict": state, "meta": saved["meta"]}, checkpoint)
+        expected = "missing weights"
+    proc = predict(checkpoint, *inputs, out=out, options=options, config=config, extra=extra)
     assert proc.returncode == 2, proc.stderr
     assert expected in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()[-1]) > 0 and "Traceback" not in proc.stderr
+    if case == "out is a file":
+        assert out.read_text() == "notes"
+        return
     left = sorted(p.name for p in out.iterdir()) if out.exists() else []
     assert left == (["vis"] if case == "taken" else []), left
+
+
+def copied(path: Path, folder: Path, edit) -> Path:
+    """A copy of `path` in `folder` with its bytes passed through `edit`."""
+    out = folder / f"edited-{path.name}"
+    out.write_bytes(edit(path.read_bytes()))
+    return out
+
+
+def test_category_ids_come_from_the_training_file_with_label_plus_one_as_fallback(tmp_path):
+    from mmdet.registry import DATASETS
+    from mmdet.utils import register_all_modules
+
+    import segmenter  # noqa: F401
+    from segmenter.predict import category_ids
+
+    register_all_modules()
+    synthetic.generate(tmp_path, train_images=1, val_images=0, seed=1)
+    ann = tmp_path / "annotations" / "train.json"
+    doc = json.loads(ann.read_text())  # ids with gaps, as COCOA-cls has
+    for record in doc["categories"] + doc["annotations"]:
+        key = "id" if "name" in record else "category_id"
+        record[key] = 10 * record[key]
+    ann.write_text(json.dumps(doc))
+    dataset = DATASETS.build(dict(type="AmodalDataset", ann_file=str(ann), pipeline=[],
+                                  data_prefix=dict(img=str(tmp_path / "images"))))
+    ids = tuple(10 * i for i, _ in synthetic.CATEGORIES)
+    assert dataset.metainfo["category_ids"] == ids
+    classes = dataset.metainfo["classes"]
+    assert category_ids({"dataset_meta": dataset.metainfo}, classes) == ids
+    assert category_ids({}, classes) == tuple(range(1, len(classes) + 1))  # a checkpoint without them
+    assert category_ids({"dataset_meta": {"category_ids": (30, None)}}, ("a", "b")) == (30, 2)
+
+
+def test_same_size_batches_flush_the_oldest_group_when_too_many_wait():
+    from segmenter.predict import same_size_batches
+
+    def item(name: str, width: int):
+        return name, {"inputs": torch.zeros(3, 8, width)}
+
+    stream = [item("a1", 4), item("a2", 4), item("b1", 5), item("c1", 6), item("d1", 7), item("b2", 5)]
+    # a1 a2 fill a batch; b1 c1 d1 are three waiting: b1 goes alone; b2 makes three again: c1 goes; the rest
+    assert [[n for n, _ in b] for b in same_size_batches(iter(stream), 2, max_waiting=2)] == [
+        ["a1", "a2"], ["b1"], ["c1"], ["d1"], ["b2"]]
+    # with room to wait (the default, 4 batches), b2 finds b1
+    assert [[n for n, _ in b] for b in same_size_batches(iter(stream), 2)] == [
+        ["a1", "a2"], ["b1", "b2"], ["c1"], ["d1"]]
+
+
+def test_det_inferencer_draws_what_predict_draws(trained, tmp_path):
+    from mmdet.apis import DetInferencer
+
+    checkpoint, photos = trained
+    config = tmp_path / "no_store.py"  # (DetInferencer takes no --cfg-options)
+    config.write_text(f"_base_ = [{str(CONFIG)!r}]\n"
+                      "model = dict(roi_head=dict(test_prior=dict(store=None)), "
+                      "test_cfg=dict(rcnn=dict(max_per_img=3)))\n")
+    inferencer = DetInferencer(model=str(config), weights=str(checkpoint), device="cpu", show_progress=False)
+    assert type(inferencer.visualizer).__name__ == "AmodalLocalVisualizer"
+    inferencer(str(photos / "b.png"), out_dir=str(tmp_path / "inferencer"), pred_score_thr=0.0)
+    proc = predict(checkpoint, photos / "b.png", out=tmp_path / "predict")
+    assert proc.returncode == 0, proc.stderr
+    drawn = mmcv.imread(str(tmp_path / "inferencer" / "vis" / "b.png"))
+    np.testing.assert_array_equal(drawn, mmcv.imread(str(tmp_path / "predict" / "vis" / "b.png")))

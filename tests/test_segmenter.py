@@ -436,10 +436,24 @@ def test_aisdiff_train_and_test_commands(data, tmp_path):
     assert (work / "iter_2.pth").is_file()
     proc = subprocess.run([str(BIN / "aisdiff"), "test", str(CONFIG), str(work / "iter_2.pth"), "--work-dir",
                            str(work), "--dump-proposals", str(tmp_path / "props.json"),
-                           "--cfg-options", *FAST],
+                           "--show-dir", str(tmp_path / "show"), "--cfg-options", *FAST],
                           capture_output=True, text=True, env=_env(data), cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| amodal |" in proc.stdout and "| visible |" in proc.stdout
+    # --show-dir (mmdet's visualization hook, the config's visualizer): one picture per val image
+    import mmcv
+
+    import segmenter  # noqa: F401  (mmengine's checkpoint types for weights-only loading)
+
+    shown = sorted(p.name for p in (tmp_path / "show").iterdir())
+    assert shown == ["val_000000.png", "val_000001.png"]
+    for name in shown:
+        image = mmcv.imread(str(data / "synthetic" / "images" / name))
+        h, w = image.shape[:2]  # the ground-truth panel beside the prediction's, as mmdet draws them
+        assert mmcv.imread(str(tmp_path / "show" / name)).shape == (h, 2 * w, 3)
+    # the checkpoint records each label's category id (what `aisdiff predict` writes as category_id)
+    meta = torch.load(work / "iter_2.pth", map_location="cpu", weights_only=True)["meta"]
+    assert meta["dataset_meta"]["category_ids"] == tuple(i for i, _ in synthetic.CATEGORIES)
     metrics = json.loads((work / "metrics.json").read_text())
     assert {"amodal/AP", "amodal/AP50", "amodal/AP75", "amodal/AR", "visible/AP"} <= set(metrics)
     records = json.loads((tmp_path / "props.json").read_text())
