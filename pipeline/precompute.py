@@ -64,6 +64,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="'tiny', a local diffusers folder or a hub id (default: tiny)")
     p.add_argument("--steps", type=int, help="DDIM steps T " + _model_default(PAPER_DEFAULTS["steps"]))
     p.add_argument("--tau", type=int, help="self-attention power " + _model_default(PAPER_DEFAULTS["tau"]))
+    p.add_argument("--strength", type=float,
+                   help="run the last strength x T DDIM steps, from the visible crop's noised latent "
+                        + _model_default(PAPER_DEFAULTS["strength"]))
     p.add_argument("--self-res", type=int,
                    help="self-attention token grid side " + _model_default("latent / 2"))
     p.add_argument("--cross-res", type=int,
@@ -141,7 +144,7 @@ def _diffsp(args: argparse.Namespace, device: torch.device) -> DiffSP:
         config = DiffSPConfig(steps=args.steps, tau=args.tau, prior_size=args.prior_size,
                               resolution=args.resolution, self_res=args.self_res, cross_res=args.cross_res,
                               context=args.context, prompt=args.prompt, guidance_scale=args.guidance_scale,
-                              mask_mode=args.mask_mode, seed=args.seed)
+                              mask_mode=args.mask_mode, strength=args.strength, seed=args.seed)
         return DiffSP(model, config)
     except ValueError as exc:
         raise AisdiffError(f"DiffSP settings for {args.model}: {exc}") from None

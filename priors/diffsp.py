@@ -2,10 +2,12 @@
 
 Per ROI: the context crop with only the object's visible pixels kept, the inpainting mask (the occluder
 mask, or with mask_mode="invisible" everything not visible) and the prompt "a photo of a {category}" go
-through one VAE encode and T DDIM steps of a Stable Diffusion inpainting UNet; the final latent is never
-decoded. Self-attention at `self_res` and cross-attention at `cross_res` (mean over the category's tokens,
-start token skipped, upsampled to `self_res`) are averaged over heads, layers and steps, and
-`M_sp = (A_S)^tau . A_C` is min-max normalized and resampled onto the ROI box at S x S.
+through one VAE encode and T DDIM steps of a Stable Diffusion inpainting UNet (with `strength` < 1, the
+last strength x T steps of that schedule, started from the visible crop's latent noised to that point, as
+image-to-image does); the final latent is never decoded, so the final step runs the UNet only until its
+last captured attention layer. Self-attention at `self_res` and cross-attention at `cross_res` (mean over
+the category's tokens, start token skipped, upsampled to `self_res`) are averaged over heads, layers and
+steps, and `M_sp = (A_S)^tau . A_C` is min-max normalized and resampled onto the ROI box at S x S.
 
 Noise is drawn per ROI on the CPU from the ROI's own seed (`priors.identity`), so a prior does not depend on
 the batch it is computed in, on the device, or on how many processes share the job.
@@ -33,7 +35,7 @@ PROMPT = "a photo of a {category}"  # the paper's prompt template; the tiny mode
 # these, `resolution` defaults to the model's native size, `self_res` to latent / 2 and `cross_res` to
 # latent / 4 (`paper_defaults`).
 PAPER_DEFAULTS = {"steps": 10, "tau": 4, "context": 1.2, "prompt": PROMPT, "guidance_scale": 1.0,
-                  "mask_mode": "occluder"}
+                  "mask_mode": "occluder", "strength": 1.0}
 # A model folder's own DiffSP defaults (`read_model_defaults`): the settings tuned for it that differ from
 # the paper's, plus THRESHOLD_KEY, the prior threshold tuning chose (what `aisdiff inspect` uses).
 MODEL_DEFAULTS_FILE = "diffsp_config.json"
@@ -64,6 +66,7 @@ class DiffSPConfig:
     prompt: str | None = None  # text template with {category}
     guidance_scale: float | None = None  # > 1 turns classifier-free guidance on (doubles the UNet cost)
     mask_mode: str | None = None  # one of MASK_MODES
+    strength: float | None = None  # run the last strength x steps DDIM steps (1: all, from pure noise)
     seed: int = 0
 
     def resolved(self, model: DiffusionModel) -> DiffSPConfig:
@@ -89,7 +92,16 @@ class DiffSPConfig:
                                  f"{resolution} px (latent {latent}); choose among those")
         if cfg.steps < 1 or cfg.tau < 0 or cfg.prior_size < 1 or cfg.context < 1.0:
             raise ValueError("need steps >= 1, tau >= 0, prior_size >= 1 and context >= 1")
+        if not 0 < cfg.strength <= 1 or cfg.unet_steps < 1:
+            raise ValueError(f"strength {cfg.strength} with steps {cfg.steps} runs no step: need 0 < "
+                             "strength <= 1 and strength x steps >= 1")
         return cfg
+
+    @property
+    def unet_steps(self) -> int:
+        """The DDIM steps that run: the last int(strength x steps) of the T-step schedule (as diffusers'
+        image-to-image pipelines count them)."""
+        return int(self.steps * (1.0 if self.strength is None else self.strength))
 
     def attrs(self) -> dict:
         return asdict(self)
@@ -251,8 +263,11 @@ class DiffSP:
         noise = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds]
         return torch.stack(noise).to(self.model.device, self.pipe.unet.dtype)
 
-    def denoise(self, batch: RoiBatch) -> torch.Tensor:
-        """One VAE encode of the visible-only crops and T DDIM steps; returns the final latents (not decoded).
+    def denoise(self, batch: RoiBatch, final_step_until: list[torch.nn.Module] | None = None
+                ) -> torch.Tensor | None:
+        """One VAE encode of the visible-only crops and the DDIM steps; returns the final latents (not
+        decoded). With `final_step_until` (modules the UNet runs once per call), the final step stops as soon
+        as all of them have run, and nothing is returned: what follows them only makes the next latent.
 
         Runs under whatever attention processors the UNet has (DiffSP wraps it in `capture_attention`).
         """
@@ -270,12 +285,16 @@ class DiffSP:
                 if "" not in self._text:  # the unconditional (empty) prompt, encoded once
                     self._text[""] = (self._encode([""])[0], torch.zeros(0))
                 text = torch.cat([self._text[""][0].expand_as(text), text])
-            latents = self._noise(batch.seeds) * self.scheduler.init_noise_sigma
-            for t in self.scheduler.timesteps:
+            timesteps = self.scheduler.timesteps[self.config.steps - self.config.unet_steps:]
+            latents = self._start_latents(batch.seeds, masked_latents, timesteps[0])
+            for i, t in enumerate(timesteps):
                 x = torch.cat([self.scheduler.scale_model_input(latents, t), mask_latent, masked_latents],
                               dim=1)
                 if cfg:
                     x = torch.cat([x, x])
+                if final_step_until is not None and i == len(timesteps) - 1:
+                    run_until(pipe.unet, final_step_until, x, t, encoder_hidden_states=text)
+                    return None
                 eps = pipe.unet(x, t, encoder_hidden_states=text).sample
                 if cfg:
                     uncond, cond = eps.chunk(2)
@@ -283,13 +302,22 @@ class DiffSP:
                 latents = self.scheduler.step(eps, t, latents).prev_sample
         return latents
 
-    def attention(self, batch: RoiBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _start_latents(self, seeds: list[int], masked_latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The first step's latents: pure noise (strength 1), else the visible crop's latent noised to `t`."""
+        noise = self._noise(seeds)
+        if self.config.strength >= 1.0:
+            return noise * self.scheduler.init_noise_sigma
+        return self.scheduler.add_noise(masked_latents, noise, t.reshape(1))
+
+    def attention(self, batch: RoiBatch, cut_final_step: bool = True
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Denoise under attention capture: averaged self-attention [N, s*s, s*s], cross-attention [N, c*c, L]
-        and the category token weights [N, L]."""
+        and the category token weights [N, L]. `cut_final_step=False` runs the final step's whole UNet (the
+        same maps, at more cost: for tests and benchmarks)."""
         cfg = self.config
         with capture_attention(self.pipe.unet, self.latent_size, cfg.self_res, cfg.cross_res,
                                cond_only=cfg.guidance_scale > 1.0) as sums:
-            self.denoise(batch)
+            self.denoise(batch, capturing_modules(self.pipe.unet) if cut_final_step else None)
         a_self, a_cross = sums.means()
         return a_self, a_cross, self.token_weights(batch.categories)
 
@@ -325,3 +353,34 @@ def grid_to_priors(grid: torch.Tensor, boxes: torch.Tensor, resolution: int, pri
     grid = (grid - lo) / (hi - lo).clamp_min(1e-12)
     region = boxes.to(grid.device) * (grid.shape[-1] / resolution)  # box in grid cells
     return geometry.roi_resample(grid[:, None], region, prior_size)[:, 0].clamp_(0, 1)
+
+
+class _Captured(Exception):
+    """Raised inside the UNet once every capturing layer has run in the final step."""
+
+
+def capturing_modules(unet) -> list[torch.nn.Module]:
+    """The UNet's attention modules whose processor captures (`CaptureAttnProcessor`)."""
+    from .attention import CaptureAttnProcessor
+
+    return [m for m in unet.modules() if isinstance(getattr(m, "processor", None), CaptureAttnProcessor)]
+
+
+def run_until(unet, modules: list[torch.nn.Module], *args, **kwargs) -> None:
+    """Run `unet(*args, **kwargs)` only until each of `modules` has run once (they run once per call)."""
+    left = set(map(id, modules))
+
+    def done(module, _inputs, _output) -> None:
+        left.discard(id(module))
+        if not left:
+            raise _Captured
+
+    hooks = [m.register_forward_hook(done) for m in modules]
+    try:
+        unet(*args, **kwargs)
+    except _Captured:
+        return
+    finally:
+        for hook in hooks:
+            hook.remove()
+    raise RuntimeError("the UNet finished its final step before every capturing attention layer had run")

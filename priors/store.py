@@ -36,6 +36,8 @@ ROW_ARRAYS = {"box": np.float32, "image_id": np.int64, "ann_id": np.int64, "cate
 ARRAYS = {"prior": np.float16, **ROW_ARRAYS, "done": np.bool_}
 # attributes the store itself manages; every other attribute is a setting
 STRUCTURE_ATTRS = ("format", "version", "rows", "chunk_rows", "prior_size")
+# settings added after stores were first written, with the value every store made before them used
+SETTINGS_ADDED_LATER = {"strength": 1.0}
 REQUIRED_SETTINGS = ("model", "steps", "tau", "self_res", "cross_res", "prompt", "seed", "context",
                      "annotations", "proposals")
 
@@ -77,6 +79,9 @@ def _normalize(value: Any) -> Any:
 def settings_differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     """One line per setting that differs between a store's attributes and the requested settings."""
     stored, wanted = _normalize(stored), _normalize(wanted)
+    for settings in (stored, wanted):  # (a store older than a setting was made with its default)
+        for key, value in SETTINGS_ADDED_LATER.items():
+            settings.setdefault(key, value)
     lines = []
     for key in sorted(set(stored) | set(wanted)):
         if key in STRUCTURE_ATTRS:

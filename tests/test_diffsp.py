@@ -112,6 +112,64 @@ def test_seeds_settings_and_guidance_change_the_prior(tiny_model, make_benchmark
         assert other.shape == base.shape and (other - base).abs().max() > 1e-3, cfg
 
 
+class UNetCalls:
+    """Counts the UNet's calls, their timesteps, and how often its last layer (conv_out) ran."""
+
+    def __init__(self, unet) -> None:
+        self.timesteps, self.finished = [], 0
+        self.hooks = [unet.register_forward_pre_hook(self.called, with_kwargs=True),
+                      unet.conv_out.register_forward_hook(self.done)]
+
+    def called(self, _module, args, kwargs) -> None:
+        self.timesteps.append(int(args[1]))
+
+    def done(self, *_) -> None:
+        self.finished += 1
+
+    def remove(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+
+
+@pytest.mark.parametrize("settings", [dict(steps=10), dict(steps=1), dict(steps=4, strength=0.5),
+                                      dict(steps=3, guidance_scale=3.0)])
+def test_the_final_step_stops_after_the_last_captured_layer_and_the_prior_stays(tiny_model, make_benchmark,
+                                                                                 settings):
+    diffsp = DiffSP(tiny_model, DiffSPConfig(**settings))
+    batch = synthetic_rois(make_benchmark("kins2020"), 3)
+    calls = UNetCalls(tiny_model.pipe.unet)
+    try:
+        cut = diffsp.attention(batch)
+        runs, finished = len(calls.timesteps), calls.finished
+        full = diffsp.attention(batch, cut_final_step=False)
+    finally:
+        calls.remove()
+    steps = diffsp.config.unet_steps
+    assert (runs, finished) == (steps, steps - 1)  # every step's UNet ran, the final one not to its end
+    assert calls.finished - finished == steps
+    for ours, reference in zip(cut, full, strict=True):
+        assert torch.equal(ours, reference)  # the same maps, bit for bit
+
+
+def test_strength_runs_the_last_steps_of_the_schedule_from_the_noised_visible_latent(tiny_model,
+                                                                                      make_benchmark):
+    batch = synthetic_rois(make_benchmark("kins2020"), 2)
+    full, part = DiffSP(tiny_model, DiffSPConfig(steps=10)), DiffSP(tiny_model, DiffSPConfig(steps=10,
+                                                                                            strength=0.3))
+    assert part.config.unet_steps == 3
+    calls = UNetCalls(tiny_model.pipe.unet)
+    try:
+        part.denoise(batch)
+    finally:
+        calls.remove()
+    assert calls.timesteps == [int(t) for t in full.scheduler.timesteps[-3:]] == [201, 101, 1]
+    assert (part(batch) - full(batch)).abs().max() > 1e-3
+    assert part.attrs["strength"] == 0.3 and full.attrs["strength"] == 1.0  # recorded in stores
+    for bad in (dict(strength=0.0), dict(strength=1.5), dict(steps=2, strength=0.3)):
+        with pytest.raises(ValueError, match="strength"):
+            DiffSP(tiny_model, DiffSPConfig(**bad))
+
+
 def test_category_tokens_skip_the_start_token(tiny_model):
     diffsp = DiffSP(tiny_model)
     assert diffsp.category_token_positions("ball") == [5]

@@ -84,6 +84,15 @@ def test_other_settings_are_refused_with_each_difference(tmp_path):
         PriorStore.create(tmp_path / "p.zarr", SETTINGS, store_rows(), prior_size=6)
 
 
+def test_a_store_older_than_a_setting_counts_as_made_with_its_default(tmp_path):
+    old = {k: v for k, v in SETTINGS.items() if k != "strength"}  # (written before `strength` existed)
+    PriorStore.create(tmp_path / "p.zarr", old, store_rows(), prior_size=6, chunk_rows=4)
+    path = tmp_path / "p.zarr"
+    PriorStore.open_or_create(path, {**old, "strength": 1.0}, store_rows(), 6, chunk_rows=4)
+    with pytest.raises(StoreError, match="strength: store has 1.0, requested 0.5"):
+        PriorStore.open_or_create(path, {**old, "strength": 0.5}, store_rows(), 6, chunk_rows=4)
+
+
 def _damage(path, how):
     group = zarr.open_group(str(path), mode="r+")
     if how == "missing array":

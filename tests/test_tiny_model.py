@@ -9,6 +9,7 @@ from helpers import aisdiff
 
 from priors.diffsp import THRESHOLD_KEY, DiffSP, DiffSPConfig
 from priors.models import TINY_MODEL_DIR, load_model, model_defaults
+from priors.store import settings_differences
 
 # The figures the trained model's shipped DiffSP settings (tuned on the synthetic train split with `aisdiff
 # tune-diffsp`, see the README) give on a fixed val set (the first 10 val images of seed 0, its 17 instances
@@ -45,7 +46,10 @@ def test_shipped_model_loads_offline_with_from_pretrained():
 def test_shipped_diffsp_defaults_give_the_settings_stores_recorded_with_flags():
     model = load_model("tiny")
     assert model.diffsp_defaults == {"tau": 0, "self_res": 16, "cross_res": 16, "threshold": 0.45}
-    assert json.dumps(DiffSP(model).config.attrs()) == EXPLICIT_SETTINGS
+    attrs = DiffSP(model).config.attrs()
+    assert attrs["strength"] == 1.0  # (a setting added later: stores without it were made with 1.0)
+    assert json.dumps({k: v for k, v in attrs.items() if k != "strength"}) == EXPLICIT_SETTINGS
+    assert settings_differences(json.loads(EXPLICIT_SETTINGS), attrs) == []  # those stores still open
     flags = DiffSPConfig(tau=0, self_res=16, cross_res=16)  # `--tau 0 --self-res 16 --cross-res 16`
     assert json.dumps(DiffSP(model, flags).attrs) == json.dumps(DiffSP(model).attrs)
 
