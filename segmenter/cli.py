@@ -68,8 +68,8 @@ def load_config(args: argparse.Namespace):
 
 
 def run_runner(args: argparse.Namespace, cfg, action: str):
-    """Build mmengine's Runner from `cfg` and run `action` ("train" / "test"); a checkpoint that torch's
-    weights-only unpickler refuses becomes a one-paragraph error with the opt-in."""
+    """Build mmengine's Runner from `cfg` and run `action` ("train" / "test"): (runner, what it returned); a
+    checkpoint that torch's weights-only unpickler refuses becomes a one-paragraph error with the opt-in."""
     import pickle
 
     from mmengine.runner import Runner
@@ -79,7 +79,7 @@ def run_runner(args: argparse.Namespace, cfg, action: str):
     try:
         with trusted_checkpoints(args.trust_checkpoint):
             runner = Runner.from_cfg(cfg)
-            return getattr(runner, action)()
+            return runner, getattr(runner, action)()
     except pickle.UnpicklingError as exc:
         raise refused_checkpoint(exc) from None
 
@@ -139,11 +139,13 @@ def run_test(args: argparse.Namespace) -> int:
             cfg.test_evaluator.outfile_prefix = str(args.out_prefix)
     if args.show_dir:
         show_predictions(cfg, args.show_dir)
-    metrics = run_runner(args, cfg, "test")
+    cfg.custom_hooks = [*cfg.get("custom_hooks", []), dict(type="TestCostHook")]
+    runner, metrics = run_runner(args, cfg, "test")
     out = args.metrics_json or Path(cfg.work_dir) / "metrics.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(metrics, indent=2))
     print(format_metrics(metrics))
+    print(next(hook.cost.line() for hook in runner.hooks if type(hook).__name__ == "TestCostHook"))
     print(f"metrics written to {out}")
     return 0
 

@@ -1,7 +1,9 @@
-"""Training hooks of the AISDiff plugin."""
+"""Hooks of the AISDiff plugin: frozen modules in training, the cost of testing."""
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
@@ -49,3 +51,47 @@ class FreezeModulesHook(Hook):
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         for module in self._frozen:  # the loop calls model.train() before every iteration
             module.eval()
+
+
+@dataclass
+class TestCost:
+    """What a test loop cost in this process: images, seconds, and seconds computing DiffSP priors."""
+
+    images: int
+    seconds: float
+    diffsp_seconds: float
+
+    def line(self) -> str:
+        per_image = self.seconds / max(self.images, 1)
+        share = self.diffsp_seconds / self.seconds if self.seconds else 0.0
+        return (f"test cost: {self.images} images in {self.seconds:.1f} s, {per_image:.2f} s per image, "
+                f"{100 * share:.0f}% of it in DiffSP")
+
+
+@HOOKS.register_module()
+class TestCostHook(Hook):
+    """Measure the test loop: seconds per image and the share spent computing DiffSP priors (on-the-fly
+    providers), logged at the end and kept as `cost` (`aisdiff test` adds it to its report)."""
+
+    priority = "VERY_LOW"
+
+    def __init__(self) -> None:
+        self.cost: TestCost | None = None
+
+    @staticmethod
+    def diffsp_seconds(runner) -> float:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        provider = getattr(getattr(model, "roi_head", None), "test_prior", None)
+        return provider.diffsp_seconds() if provider is not None else 0.0
+
+    def before_test_epoch(self, runner) -> None:
+        self._images, self._diffsp = 0, self.diffsp_seconds(runner)
+        self._start = time.perf_counter()
+
+    def after_test_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        self._images += len(outputs or ())
+
+    def after_test_epoch(self, runner, metrics=None) -> None:
+        self.cost = TestCost(self._images, time.perf_counter() - self._start,
+                             self.diffsp_seconds(runner) - self._diffsp)
+        runner.logger.info(self.cost.line())

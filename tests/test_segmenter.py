@@ -440,6 +440,9 @@ def test_aisdiff_train_and_test_commands(data, tmp_path):
                           capture_output=True, text=True, env=_env(data), cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| amodal |" in proc.stdout and "| visible |" in proc.stdout
+    cost = next(line for line in proc.stdout.splitlines() if line.startswith("test cost: "))
+    assert cost.startswith("test cost: 2 images in ") and "s per image" in cost and "in DiffSP" in cost
+    assert not cost.endswith(" 0% of it in DiffSP")  # (on-the-fly priors: DiffSP ran for each detection)
     # --show-dir (mmdet's visualization hook, the config's visualizer): one picture per val image
     import mmcv
 
