@@ -24,6 +24,8 @@ mask heads, where the variants differ, train; `--detector trained` fine-tunes it
       of (d)'s own detections of the train split (same seed), a second round (`aisdiff test
       --dump-proposals` on train, the detection that finds each ground truth kept, `precompute --proposals
       --proposals-only`, `LoadCachedPriors(source='detections')`); ground truths (d) missed keep theirs
+  (j) (d)'s model tested with the fast DiffSP preset's on-the-fly priors (`priors.diffsp.PRESETS['fast']`;
+      no training of its own: does the cheap prior cost AP?)
 (c) and (d) train on cached priors (`aisdiff precompute` on train) and test with on-the-fly DiffSP, with the
 DiffSP settings given here; those not given are the trained model's defaults (tuned on train, shipped in
 priors/weights/tiny-shapes/diffsp_config.json, see the README), for both models. Every AISDiff variant takes
@@ -84,8 +86,12 @@ VARIANTS = {
     "g": ("AISDiff, oracle shape only", "aisdiff_r18_fpn_oracle-shape_synthetic.py", None),
     "h": ("(d) tested on GT visible + occluder", "aisdiff_r18_fpn_oracle-input_synthetic.py", "tiny"),
     "i": ("AISDiff, trained on priors of its own detections", "aisdiff_r18_fpn_synthetic.py", "tiny"),
+    "j": ("(d) tested with the fast DiffSP preset", "aisdiff_r18_fpn_synthetic.py", "tiny"),
 }
-TESTED_WITH = {"h": "d"}  # variants that only test another variant's checkpoint
+TESTED_WITH = {"h": "d", "j": "d"}  # variants that only test another variant's checkpoint
+# variants whose test priors take a DiffSP preset (priors.diffsp.PRESETS) for its settings: trained at the
+# benchmark's settings, so their test priors do not check against the training store
+TEST_PRESET = {"j": "fast"}
 TRAINED_ON_DETECTIONS_OF = {"i": "d"}  # variants whose train priors come from another's train detections
 DIFFSP_SETTINGS = ("steps", "tau", "self_res", "cross_res")  # what both prior models are given alike
 COLUMNS = (("amodal", "AP"), ("amodal", "AP50"), ("amodal", "AP75"), ("amodal", "AR"), ("visible", "AP"),
@@ -270,6 +276,10 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[
         settings["priors"] = PriorStore.open(stores[model]).settings
     if variant != "a":
         settings["prior_labels"] = args.prior_labels
+    if variant in TEST_PRESET:
+        from priors.diffsp import PRESETS
+
+        settings["test_preset"] = PRESETS[TEST_PRESET[variant]]
     if args.cfg_options:
         settings["cfg_options"] = args.cfg_options
     trained_by = TESTED_WITH.get(variant)
@@ -290,9 +300,8 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[
                     f"train_dataloader.dataset.pipeline.{load}.detections={detections}"]
     if model is not None:
         options += [f"train_dataloader.dataset.prior_store={stores[model]}",
-                    f"model.roi_head.test_prior.model={model}",
-                    f"model.roi_head.test_prior.store={stores[model]}"]
-        options += [f"model.roi_head.test_prior.{k}={v}" for k, v in diffsp_flags(args).items()]
+                    f"model.roi_head.test_prior.model={model}"]
+        options += test_prior_options(args, variant, stores[model])
     if variant != "a":
         options += [f"model.roi_head.prior_labels={args.prior_labels}",
                     f"test_evaluator.prior_threshold={prior_threshold()}"]
@@ -312,6 +321,20 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[
             "--metrics-json", str(metrics), "--cfg-options", *options, log=work.with_suffix(".test.log"))
     print(f"({variant}) seed {seed}: done in {time.time() - start:.0f} s", flush=True)
     return json.loads(metrics.read_text())
+
+
+def test_prior_options(args: argparse.Namespace, variant: str, store: Path) -> list[str]:
+    """--cfg-options for the test priors' DiffSP: the benchmark's settings, checked against the training
+    store; for a TEST_PRESET variant, the preset's settings in place of those, unchecked."""
+    flags = diffsp_flags(args)
+    preset = TEST_PRESET.get(variant)
+    if preset is None:
+        return [f"model.roi_head.test_prior.store={store}",
+                *(f"model.roi_head.test_prior.{k}={v}" for k, v in flags.items())]
+    from priors.diffsp import PRESETS
+
+    return ["model.roi_head.test_prior.store=None", f"model.roi_head.test_prior.preset={preset}",
+            *(f"model.roi_head.test_prior.{k}={v}" for k, v in flags.items() if k not in PRESETS[preset])]
 
 
 def detection_store(args: argparse.Namespace, of: str, seed: int, stores: dict[str, Path],

@@ -10,6 +10,7 @@ store, so that the main process stops with its error instead of waiting for it (
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from priors.annotations import AmodalAnnotations, sha256_file
-from priors.diffsp import MASK_MODES, MODEL_DEFAULTS_FILE, PAPER_DEFAULTS, DiffSP, DiffSPConfig
+from priors.diffsp import MASK_MODES, MODEL_DEFAULTS_FILE, PAPER_DEFAULTS, PRESETS, DiffSP, preset_config
 from priors.errors import AisdiffError
 from priors.models import DTYPES, load_model
 from priors.proposals import Proposals
@@ -62,6 +63,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="annotation format (default: detected from the keys)")
     p.add_argument("--model", default="tiny",
                    help="'tiny', a local diffusers folder or a hub id (default: tiny)")
+    p.add_argument("--preset", choices=list(PRESETS),
+                   help="named DiffSP settings for those not given: 'fast' = " + json.dumps(PRESETS["fast"])
+                        + " (cheapest within 0.01 prior IoU of T = 10; README: A fast DiffSP)")
     p.add_argument("--steps", type=int, help="DDIM steps T " + _model_default(PAPER_DEFAULTS["steps"]))
     p.add_argument("--tau", type=int, help="self-attention power " + _model_default(PAPER_DEFAULTS["tau"]))
     p.add_argument("--strength", type=float,
@@ -141,10 +145,10 @@ def _diffsp(args: argparse.Namespace, device: torch.device) -> DiffSP:
     """The model and DiffSP at the requested settings; invalid settings are an AisdiffError."""
     model = load_model(args.model, dtype=args.dtype, device=device)
     try:
-        config = DiffSPConfig(steps=args.steps, tau=args.tau, prior_size=args.prior_size,
-                              resolution=args.resolution, self_res=args.self_res, cross_res=args.cross_res,
-                              context=args.context, prompt=args.prompt, guidance_scale=args.guidance_scale,
-                              mask_mode=args.mask_mode, strength=args.strength, seed=args.seed)
+        config = preset_config(args.preset, steps=args.steps, tau=args.tau, prior_size=args.prior_size,
+                               resolution=args.resolution, self_res=args.self_res, cross_res=args.cross_res,
+                               context=args.context, prompt=args.prompt, guidance_scale=args.guidance_scale,
+                               mask_mode=args.mask_mode, strength=args.strength, seed=args.seed)
         return DiffSP(model, config)
     except ValueError as exc:
         raise AisdiffError(f"DiffSP settings for {args.model}: {exc}") from None

@@ -36,6 +36,11 @@ PROMPT = "a photo of a {category}"  # the paper's prompt template; the tiny mode
 # latent / 4 (`paper_defaults`).
 PAPER_DEFAULTS = {"steps": 10, "tau": 4, "context": 1.2, "prompt": PROMPT, "guidance_scale": 1.0,
                   "mask_mode": "occluder", "strength": 1.0}
+# Named settings (`--preset`, `preset=` in configs): a preset fills the settings the caller leaves unset,
+# before the model's and the paper's defaults. "fast" is the cheapest setting of benchmarks/diffsp_steps.py
+# whose val prior IoU (trained tiny model, synthetic benchmark) is within 0.01 of T = 10's, overall and in
+# every occlusion bucket (benchmarks/results/diffsp_steps.json).
+PRESETS = {"default": {}, "fast": {"steps": 3}}
 # A model folder's own DiffSP defaults (`read_model_defaults`): the settings tuned for it that differ from
 # the paper's, plus THRESHOLD_KEY, the prior threshold tuning chose (what `aisdiff inspect` uses).
 MODEL_DEFAULTS_FILE = "diffsp_config.json"
@@ -114,6 +119,14 @@ class DiffSPConfig:
         paper = {**paper_defaults(latent), "resolution": model.resolution}
         return {f.name: getattr(cfg, f.name) for f in fields(cfg)
                 if f.name in paper and getattr(cfg, f.name) != paper[f.name]}
+
+
+def preset_config(preset: str | None = None, **settings) -> DiffSPConfig:
+    """A DiffSPConfig of `settings`, where `preset` (a PRESETS name) fills those left unset (None)."""
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown DiffSP preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    given = {k: v for k, v in settings.items() if v is not None}
+    return DiffSPConfig(**{**PRESETS.get(preset, {}), **given})
 
 
 def read_model_defaults(folder: Path) -> dict:

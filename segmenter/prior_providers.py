@@ -25,7 +25,7 @@ from torch import Tensor
 
 from priors import geometry, masks
 from priors.annotations import AmodalAnnotations, Instance
-from priors.diffsp import DiffSP, DiffSPConfig, prepare_rois
+from priors.diffsp import DiffSP, prepare_rois, preset_config
 from priors.errors import AisdiffError
 from priors.identity import gt_roi_seed, proposal_roi_seed
 from priors.store import SOURCE_PROPOSAL, PriorStore, settings_differences
@@ -104,7 +104,7 @@ class DiffSPRunner:
 
     def __init__(self, model: str, dtype: str, store: str | None, **diffsp_settings) -> None:
         self.model_name, self.dtype, self.store_path = model, dtype, store
-        self.config = DiffSPConfig(**diffsp_settings)
+        self.config = preset_config(**diffsp_settings)
         self._diffsp: DiffSP | None = None
         self.seconds = 0.0
 
@@ -201,7 +201,8 @@ class OnTheFlyPriors(PriorProvider):
             detector's `dataset_meta` (a checkpoint's, as mmdet's init_detector sets it).
         dtype: the model's dtype ('fp32', 'fp16', 'bf16').
         store: a prior store (the training priors) whose DiffSP settings these must equal.
-        diffsp_settings: DiffSPConfig fields (steps, tau, self_res, ...).
+        diffsp_settings: DiffSPConfig fields (steps, tau, self_res, ...), and `preset` ('fast': DiffSP's
+            cheap setting, see `priors.diffsp.PRESETS`) for the fields not given.
     """
 
     needs_images = needs_masks = serves_new_images = True

@@ -170,6 +170,19 @@ def test_strength_runs_the_last_steps_of_the_schedule_from_the_noised_visible_la
             DiffSP(tiny_model, DiffSPConfig(**bad))
 
 
+def test_a_preset_fills_the_settings_not_given():
+    from priors.diffsp import PRESETS, preset_config
+    from segmenter.prior_providers import OnTheFlyPriors
+
+    assert preset_config("fast") == DiffSPConfig(**PRESETS["fast"]) != DiffSPConfig()
+    assert preset_config("fast", steps=7, tau=None).steps == 7  # the caller's value wins; None is unset
+    assert preset_config("default") == preset_config() == DiffSPConfig()
+    with pytest.raises(ValueError, match="unknown DiffSP preset 'quick'; choose one of default, fast"):
+        preset_config("quick")
+    provider = OnTheFlyPriors(model="tiny", classes=("ball",), preset="fast", tau=0)  # as a config gives it
+    assert provider.runner.config == replace(preset_config("fast"), tau=0)
+
+
 def test_category_tokens_skip_the_start_token(tiny_model):
     diffsp = DiffSP(tiny_model)
     assert diffsp.category_token_positions("ball") == [5]

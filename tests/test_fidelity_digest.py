@@ -53,3 +53,20 @@ def test_digest_leaves_the_parsed_config_as_training_reads_it():
     bench.config_digest(CONFIG)
     assert bench.pipeline_index(CONFIG, "test_dataloader", "AmodalResize") == resize == 2
     assert bench.load_config(CONFIG).visualizer.type == "AmodalLocalVisualizer"
+
+
+def test_a_test_preset_variant_gives_its_priors_the_preset_unchecked():
+    import argparse
+
+    from priors.diffsp import PRESETS
+
+    bench = fidelity()
+    args = argparse.Namespace(steps=10, tau=0, self_res=16, cross_res=16)
+    prefix = "model.roi_head.test_prior."
+    assert bench.test_prior_options(args, "d", Path("s.zarr")) == [
+        f"{prefix}store=s.zarr", f"{prefix}steps=10", f"{prefix}tau=0", f"{prefix}self_res=16",
+        f"{prefix}cross_res=16"]
+    fast = bench.test_prior_options(args, "j", Path("s.zarr"))
+    assert fast[:2] == [f"{prefix}store=None", f"{prefix}preset=fast"]
+    assert not any(option.startswith(f"{prefix}{key}=") for key in PRESETS["fast"] for option in fast)
+    assert f"{prefix}tau=0" in fast  # the benchmark's settings the preset leaves alone stay

@@ -17,6 +17,7 @@ import pytest
 
 from priors import masks
 from priors.annotations import load_annotations
+from priors.diffsp import PRESETS
 from priors.store import SOURCE_GT, SOURCE_PROPOSAL, PriorStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -284,6 +285,10 @@ def test_a_store_with_other_settings_or_damage_is_refused_untouched(bench, refer
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "made with other settings" in proc.stderr and "steps: store has 10, requested 5" in proc.stderr
     assert "tau: store has 4, requested 2" in proc.stderr and "--overwrite" in proc.stderr
+    assert _digest(store) == before
+    proc = run(*job_args(bench, store, "--preset", "fast"))  # a store of one preset refuses the other
+    assert proc.returncode == 2 and "made with other settings" in proc.stderr
+    assert f"steps: store has 10, requested {PRESETS['fast']['steps']}" in proc.stderr
     assert _digest(store) == before
     shutil.rmtree(store / "done")
     before = _digest(store)
