@@ -35,6 +35,8 @@ def run_preset(args: argparse.Namespace, preset: str) -> dict:
     if proc.returncode:
         sys.exit(f"aisdiff test with preset {preset} failed:\n{proc.stderr[-3000:]}")
     match = COST.search(proc.stdout)
+    if match is None:
+        sys.exit(f"aisdiff test with preset {preset} printed no 'test cost:' line:\n{proc.stdout[-2000:]}")
     metrics = json.loads((work / "metrics.json").read_text())
     return {"preset": preset, "images": int(match[1]), "seconds": float(match[2]),
             "s_per_image": float(match[3]), "diffsp_share": int(match[4]) / 100,
@@ -61,7 +63,8 @@ def main() -> None:
     print(table)
     args.out.write_text(json.dumps({
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, on the CPU (aisdiff test's default "
+                   "device when no GPU is visible)",
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "checkpoint": str(args.checkpoint), "rows": rows, "table": table}, indent=1))
     print(f"written to {args.out}")

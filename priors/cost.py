@@ -14,7 +14,8 @@ from dataclasses import replace
 
 import torch
 
-SD15_LATENT = 64  # 512 px / the VAE's factor 8
+SD15_VAE_FACTOR = 8
+SD15_LATENT = 512 // SD15_VAE_FACTOR
 
 
 @functools.cache
@@ -35,7 +36,7 @@ def on_sd15(config, model):
     factor = model.pipe.vae_scale_factor
     scale = SD15_LATENT / (model.resolution // factor)
     latent = round(config.resolution // factor * scale)
-    return replace(config, resolution=latent * 8, self_res=round(config.self_res * scale),
+    return replace(config, resolution=latent * SD15_VAE_FACTOR, self_res=round(config.self_res * scale),
                    cross_res=round(config.cross_res * scale))
 
 
@@ -49,7 +50,9 @@ def diffsp_tflops(config, cut_final_step: bool = True) -> float:
     diffsp = DiffSP(sd15_on_meta(), config)
     diffsp.scheduler.set_timesteps(diffsp.config.steps, device="cpu")  # (timesteps index CPU tables)
     side = diffsp.config.resolution
-    diffsp.token_weights(["car"])  # (the prompt is encoded once per category, not per ROI: not counted)
+    diffsp.token_weights(["car"])  # (prompts are encoded once per category, not per ROI: not counted)
+    if diffsp.config.guidance_scale > 1.0:
+        diffsp.unconditional_text()  # (the empty prompt, likewise)
     with torch.device("meta"):
         roi = RoiBatch(torch.empty(1, 3, side, side), torch.empty(1, 1, side, side),
                        torch.empty(1, 1, side, side), torch.tensor([[8.0, 8.0, side - 8.0, side - 8.0]]),

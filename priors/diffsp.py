@@ -270,6 +270,12 @@ class DiffSP:
         emb = torch.stack([self._text[c][0] for c in categories])
         return emb, torch.stack([self._text[c][1] for c in categories])
 
+    def unconditional_text(self) -> torch.Tensor:
+        """The empty prompt's embedding [L, D] (classifier-free guidance's other half), encoded once."""
+        if "" not in self._text:
+            self._text[""] = (self._encode([""])[0], torch.zeros(0))
+        return self._text[""][0]
+
     # -- denoising ---------------------------------------------------------------------------------
     def _noise(self, seeds: list[int]) -> torch.Tensor:
         shape = (self.pipe.vae.config.latent_channels, self.latent_size, self.latent_size)
@@ -295,10 +301,8 @@ class DiffSP:
             text, _ = self._text_for(batch.categories)
             cfg = self.config.guidance_scale > 1.0
             if cfg:
-                if "" not in self._text:  # the unconditional (empty) prompt, encoded once
-                    self._text[""] = (self._encode([""])[0], torch.zeros(0))
-                text = torch.cat([self._text[""][0].expand_as(text), text])
-            timesteps = self.scheduler.timesteps[self.config.steps - self.config.unet_steps:]
+                text = torch.cat([self.unconditional_text().expand_as(text), text])
+            timesteps = self.scheduler.timesteps[len(self.scheduler.timesteps) - self.config.unet_steps:]
             latents = self._start_latents(batch.seeds, masked_latents, timesteps[0])
             for i, t in enumerate(timesteps):
                 x = torch.cat([self.scheduler.scale_model_input(latents, t), mask_latent, masked_latents],
@@ -330,7 +334,16 @@ class DiffSP:
         cfg = self.config
         with capture_attention(self.pipe.unet, self.latent_size, cfg.self_res, cfg.cross_res,
                                cond_only=cfg.guidance_scale > 1.0) as sums:
-            self.denoise(batch, capturing_modules(self.pipe.unet) if cut_final_step else None)
+            capturing = capturing_modules(self.pipe.unet)
+            kinds = [m.processor.kind for m in capturing]
+            self.denoise(batch, capturing if cut_final_step else None)
+        if cut_final_step:  # the cut assumes each capturing layer runs once per UNet call: check it did
+            layers = kinds.count("self"), kinds.count("cross")
+            if (sums.self_count, sums.cross_count) != tuple(cfg.unet_steps * n for n in layers):
+                raise RuntimeError(
+                    f"this UNet ran its capturing attention layers {sums.self_count} / {sums.cross_count} "
+                    f"times in {cfg.unet_steps} steps, not once per step each ({layers[0]} / {layers[1]} "
+                    "layers): the final-step cut does not fit it; use attention(..., cut_final_step=False)")
         a_self, a_cross = sums.means()
         return a_self, a_cross, self.token_weights(batch.categories)
 

@@ -182,7 +182,8 @@ def load_weights(model, config: Path, checkpoint: Path, trust_checkpoint: bool) 
         raise AisdiffError(f"checkpoint {checkpoint} holds a {type(loaded).__name__}, not a checkpoint dict")
     state = loaded.get("state_dict", loaded)
     state = {key.removeprefix("module."): value for key, value in state.items()}  # (DDP-wrapped weights)
-    missing = sorted(set(model.state_dict()) - set(state))
+    missing = sorted(key for key in set(model.state_dict()) - set(state)
+                     if not key.endswith("num_batches_tracked"))  # (mmengine does not require these either)
     unexpected = sorted(set(state) - set(model.state_dict()))
     if missing or unexpected:
         listed = [f"{len(keys)} {what} weights ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
@@ -201,11 +202,18 @@ def load_weights(model, config: Path, checkpoint: Path, trust_checkpoint: bool) 
 
 def category_ids(meta: dict, classes: tuple[str, ...]) -> tuple[int, ...]:
     """Each label's category id in the training annotation file (checkpoint `meta.dataset_meta.category_ids`,
-    written by `AmodalDataset`); label + 1 where the checkpoint does not record one."""
+    written by `AmodalDataset`); label + 1 for all when the checkpoint records none, and ids after the
+    largest recorded one for classes the file lacked (never an id another class has)."""
     recorded = (meta.get("dataset_meta") or {}).get("category_ids") or ()
-    if len(recorded) != len(classes):
-        recorded = (None,) * len(classes)
-    return tuple(int(cid) if cid is not None else label + 1 for label, cid in enumerate(recorded))
+    if len(recorded) != len(classes) or all(cid is None for cid in recorded):
+        return tuple(range(1, len(classes) + 1))
+    spare = max(int(cid) for cid in recorded if cid is not None) + 1
+    ids = []
+    for cid in recorded:
+        if cid is None:
+            cid, spare = spare, spare + 1
+        ids.append(int(cid))
+    return tuple(ids)
 
 
 def inference_pipeline(cfg):
@@ -265,7 +273,8 @@ def rle(mask: np.ndarray) -> dict:
 def image_predictions(image: InputImage, sample, dataset_meta: dict, score_thr: float) -> list[dict]:
     """COCO results records of one image's instances scoring above `score_thr` (category ids and names from
     `dataset_meta`, as `load_model` sets it)."""
-    classes, ids = dataset_meta["classes"], dataset_meta["category_ids"]
+    classes = dataset_meta["classes"]
+    ids = dataset_meta.get("category_ids") or category_ids({"dataset_meta": dataset_meta}, classes)
     pred = sample.pred_instances
     keep = pred.scores > score_thr
     records = []

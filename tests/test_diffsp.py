@@ -163,6 +163,12 @@ def test_strength_runs_the_last_steps_of_the_schedule_from_the_noised_visible_la
     finally:
         calls.remove()
     assert calls.timesteps == [int(t) for t in full.scheduler.timesteps[-3:]] == [201, 101, 1]
+    # the start: the visible crop's latent (as denoise encodes it) noised to the first step's timestep
+    seeds, t = batch.seeds, part.scheduler.timesteps[-3]
+    latents = torch.randn(1, 4, part.latent_size, part.latent_size)
+    alpha = part.scheduler.alphas_cumprod[int(t)]
+    torch.testing.assert_close(part._start_latents(seeds, latents.expand(2, -1, -1, -1), t),
+                               alpha.sqrt() * latents + (1 - alpha).sqrt() * part._noise(seeds))
     assert (part(batch) - full(batch)).abs().max() > 1e-3
     assert part.attrs["strength"] == 0.3 and full.attrs["strength"] == 1.0  # recorded in stores
     for bad in (dict(strength=0.0), dict(strength=1.5), dict(steps=2, strength=0.3)):

@@ -248,7 +248,8 @@ def test_category_ids_come_from_the_training_file_with_label_plus_one_as_fallbac
     classes = dataset.metainfo["classes"]
     assert category_ids({"dataset_meta": dataset.metainfo}, classes) == ids
     assert category_ids({}, classes) == tuple(range(1, len(classes) + 1))  # a checkpoint without them
-    assert category_ids({"dataset_meta": {"category_ids": (30, None)}}, ("a", "b")) == (30, 2)
+    # a configured class the file lacked takes an id no other class has
+    assert category_ids({"dataset_meta": {"category_ids": (2, None, 1)}}, ("a", "b", "c")) == (2, 3, 1)
 
 
 def test_same_size_batches_flush_the_oldest_group_when_too_many_wait():
