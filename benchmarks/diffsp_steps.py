@@ -14,7 +14,6 @@ benchmarks/results/diffsp_steps.json (command, machine, date, every row, the cho
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import platform
 import sys
@@ -24,6 +23,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+from records import record  # noqa: E402
 
 from priors.annotations import AmodalAnnotations  # noqa: E402
 from priors.cost import diffsp_tflops, on_sd15  # noqa: E402
@@ -137,13 +139,11 @@ def main() -> None:
           + (json.dumps({k: chosen[k] for k in ("steps", "strength", "self_res", "cross_res", "resolution")})
              if chosen else "none"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, torch threads "
-                   f"{__import__('torch').get_num_threads()}",
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "model": args.model, "tolerance": args.tolerance, "visible_iou": baseline.prior_iou,
-        "visible_by_bucket": baseline.by_bucket, "rows": rows, "fast": chosen, "table": text}, indent=1))
+    machine = (f"{platform.machine()}, {platform.processor() or 'cpu'}, "
+               f"torch threads {torch.get_num_threads()}")
+    args.out.write_text(json.dumps(record(
+        machine, model=args.model, tolerance=args.tolerance, visible_iou=baseline.prior_iou,
+        visible_by_bucket=baseline.by_bucket, rows=rows, fast=chosen, table=text), indent=1))
     print(f"written to {args.out}")
 
 

@@ -11,7 +11,6 @@ presets' ratio, measured in one run, across machines.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -44,6 +43,8 @@ def run_preset(args: argparse.Namespace, preset: str) -> dict:
 
 
 def main() -> None:
+    from records import record
+
     from priors.diffsp import PRESETS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -61,12 +62,9 @@ def main() -> None:
               f"{100 * r['amodal_AP']:.1f} |" for r in rows]
     table = "\n".join(lines)
     print(table)
-    args.out.write_text(json.dumps({
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, on the CPU (aisdiff test's default "
-                   "device when no GPU is visible)",
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "checkpoint": str(args.checkpoint), "rows": rows, "table": table}, indent=1))
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, aisdiff test's default device"
+    args.out.write_text(json.dumps(record(machine, checkpoint=str(args.checkpoint), rows=rows, table=table),
+                                   indent=1))
     print(f"written to {args.out}")
 
 
