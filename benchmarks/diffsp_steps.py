@@ -29,35 +29,40 @@ from records import record  # noqa: E402
 
 from priors.annotations import AmodalAnnotations  # noqa: E402
 from priors.cost import diffsp_tflops, on_sd15  # noqa: E402
-from priors.diffsp import DiffSPConfig  # noqa: E402
+from priors.diffsp import DiffSP, DiffSPConfig  # noqa: E402
 from priors.models import load_model  # noqa: E402
 from priors.occlusion import OCCLUDED, OCCLUSION_BUCKETS  # noqa: E402
 from priors.training.tune import sample_instances, score, visible_baseline  # noqa: E402
 
 THRESHOLDS = [round(0.05 * i, 2) for i in range(2, 19)]
-# (steps, strength, self_res, cross_res, resolution); None takes the model's default. The tiny model (64 px,
-# latent 16) is tuned to self_res = cross_res = 16; at 48 px (latent 12) its grids are 12.
-DEFAULT_GRID = [(10, 1.0, None, None, None), (5, 1.0, None, None, None), (3, 1.0, None, None, None),
-                (2, 1.0, None, None, None), (1, 1.0, None, None, None), (10, 0.5, None, None, None),
-                (10, 0.3, None, None, None), (10, 0.2, None, None, None), (10, 0.1, None, None, None),
-                (5, 0.4, None, None, None), (2, 1.0, 8, None, None), (2, 1.0, None, 8, None),
-                (10, 1.0, 12, 12, 48), (2, 1.0, 12, 12, 48), (1, 1.0, 12, 12, 48)]
+# (steps, strength, self_res, cross_res, resolution, timestep_spacing); None takes the model's default. The
+# tiny model (64 px, latent 16) is tuned to self_res = cross_res = 16; at 48 px (latent 12) its grids are 12.
+# Its scheduler spaces steps "leading" (as SD-1.5's): T = 1 runs t = 1 only, "trailing" runs t = 999.
+_ = None
+DEFAULT_GRID = [(10, 1.0, _, _, _, _), (5, 1.0, _, _, _, _), (3, 1.0, _, _, _, _), (2, 1.0, _, _, _, _),
+                (1, 1.0, _, _, _, _), (10, 0.5, _, _, _, _), (10, 0.3, _, _, _, _), (10, 0.2, _, _, _, _),
+                (10, 0.1, _, _, _, _), (5, 0.4, _, _, _, _), (2, 1.0, 8, _, _, _), (2, 1.0, _, 8, _, _),
+                (10, 1.0, 12, 12, 48, _), (2, 1.0, 12, 12, 48, _), (1, 1.0, 12, 12, 48, _),
+                (10, 1.0, _, _, _, "trailing"), (3, 1.0, _, _, _, "trailing"), (2, 1.0, _, _, _, "trailing"),
+                (1, 1.0, _, _, _, "trailing"), (10, 0.2, _, _, _, "trailing"), (10, 0.1, _, _, _, "trailing")]
 
 
 def parse_setting(text: str) -> tuple:
-    """'steps,strength,self_res,cross_res,resolution' ('-' for the model's default)."""
+    """'steps,strength,self_res,cross_res,resolution[,timestep_spacing]' ('-' for the model's default)."""
     parts = [None if p in ("-", "") else p for p in text.split(",")]
-    if len(parts) != 5:
-        raise argparse.ArgumentTypeError(f"{text!r}: give steps,strength,self_res,cross_res,resolution")
-    steps, strength, *sizes = parts
-    return (int(steps), float(strength) if strength else 1.0, *(s and int(s) for s in sizes))
+    if len(parts) not in (5, 6):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give steps,strength,self_res,cross_res,resolution[,timestep_spacing]")
+    steps, strength, *sizes = parts[:5]
+    spacing = parts[5] if len(parts) == 6 else None
+    return (int(steps), float(strength) if strength else 1.0, *(s and int(s) for s in sizes), spacing)
 
 
 def measure(model, train, val, setting: tuple, args) -> dict:
     """One setting: the threshold chosen on train, val IoU overall and by bucket, and the SD-1.5 cost."""
-    steps, strength, self_res, cross_res, resolution = setting
+    steps, strength, self_res, cross_res, resolution, spacing = setting
     base = DiffSPConfig(steps=steps, strength=strength, self_res=self_res, cross_res=cross_res,
-                        resolution=resolution, seed=args.seed)
+                        resolution=resolution, timestep_spacing=spacing, seed=args.seed)
     start = time.perf_counter()
     on_train = score(model, train[0], train[1], base, [args.tau], THRESHOLDS, args.batch_size,
                      progress=False)
@@ -67,6 +72,8 @@ def measure(model, train, val, setting: tuple, args) -> dict:
     resolved = base.resolved(model)
     sd15 = on_sd15(replace(resolved, tau=args.tau), model)
     return {"steps": steps, "strength": strength, "unet_steps": resolved.unet_steps,
+            "timestep_spacing": resolved.timestep_spacing,
+            "timesteps": [int(t) for t in DiffSP(model, base).run_timesteps],
             "self_res": resolved.self_res, "cross_res": resolved.cross_res, "resolution": resolved.resolution,
             "sd15_resolution": sd15.resolution, "tau": args.tau,
             "threshold": best.settings["threshold"], "train_iou": best.prior_iou, "val_iou": on_val.prior_iou,
@@ -87,12 +94,13 @@ def choose(rows: list[dict], reference: dict, tolerance: float) -> dict | None:
 
 
 def table(rows: list[dict], reference: dict, buckets: list[str], chosen: dict | None) -> str:
-    lines = ["| T | strength | steps run | self | cross | px (SD-1.5 px) | threshold | val IoU | "
-             + " | ".join(buckets) + " | SD-1.5 TFLOP/ROI | cost vs T=10 |",
-             "|---" * (10 + len(buckets)) + "|"]
+    lines = ["| T | spacing | strength | timesteps run | self | cross | px (SD-1.5 px) | threshold | "
+             "val IoU | " + " | ".join(buckets) + " | SD-1.5 TFLOP/ROI | cost vs T=10 |",
+             "|---" * (11 + len(buckets)) + "|"]
     for r in rows:
         mark = " **fast**" if r is chosen else ""
-        lines.append(f"| {r['steps']} | {r['strength']} | {r['unet_steps']} | {r['self_res']} | "
+        lines.append(f"| {r['steps']} | {r['timestep_spacing']} | {r['strength']} | "
+                     f"{', '.join(map(str, r['timesteps']))} | {r['self_res']} | "
                      f"{r['cross_res']} | {r['resolution']} ({r['sd15_resolution']}) | {r['threshold']} | "
                      f"{r['val_iou']:.3f}{mark} | "
                      + " | ".join(f"{r['val_by_bucket'].get(b, float('nan')):.3f}" for b in buckets)
@@ -111,7 +119,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tolerance", type=float, default=0.01)
     parser.add_argument("--settings", type=parse_setting, nargs="+", default=DEFAULT_GRID,
-                        help="steps,strength,self_res,cross_res,resolution each ('-': the model's default)")
+                        help="steps,strength,self_res,cross_res,resolution[,timestep_spacing] each ('-': the "
+                             "model's default)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "diffsp_steps.json")
     args = parser.parse_args()
 
@@ -126,7 +135,8 @@ def main() -> None:
     for setting in settings:
         rows.append(measure(model, splits["train"], splits["val"], setting, args))
         r = rows[-1]
-        print(f"T {r['steps']} strength {r['strength']} self {r['self_res']} cross {r['cross_res']}: val IoU "
+        print(f"T {r['steps']} {r['timestep_spacing']} strength {r['strength']} self {r['self_res']} "
+              f"cross {r['cross_res']}: val IoU "
               f"{r['val_iou']:.3f}, {r['sd15_tflops']:.2f} TFLOP/ROI ({r['seconds']:.0f} s)", flush=True)
     reference = rows[0]
     chosen = choose(rows, reference, args.tolerance)
@@ -136,7 +146,8 @@ def main() -> None:
     print(f"\n{len(splits['val'][1])} occluded val instances ({len(splits['train'][1])} train for the "
           f"threshold); visible mask's IoU {baseline.prior_iou:.3f}\n{text}")
     print(f"fast preset (cheapest within {args.tolerance} of T=10, overall and every bucket): "
-          + (json.dumps({k: chosen[k] for k in ("steps", "strength", "self_res", "cross_res", "resolution")})
+          + (json.dumps({k: chosen[k] for k in ("steps", "strength", "self_res", "cross_res", "resolution",
+                                                 "timestep_spacing")})
              if chosen else "none"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     machine = (f"{platform.machine()}, {platform.processor() or 'cpu'}, "

@@ -26,6 +26,9 @@ mask heads, where the variants differ, train; `--detector trained` fine-tunes it
       --proposals-only`, `LoadCachedPriors(source='detections')`); ground truths (d) missed keep theirs
   (j) (d)'s model tested with the fast DiffSP preset's on-the-fly priors (`priors.diffsp.PRESETS['fast']`;
       no training of its own: does the cheap prior cost AP?)
+  (k) (d)'s model tested with DiffSP fed its predicted visible and occluder masks binarized at 0.3 instead
+      of 0.5 (`test_cfg.rcnn.prior_mask_thr`; no training of its own: does DiffSP want more of the weak
+      visible branch's pixels?)
 (c) and (d) train on cached priors (`aisdiff precompute` on train) and test with on-the-fly DiffSP, with the
 DiffSP settings given here; those not given are the trained model's defaults (tuned on train, shipped in
 priors/weights/tiny-shapes/diffsp_config.json, see the README), for both models. Every AISDiff variant takes
@@ -87,8 +90,10 @@ VARIANTS = {
     "h": ("(d) tested on GT visible + occluder", "aisdiff_r18_fpn_oracle-input_synthetic.py", "tiny"),
     "i": ("AISDiff, trained on priors of its own detections", "aisdiff_r18_fpn_synthetic.py", "tiny"),
     "j": ("(d) tested with the fast DiffSP preset", "aisdiff_r18_fpn_synthetic.py", "tiny"),
+    "k": ("(d) tested with DiffSP fed masks at 0.3", "aisdiff_r18_fpn_synthetic.py", "tiny"),
 }
-TESTED_WITH = {"h": "d", "j": "d"}  # variants that only test another variant's checkpoint
+TESTED_WITH = {"h": "d", "j": "d", "k": "d"}  # variants that only test another variant's checkpoint
+TEST_OPTIONS = {"k": ["model.test_cfg.rcnn.prior_mask_thr=0.3"]}  # --cfg-options of a test-only variant
 # variants whose test priors take a DiffSP preset (priors.diffsp.PRESETS) for its settings: trained at the
 # benchmark's settings, so their test priors do not check against the training store
 TEST_PRESET = {"j": "fast"}
@@ -247,6 +252,21 @@ def pretrain_detector(args: argparse.Namespace) -> Path:
     return ckpt
 
 
+def weights_digest(checkpoint: Path) -> str:
+    """sha256 of a checkpoint's weights (names and tensor bytes, not its timestamps): records that runs of
+    different sessions, each retraining the shared detector, started from the same one."""
+    import torch
+
+    import segmenter  # noqa: F401  (mmengine's checkpoint types on torch's weights-only allow-list)
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def ablation_tag(args: argparse.Namespace) -> str:
     """"" for the plain benchmark, else what its variants do differently on the same detector, for run and
     table names: `_iters{N}` (another schedule), `_trained` (`--detector trained`), `_opts-` and 8 hex digits
@@ -280,6 +300,8 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[
         from priors.diffsp import PRESETS
 
         settings["test_preset"] = PRESETS[TEST_PRESET[variant]]
+    if variant in TEST_OPTIONS:
+        settings["test_options"] = TEST_OPTIONS[variant]
     if args.cfg_options:
         settings["cfg_options"] = args.cfg_options
     trained_by = TESTED_WITH.get(variant)
@@ -317,8 +339,8 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[
                 *schedule_options(args.iters), "val_cfg=None", "val_dataloader=None", "val_evaluator=None",
                 *options, log=work.with_suffix(".train.log"))
     print(f"({variant}) seed {seed}: testing {checkpoint}", flush=True)
-    aisdiff("test", str(config), str(checkpoint), "--work-dir", str(work),
-            "--metrics-json", str(metrics), "--cfg-options", *options, log=work.with_suffix(".test.log"))
+    aisdiff("test", str(config), str(checkpoint), "--work-dir", str(work), "--metrics-json", str(metrics),
+            "--cfg-options", *options, *TEST_OPTIONS.get(variant, ()), log=work.with_suffix(".test.log"))
     print(f"({variant}) seed {seed}: done in {time.time() - start:.0f} s", flush=True)
     return json.loads(metrics.read_text())
 
@@ -543,6 +565,7 @@ def main() -> None:
     record = json.dumps(
         {"command": " ".join(["python", "benchmarks/fidelity.py", *sys.argv[1:]]),
          "machine": machine, "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+         "detector_weights_sha256": weights_digest(detector),
          "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
          "table": header + "\n\n" + text, "results": results}, indent=1)
     out.with_suffix(".json").write_text(record)

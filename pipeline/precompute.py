@@ -22,7 +22,15 @@ import numpy as np
 import torch
 
 from priors.annotations import AmodalAnnotations, sha256_file
-from priors.diffsp import MASK_MODES, MODEL_DEFAULTS_FILE, PAPER_DEFAULTS, PRESETS, DiffSP, preset_config
+from priors.diffsp import (
+    MASK_MODES,
+    MODEL_DEFAULTS_FILE,
+    PAPER_DEFAULTS,
+    PRESETS,
+    TIMESTEP_SPACINGS,
+    DiffSP,
+    preset_config,
+)
 from priors.errors import AisdiffError
 from priors.models import DTYPES, load_model
 from priors.proposals import Proposals
@@ -71,6 +79,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--strength", type=float,
                    help="run the last strength x T DDIM steps, from the visible crop's noised latent "
                         + _model_default(PAPER_DEFAULTS["strength"]))
+    p.add_argument("--timestep-spacing", choices=TIMESTEP_SPACINGS,
+                   help="how the T DDIM steps spread over the training timesteps ('trailing' starts at "
+                        "t = 999) " + _model_default("its scheduler's"))
     p.add_argument("--self-res", type=int,
                    help="self-attention token grid side " + _model_default("latent / 2"))
     p.add_argument("--cross-res", type=int,
@@ -148,7 +159,8 @@ def _diffsp(args: argparse.Namespace, device: torch.device) -> DiffSP:
         config = preset_config(args.preset, steps=args.steps, tau=args.tau, prior_size=args.prior_size,
                                resolution=args.resolution, self_res=args.self_res, cross_res=args.cross_res,
                                context=args.context, prompt=args.prompt, guidance_scale=args.guidance_scale,
-                               mask_mode=args.mask_mode, strength=args.strength, seed=args.seed)
+                               mask_mode=args.mask_mode, strength=args.strength,
+                               timestep_spacing=args.timestep_spacing, seed=args.seed)
         return DiffSP(model, config)
     except ValueError as exc:
         raise AisdiffError(f"DiffSP settings for {args.model}: {exc}") from None

@@ -30,10 +30,15 @@ if typing.TYPE_CHECKING:  # (models imports this module)
     from .models import DiffusionModel
 
 MASK_MODES = ("occluder", "invisible")
+# how DDIM spreads T steps over the 1000 training timesteps (diffusers' `timestep_spacing`): SD-1.5 ships
+# "leading" (T = 1 runs t = 1 only, T = 2 runs 501 and 1), "trailing" starts at t = 999 (T = 1 runs 999: the
+# pure noise DiffSP starts from; Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are
+# Flawed")
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 PROMPT = "a photo of a {category}"  # the paper's prompt template; the tiny model was trained with it
 # The paper's settings, for those that neither the caller nor the model's MODEL_DEFAULTS_FILE sets; besides
 # these, `resolution` defaults to the model's native size, `self_res` to latent / 2 and `cross_res` to
-# latent / 4 (`paper_defaults`).
+# latent / 4 (`paper_defaults`) and `timestep_spacing` to the model's scheduler's.
 PAPER_DEFAULTS = {"steps": 10, "tau": 4, "context": 1.2, "prompt": PROMPT, "guidance_scale": 1.0,
                   "mask_mode": "occluder", "strength": 1.0}
 # Named settings (`--preset`, `preset=` in configs): a preset fills the settings the caller leaves unset,
@@ -72,6 +77,7 @@ class DiffSPConfig:
     guidance_scale: float | None = None  # > 1 turns classifier-free guidance on (doubles the UNet cost)
     mask_mode: str | None = None  # one of MASK_MODES
     strength: float | None = None  # run the last strength x steps DDIM steps (1: all, from pure noise)
+    timestep_spacing: str | None = None  # one of TIMESTEP_SPACINGS
     seed: int = 0
 
     def resolved(self, model: DiffusionModel) -> DiffSPConfig:
@@ -83,10 +89,14 @@ class DiffSPConfig:
         if resolution % (factor * 4):
             raise ValueError(f"resolution {resolution} must be a multiple of {factor * 4} for this model")
         latent = resolution // factor
+        defaults = {**paper_defaults(latent), "timestep_spacing": scheduler_spacing(model)}
         cfg = replace(cfg, resolution=resolution,
-                      **{k: v for k, v in paper_defaults(latent).items() if getattr(cfg, k) is None})
+                      **{k: v for k, v in defaults.items() if getattr(cfg, k) is None})
         if cfg.mask_mode not in MASK_MODES:
             raise ValueError(f"mask_mode must be one of {MASK_MODES}, not {cfg.mask_mode!r}")
+        if cfg.timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, not "
+                             f"{cfg.timestep_spacing!r}")
         if "{category}" not in cfg.prompt:
             raise ValueError(f"the prompt template {cfg.prompt!r} needs a '{{category}}' placeholder")
         layers = layer_resolutions(model.pipe.unet, latent).values()
@@ -116,9 +126,15 @@ class DiffSPConfig:
         MODEL_DEFAULTS_FILE holds (with THRESHOLD_KEY) to make this config its default."""
         cfg = self.resolved(model)
         latent = cfg.resolution // model.pipe.vae_scale_factor
-        paper = {**paper_defaults(latent), "resolution": model.resolution}
+        paper = {**paper_defaults(latent), "resolution": model.resolution,
+                 "timestep_spacing": scheduler_spacing(model)}
         return {f.name: getattr(cfg, f.name) for f in fields(cfg)
                 if f.name in paper and getattr(cfg, f.name) != paper[f.name]}
+
+
+def scheduler_spacing(model: DiffusionModel) -> str:
+    """The timestep spacing of the model's own scheduler config (diffusers' default: "leading")."""
+    return model.pipe.scheduler.config.get("timestep_spacing", "leading")
 
 
 def preset_config(preset: str | None = None, **settings) -> DiffSPConfig:
@@ -237,7 +253,8 @@ class DiffSP:
         self.config = (config or DiffSPConfig()).resolved(model)
         self.pipe = model.pipe
         # own copy: set_timesteps mutates
-        self.scheduler = DDIMScheduler.from_config(self.pipe.scheduler.config)
+        self.scheduler = DDIMScheduler.from_config(self.pipe.scheduler.config,
+                                                   timestep_spacing=self.config.timestep_spacing)
         self.scheduler.set_timesteps(self.config.steps, device=model.device)
         self.latent_size = self.config.resolution // self.pipe.vae_scale_factor
         # category -> (embedding, token weights)
@@ -302,7 +319,7 @@ class DiffSP:
             cfg = self.config.guidance_scale > 1.0
             if cfg:
                 text = torch.cat([self.unconditional_text().expand_as(text), text])
-            timesteps = self.scheduler.timesteps[len(self.scheduler.timesteps) - self.config.unet_steps:]
+            timesteps = self.run_timesteps
             latents = self._start_latents(batch.seeds, masked_latents, timesteps[0])
             for i, t in enumerate(timesteps):
                 x = torch.cat([self.scheduler.scale_model_input(latents, t), mask_latent, masked_latents],
@@ -318,6 +335,11 @@ class DiffSP:
                     eps = uncond + self.config.guidance_scale * (cond - uncond)
                 latents = self.scheduler.step(eps, t, latents).prev_sample
         return latents
+
+    @property
+    def run_timesteps(self) -> torch.Tensor:
+        """The timesteps the UNet runs at: the last `unet_steps` of the T-step schedule."""
+        return self.scheduler.timesteps[len(self.scheduler.timesteps) - self.config.unet_steps:]
 
     def _start_latents(self, seeds: list[int], masked_latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The first step's latents: pure noise (strength 1), else the visible crop's latent noised to `t`."""

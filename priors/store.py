@@ -37,7 +37,7 @@ ARRAYS = {"prior": np.float16, **ROW_ARRAYS, "done": np.bool_}
 # attributes the store itself manages; every other attribute is a setting
 STRUCTURE_ATTRS = ("format", "version", "rows", "chunk_rows", "prior_size")
 # settings added after stores were first written, with the value every store made before them used
-SETTINGS_ADDED_LATER = {"strength": 1.0}
+SETTINGS_ADDED_LATER = {"strength": 1.0, "timestep_spacing": "leading"}
 REQUIRED_SETTINGS = ("model", "steps", "tau", "self_res", "cross_res", "prompt", "seed", "context",
                      "annotations", "proposals")
 

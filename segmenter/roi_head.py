@@ -122,12 +122,14 @@ class AISDiffRoIHead(StandardRoIHead):
     def _test_priors(self, index: int, res, probs: dict, labels: Tensor, meta: dict,
                      context: PriorContext) -> Tensor:
         """Image `index`'s test shape priors; with the predicted masks pasted into the network input when the
-        provider reads them (the same masks a proposals dump writes, so cached proposal priors agree)."""
+        provider reads them, binarized at `test_cfg.prior_mask_thr` (default: `mask_thr_binary`, the
+        masks a proposals dump writes, so that cached proposal priors agree)."""
         visible = occluder = None
         if self.test_prior.needs_masks:
             paste = self.mask_head.paste_masks
             h, w = meta["img_shape"][:2]
-            thr = self.test_cfg.mask_thr_binary
+            thr = self.test_cfg.get("prior_mask_thr")
+            thr = self.test_cfg.mask_thr_binary if thr is None else thr
             visible = paste(probs["visible"][index], res.bboxes, (h, w), thr)
             occluder = paste(probs["occluder"][index], res.bboxes, (h, w), thr)
         return self.test_prior.test_priors(index, res.bboxes, visible, occluder, labels, meta, context)

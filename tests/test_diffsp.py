@@ -176,6 +176,32 @@ def test_strength_runs_the_last_steps_of_the_schedule_from_the_noised_visible_la
             DiffSP(tiny_model, DiffSPConfig(**bad))
 
 
+@pytest.mark.parametrize(("steps", "spacing", "timesteps"), [
+    (1, None, [1]), (2, None, [501, 1]), (1, "trailing", [999]), (2, "trailing", [999, 499]),
+    (3, "trailing", [999, 666, 332]), (2, "linspace", [999, 0])])
+def test_timestep_spacing_chooses_the_timesteps_the_unet_runs_at(tiny_model, make_benchmark, steps, spacing,
+                                                                 timesteps):
+    diffsp = DiffSP(tiny_model, DiffSPConfig(steps=steps, timestep_spacing=spacing))
+    assert diffsp.attrs["timestep_spacing"] == (spacing or "leading")  # (None: the model scheduler's)
+    calls = UNetCalls(tiny_model.pipe.unet)
+    try:
+        diffsp.denoise(synthetic_rois(make_benchmark("kins2020"), 1))
+    finally:
+        calls.remove()
+    assert calls.timesteps == [int(t) for t in diffsp.run_timesteps] == timesteps
+
+
+def test_trailing_spacing_changes_the_prior_and_a_bad_spacing_is_refused(tiny_model, make_benchmark):
+    batch = synthetic_rois(make_benchmark("kins2020"), 2)
+    leading, trailing = (DiffSP(tiny_model, DiffSPConfig(steps=2, timestep_spacing=s))(batch)
+                         for s in ("leading", "trailing"))
+    assert (leading - trailing).abs().max() > 1e-3
+    assert torch.equal(leading, DiffSP(tiny_model, DiffSPConfig(steps=2))(batch))  # the scheduler's default
+    with pytest.raises(ValueError, match="timestep_spacing must be one of .*'leading', 'trailing', "
+                                         "'linspace'.*, not 'last'"):
+        DiffSP(tiny_model, DiffSPConfig(timestep_spacing="last"))
+
+
 def test_a_preset_fills_the_settings_not_given():
     from priors.diffsp import PRESETS, preset_config
     from segmenter.prior_providers import OnTheFlyPriors

@@ -91,6 +91,10 @@ def test_a_store_older_than_a_setting_counts_as_made_with_its_default(tmp_path):
     PriorStore.open_or_create(path, {**old, "strength": 1.0}, store_rows(), 6, chunk_rows=4)
     with pytest.raises(StoreError, match="strength: store has 1.0, requested 0.5"):
         PriorStore.open_or_create(path, {**old, "strength": 0.5}, store_rows(), 6, chunk_rows=4)
+    PriorStore.open_or_create(path, {**old, "timestep_spacing": "leading"}, store_rows(), 6, chunk_rows=4)
+    with pytest.raises(StoreError, match="timestep_spacing: store has 'leading', requested 'trailing'"):
+        PriorStore.open_or_create(path, {**old, "timestep_spacing": "trailing"}, store_rows(), 6,
+                                  chunk_rows=4)
 
 
 def _damage(path, how):

@@ -47,8 +47,10 @@ def test_shipped_diffsp_defaults_give_the_settings_stores_recorded_with_flags():
     model = load_model("tiny")
     assert model.diffsp_defaults == {"tau": 0, "self_res": 16, "cross_res": 16, "threshold": 0.45}
     attrs = DiffSP(model).config.attrs()
-    assert attrs["strength"] == 1.0  # (a setting added later: stores without it were made with 1.0)
-    assert json.dumps({k: v for k, v in attrs.items() if k != "strength"}) == EXPLICIT_SETTINGS
+    # (settings added later: stores without them were made with strength 1 and the scheduler's spacing)
+    assert (attrs["strength"], attrs["timestep_spacing"]) == (1.0, "leading")
+    later = ("strength", "timestep_spacing")
+    assert json.dumps({k: v for k, v in attrs.items() if k not in later}) == EXPLICIT_SETTINGS
     assert settings_differences(json.loads(EXPLICIT_SETTINGS), attrs) == []  # those stores still open
     flags = DiffSPConfig(tau=0, self_res=16, cross_res=16)  # `--tau 0 --self-res 16 --cross-res 16`
     assert json.dumps(DiffSP(model, flags).attrs) == json.dumps(DiffSP(model).attrs)
