@@ -426,6 +426,13 @@ def run_name(args: argparse.Namespace, variant: str, seed: int) -> str:
     return f"{variant}_seed{seed}{ablation_tag(args)}"
 
 
+def record_name(args: argparse.Namespace) -> str:
+    """The committed record's file name: the ablation tag, the variants and, unless the default three,
+    the seeds (so that a run of other seeds never overwrites the record of these)."""
+    seeds = "" if args.seeds == [0, 1, 2] else "_seed" + "-".join(map(str, args.seeds))
+    return f"fidelity{ablation_tag(args)}_{'-'.join(args.variants)}{seeds}.json"
+
+
 @functools.cache
 def prior_threshold() -> float:
     """The threshold at which a test prior counts as "in the object" (prior/IoU): the trained tiny model's
@@ -560,6 +567,9 @@ def main() -> None:
               + (f"options {' '.join(args.cfg_options)}; " if args.cfg_options else "") + f"{machine}; "
               f"{(time.time() - start) / 60:.0f} min.")
     print("\n" + header + "\n\n" + text)
+    # each run's settings.json (its config's sha256 among them: fidelity_table.py checks runs compare)
+    run_settings = {v: [json.loads((args.work_dir / run_name(args, v, seed) / "settings.json").read_text())
+                        for seed in args.seeds] for v in args.variants}
     out = args.work_dir / f"fidelity{ablation_tag(args)}"
     out.with_suffix(".md").write_text(header + "\n\n" + text + "\n")
     record = json.dumps(
@@ -567,11 +577,11 @@ def main() -> None:
          "machine": machine, "date": time.strftime("%Y-%m-%d %H:%M %Z"),
          "detector_weights_sha256": weights_digest(detector),
          "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-         "table": header + "\n\n" + text, "results": results}, indent=1)
+         "table": header + "\n\n" + text, "results": results, "run_settings": run_settings}, indent=1)
     out.with_suffix(".json").write_text(record)
     # (the committed copy, what the README's numbers come from)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"fidelity{ablation_tag(args)}_{'-'.join(args.variants)}.json").write_text(record)
+    (RESULTS / record_name(args)).write_text(record)
 
 
 if __name__ == "__main__":

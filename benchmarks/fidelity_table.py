@@ -1,0 +1,136 @@
+"""One fidelity table from the records of several `benchmarks/fidelity.py` runs (e.g. seeds run in different
+sessions, each with its own work folder), checked to share every setting but the variants and seeds.
+
+    cd benchmarks/results && python ../fidelity_table.py fidelity_d-b.json fidelity_d.json ... \
+        --variants a b d j --out fidelity_three_seeds.json
+
+Each record holds, per variant, the metrics of each seed it ran (`results`, in `settings.seeds` order). A
+variant's seed found in two records keeps the later record's run (by date; both are listed). Records whose
+settings differ (schedule, sizes, DiffSP settings, `--cfg-options`, the shared detector's weights where
+recorded) are refused: their runs do not compare; so is a variant whose runs' config digests (in records that
+keep each run's settings) differ. Prints and writes the table as `fidelity.py` does, mean
+± standard deviation over the seeds found, with the seeds and source records of each variant.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fidelity import VARIANTS, bucket_table, table  # noqa: E402
+from records import record  # noqa: E402
+
+# settings that say which runs a record holds, not how they were made
+PER_RECORD = ("work_dir", "variants", "seeds")
+DETECTOR_KEY = "detector_weights_sha256"
+
+
+class RecordError(SystemExit):
+    """A record that cannot be combined (unreadable, another setup, another detector)."""
+
+
+def read_record(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        _ = data["settings"]["seeds"], data["results"], data["date"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RecordError(f"{path}: not a fidelity record ({type(exc).__name__}: {exc}); give the JSON files "
+                          "benchmarks/fidelity.py writes under benchmarks/results/") from None
+    seeds = data["settings"]["seeds"]
+    for variant, runs in data["results"].items():
+        if len(runs) != len(seeds):
+            raise RecordError(f"{path}: ({variant}) has {len(runs)} runs for the {len(seeds)} seeds {seeds}: "
+                              "a damaged record; rerun its command to write it again")
+    return data
+
+
+def setup_of(data: dict) -> dict:
+    """What every combined run must share: the record's settings but the variants and seeds it ran."""
+    return {k: v for k, v in data["settings"].items() if k not in PER_RECORD}
+
+
+def check_config(variant: str, run_settings: list[dict], path: Path,
+                 seen: dict[str, tuple[str, str]]) -> None:
+    """Refuse a variant whose runs were made from another config (its parsed config's sha256, and that of
+    the checkpoint it tests) than the same variant's runs in an earlier record; `seen` collects them."""
+    for settings in run_settings:
+        digest = json.dumps([settings.get("config_sha256"),
+                             settings.get("checkpoint_of", {}).get("config_sha256")])
+        if variant in seen and seen[variant][0] != digest:
+            raise RecordError(f"{path}: ({variant})'s config (sha256 {digest}) is not the one of its runs in "
+                              f"{seen[variant][1]} ({seen[variant][0]}): the code or config changed between "
+                              "them; rerun one of them")
+        seen.setdefault(variant, (digest, str(path)))
+
+
+def combine(paths: list[Path], variants: list[str] | None) -> dict:
+    """{variant: {seed: (metrics, source)}} over the records, the later record winning a repeated seed;
+    plus the shared setup and detector digest. Refuses records of another setup or detector."""
+    records = sorted(((p, read_record(p)) for p in paths), key=lambda item: item[1]["date"])
+    first_path, first = records[0]
+    setup, detector = setup_of(first), None
+    runs: dict[str, dict[int, tuple[dict, str]]] = {}
+    replaced, configs = [], {}
+    for path, data in records:
+        diff = sorted(k for k in set(setup) | set(setup_of(data)) if setup.get(k) != setup_of(data).get(k))
+        if diff:
+            raise RecordError(f"{path}: its runs do not compare with {first_path}'s: they differ in "
+                              + ", ".join(f"{k} ({setup.get(k)!r} against {setup_of(data).get(k)!r})"
+                                          for k in diff)
+                              + ". Combine records of one setup only.")
+        digest = data.get(DETECTOR_KEY)
+        if digest is not None and detector is not None and digest != detector[0]:
+            raise RecordError(f"{path}: its shared detector's weights (sha256 {digest[:12]}) are not those "
+                              f"of {detector[1]} ({detector[0][:12]}): the runs started from different "
+                              "detectors")
+        if digest is not None and detector is None:
+            detector = (digest, str(path))
+        for variant, metrics in data["results"].items():
+            if variants and variant not in variants:
+                continue
+            check_config(variant, data.get("run_settings", {}).get(variant, []), path, configs)
+            for seed, m in zip(data["settings"]["seeds"], metrics, strict=True):
+                if seed in runs.setdefault(variant, {}):
+                    replaced.append(f"({variant}) seed {seed}: {runs[variant][seed][1]} -> {path}")
+                runs[variant][seed] = (m, str(path))
+    missing = [v for v in variants or [] if v not in runs]
+    if missing:
+        raise RecordError(f"no record holds variant(s) {', '.join(missing)}")
+    order = [v for v in (variants or VARIANTS) if v in runs]
+    return {"setup": setup, "detector": detector[0] if detector else None, "replaced": replaced,
+            "runs": {v: dict(sorted(runs[v].items())) for v in order}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("records", type=Path, nargs="+", help="fidelity.py's JSON records")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="(default: every one found)")
+    parser.add_argument("--out", type=Path, help="write the combined record here (JSON)")
+    args = parser.parse_args()
+    combined = combine(args.records, args.variants)
+    results = {v: [m for m, _ in seeds.values()] for v, seeds in combined["runs"].items()}
+    seeds = {v: list(s) for v, s in combined["runs"].items()}
+    sources = {v: sorted({src for _, src in s.values()}) for v, s in combined["runs"].items()}
+    text = (table(results, []) + "\n\nSeeds: "
+            + "; ".join(f"({v}) {s}" for v, s in seeds.items())
+            + "\n\nAmodal AP by occlusion rate (mean over seeds):\n\n" + bucket_table(results)
+            + "\n\nTest-prior IoU with the amodal ground truth, found ground truths by occlusion rate "
+              "(mean over seeds):\n\n" + bucket_table(results, "prior/IoU_occ_"))
+    print(text)
+    for line in combined["replaced"]:
+        print("replaced:", line)
+    print("shared detector weights sha256:", combined["detector"] or "not recorded by these records")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(record(
+            f"{platform.machine()}; runs from the records' own machines (see sources)",
+            settings=combined["setup"], detector_weights_sha256=combined["detector"], seeds=seeds,
+            sources=sources, replaced=combined["replaced"], table=text, results=results), indent=1))
+        print("written to", args.out)
+
+
+if __name__ == "__main__":
+    main()

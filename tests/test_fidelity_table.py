@@ -1,0 +1,81 @@
+"""benchmarks/fidelity_table.py: records of several fidelity runs combine into one table only when their runs
+compare (same setup, detector and configs); a seed run twice keeps the later run."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SETUP = {"iters": 300, "detector": "frozen", "pretrain_iters": 2000, "scale": 256, "steps": 10, "tau": 0,
+         "cfg_options": []}
+
+
+def fidelity_table():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location("fidelity_table",
+                                                      REPO / "benchmarks" / "fidelity_table.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return module
+
+
+def write(path: Path, date: str, results: dict, seeds: list[int], config: str = "c1", **extra) -> Path:
+    settings = {**SETUP, "work_dir": f"/w/{path.stem}", "variants": list(results), "seeds": seeds,
+                **extra.pop("settings", {})}
+    runs = {v: [{"config_sha256": config} for _ in seeds] for v in results}
+    path.write_text(json.dumps({"date": date, "settings": settings, "results": results, "run_settings": runs,
+                                **extra}))
+    return path
+
+
+def ap(value: float) -> dict:
+    return {"amodal/AP": value}
+
+
+def test_records_of_one_setup_combine_and_a_repeated_seed_keeps_the_later_run(tmp_path):
+    table = fidelity_table()
+    old = write(tmp_path / "old.json", "2026-11-30 10:00 UTC", {"d": [ap(0.34), ap(0.35)],
+                                                                 "b": [ap(0.3), ap(0.31)]}, [0, 1])
+    new = write(tmp_path / "new.json", "2026-12-01 09:00 UTC", {"d": [ap(0.36), ap(0.33)]}, [1, 2],
+                detector_weights_sha256="ab" * 32)
+    combined = table.combine([new, old], ["d"])  # (given in any order: the date decides)
+    assert list(combined["runs"]) == ["d"]
+    runs = combined["runs"]["d"]
+    assert {seed: m["amodal/AP"] for seed, (m, _) in runs.items()} == {0: 0.34, 1: 0.36, 2: 0.33}
+    assert runs[1][1] == str(new) and runs[0][1] == str(old)
+    assert combined["replaced"] == [f"(d) seed 1: {old} -> {new}"]
+    assert combined["detector"] == "ab" * 32 and combined["setup"] == SETUP
+    assert list(table.combine([old, new], None)["runs"]) == ["b", "d"]  # every variant found, in table order
+
+
+def test_records_that_do_not_compare_are_refused(tmp_path):
+    table = fidelity_table()
+    base = write(tmp_path / "base.json", "2026-11-30 10:00 UTC", {"d": [ap(0.34)]}, [0],
+                 detector_weights_sha256="ab" * 32)
+    schedule = write(tmp_path / "iters.json", "2026-12-01 10:00 UTC", {"d": [ap(0.3)]}, [1],
+                     settings={"iters": 600})
+    with pytest.raises(table.RecordError, match=r"iters\.json: its runs do not compare with .*base\.json's: "
+                                                r"they differ in iters \(300 against 600\)"):
+        table.combine([base, schedule], None)
+    detector = write(tmp_path / "det.json", "2026-12-01 10:00 UTC", {"d": [ap(0.3)]}, [1],
+                     detector_weights_sha256="cd" * 32)
+    with pytest.raises(table.RecordError, match="started from different detectors"):
+        table.combine([base, detector], None)
+    config = write(tmp_path / "cfg.json", "2026-12-01 10:00 UTC", {"d": [ap(0.3)]}, [1], config="c2")
+    with pytest.raises(table.RecordError, match=r"\(d\)'s config .* the code or config changed"):
+        table.combine([base, config], None)
+    with pytest.raises(table.RecordError, match="no record holds variant"):
+        table.combine([base], ["a"])
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(table.RecordError, match="bad.json: not a fidelity record"):
+        table.combine([tmp_path / "bad.json"], None)
+    short = write(tmp_path / "short.json", "2026-12-01 10:00 UTC", {"d": [ap(0.3)]}, [1, 2])
+    with pytest.raises(table.RecordError, match=r"short.json: \(d\) has 1 runs for the 2 seeds \[1, 2\]"):
+        table.combine([short], None)
