@@ -54,15 +54,17 @@ def setup_of(data: dict) -> dict:
 
 def check_config(variant: str, run_settings: list[dict], path: Path,
                  seen: dict[str, tuple[str, str]]) -> None:
-    """Refuse a variant whose runs were made from another config (its parsed config's sha256, and that of
-    the checkpoint it tests) than the same variant's runs in an earlier record; `seen` collects them."""
+    """Refuse a variant whose runs were made from another config (its parsed config's sha256, that of the
+    checkpoint it tests, its test-only preset and options) than the same variant's runs in an earlier record;
+    `seen` collects them."""
     for settings in run_settings:
         digest = json.dumps([settings.get("config_sha256"),
-                             settings.get("checkpoint_of", {}).get("config_sha256")])
+                             settings.get("checkpoint_of", {}).get("config_sha256"),
+                             settings.get("test_preset"), settings.get("test_options")])
         if variant in seen and seen[variant][0] != digest:
-            raise RecordError(f"{path}: ({variant})'s config (sha256 {digest}) is not the one of its runs in "
-                              f"{seen[variant][1]} ({seen[variant][0]}): the code or config changed between "
-                              "them; rerun one of them")
+            raise RecordError(f"{path}: ({variant})'s config and test settings {digest} are not those of its "
+                              f"runs in {seen[variant][1]} ({seen[variant][0]}): the code, config or preset "
+                              "changed between them; rerun one of them")
         seen.setdefault(variant, (digest, str(path)))
 
 

@@ -45,7 +45,7 @@ PAPER_DEFAULTS = {"steps": 10, "tau": 4, "context": 1.2, "prompt": PROMPT, "guid
 # before the model's and the paper's defaults. "fast" is the cheapest setting of benchmarks/diffsp_steps.py
 # whose val prior IoU (trained tiny model, synthetic benchmark) is within 0.01 of T = 10's, overall and in
 # every occlusion bucket (benchmarks/results/diffsp_steps.json).
-PRESETS = {"default": {}, "fast": {"steps": 3}}
+PRESETS = {"default": {}, "fast": {"steps": 2, "timestep_spacing": "trailing"}}
 # A model folder's own DiffSP defaults (`read_model_defaults`): the settings tuned for it that differ from
 # the paper's, plus THRESHOLD_KEY, the prior threshold tuning chose (what `aisdiff inspect` uses).
 MODEL_DEFAULTS_FILE = "diffsp_config.json"

@@ -2,7 +2,9 @@
 seeds."""
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +19,8 @@ from priors.diffsp import DiffSP, DiffSPConfig, RoiBatch, prepare_rois
 from priors.errors import AisdiffError
 from priors.identity import gt_roi_seed
 from priors.models import DiffusionModel
+
+REPO = Path(__file__).resolve().parents[1]
 
 BATCH_TOLERANCE = 1e-4  # |prior(batch) - prior(alone)|: CPU kernels round differently by batch size
 
@@ -213,6 +217,23 @@ def test_a_preset_fills_the_settings_not_given():
         preset_config("quick")
     provider = OnTheFlyPriors(model="tiny", classes=("ball",), preset="fast", tau=0)  # as a config gives it
     assert provider.runner.config == replace(preset_config("fast"), tau=0)
+
+
+def test_the_fast_preset_is_the_setting_the_steps_sweep_chose():
+    """PRESETS['fast'] resolves, on the trained tiny model, to the row benchmarks/diffsp_steps.py marked (its
+    committed record): cheapest within 0.01 prior IoU of T = 10, overall and in every bucket."""
+    from priors.diffsp import preset_config
+    from priors.models import load_model
+
+    record = json.loads((REPO / "benchmarks" / "results" / "diffsp_steps.json").read_text())
+    keys = ("steps", "strength", "self_res", "cross_res", "resolution", "timestep_spacing")
+    resolved = preset_config("fast").resolved(load_model("tiny"))
+    assert {k: getattr(resolved, k) for k in keys} == {k: record["fast"][k] for k in keys}
+    reference, fast = record["rows"][0], record["fast"]
+    assert (reference["steps"], reference["timestep_spacing"]) == (10, "leading")
+    tolerance = record["tolerance"]
+    assert fast["val_iou"] >= reference["val_iou"] - tolerance
+    assert all(fast["val_by_bucket"][b] >= v - tolerance for b, v in reference["val_by_bucket"].items())
 
 
 def test_category_tokens_skip_the_start_token(tiny_model):

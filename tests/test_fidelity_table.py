@@ -26,10 +26,11 @@ def fidelity_table():
     return module
 
 
-def write(path: Path, date: str, results: dict, seeds: list[int], config: str = "c1", **extra) -> Path:
+def write(path: Path, date: str, results: dict, seeds: list[int], config: str = "c1", run: dict | None = None,
+          **extra) -> Path:
     settings = {**SETUP, "work_dir": f"/w/{path.stem}", "variants": list(results), "seeds": seeds,
                 **extra.pop("settings", {})}
-    runs = {v: [{"config_sha256": config} for _ in seeds] for v in results}
+    runs = {v: [{"config_sha256": config, **(run or {})} for _ in seeds] for v in results}
     path.write_text(json.dumps({"date": date, "settings": settings, "results": results, "run_settings": runs,
                                 **extra}))
     return path
@@ -69,8 +70,12 @@ def test_records_that_do_not_compare_are_refused(tmp_path):
     with pytest.raises(table.RecordError, match="started from different detectors"):
         table.combine([base, detector], None)
     config = write(tmp_path / "cfg.json", "2026-12-01 10:00 UTC", {"d": [ap(0.3)]}, [1], config="c2")
-    with pytest.raises(table.RecordError, match=r"\(d\)'s config .* the code or config changed"):
+    with pytest.raises(table.RecordError, match=r"\(d\)'s config and test settings .* the code, config or"):
         table.combine([base, config], None)
+    preset = write(tmp_path / "preset.json", "2026-12-01 10:00 UTC", {"d": [ap(0.3)]}, [1],
+                   run={"test_preset": {"steps": 2}})
+    with pytest.raises(table.RecordError, match=r"preset\.json: \(d\)'s config and test settings"):
+        table.combine([base, preset], None)
     with pytest.raises(table.RecordError, match="no record holds variant"):
         table.combine([base], ["a"])
     (tmp_path / "bad.json").write_text("{}")
