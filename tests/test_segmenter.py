@@ -217,6 +217,40 @@ def test_test_priors_are_computed_for_the_chosen_labels(data, trained, tmp_path,
     assert (pred.labels != pred.mask_labels).any() and expected.amax((1, 2)).sum() > 0  # (a case that tells)
 
 
+def test_prior_mask_thr_binarizes_the_masks_fed_to_the_test_priors_only(data, trained, tmp_path):
+    """`test_cfg.rcnn.prior_mask_thr`: the predicted visible and occluder masks handed to the test prior
+    provider are binarized there (default `mask_thr_binary`); the returned masks keep `mask_thr_binary`."""
+    from mmdet.registry import TASK_UTILS
+
+    from segmenter.prior_providers import NoPriors
+
+    if "MaskRecordingPriors" not in TASK_UTILS.module_dict:
+        @TASK_UTILS.register_module()
+        class MaskRecordingPriors(NoPriors):
+            needs_masks = True
+            fed: list = []
+
+            def test_priors(self, index, boxes, visible, occluder, labels, img_meta, context):
+                self.fed.append((visible.clone(), occluder.clone()))
+                return super().test_priors(index, boxes, visible, occluder, labels, img_meta, context)
+    recording = TASK_UTILS.get("MaskRecordingPriors")
+    work, _, _ = trained
+    runs = {}
+    for thr in (None, 0.5, 0.2):
+        cfg = load_cfg(data, tmp_path)
+        cfg.model.roi_head.test_prior = dict(type="MaskRecordingPriors")
+        if thr is not None:
+            cfg.model.test_cfg.rcnn.prior_mask_thr = thr
+        recording.fed.clear()
+        runs[thr] = (_predict(cfg, work / "iter_3.pth").pred_instances, recording.fed[0])
+    (default, (vis, occ)), (_, (vis5, occ5)), (low, (vis2, occ2)) = runs[None], runs[0.5], runs[0.2]
+    assert vis.dtype == torch.bool and torch.equal(vis, vis5) and torch.equal(occ, occ5)  # default: 0.5
+    assert (vis2 >= vis).all() and (occ2 >= occ).all()  # a lower threshold keeps more pixels ...
+    assert vis2.sum() > vis.sum()
+    for key in ("masks", "visible_masks", "occluder_masks"):  # ... of the provider's input only
+        assert torch.equal(low[key], default[key])
+
+
 def test_prior_labels_must_name_a_source(data, tmp_path):
     from mmdet.registry import MODELS
 
