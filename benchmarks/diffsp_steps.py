@@ -29,7 +29,7 @@ from records import record  # noqa: E402
 
 from priors.annotations import AmodalAnnotations  # noqa: E402
 from priors.cost import diffsp_tflops, on_sd15  # noqa: E402
-from priors.diffsp import DiffSP, DiffSPConfig  # noqa: E402
+from priors.diffsp import TIMESTEP_SPACINGS, DiffSP, DiffSPConfig  # noqa: E402
 from priors.models import load_model  # noqa: E402
 from priors.occlusion import OCCLUDED, OCCLUSION_BUCKETS  # noqa: E402
 from priors.training.tune import sample_instances, score, visible_baseline  # noqa: E402
@@ -38,13 +38,16 @@ THRESHOLDS = [round(0.05 * i, 2) for i in range(2, 19)]
 # (steps, strength, self_res, cross_res, resolution, timestep_spacing); None takes the model's default. The
 # tiny model (64 px, latent 16) is tuned to self_res = cross_res = 16; at 48 px (latent 12) its grids are 12.
 # Its scheduler spaces steps "leading" (as SD-1.5's): T = 1 runs t = 1 only, "trailing" runs t = 999.
-_ = None
-DEFAULT_GRID = [(10, 1.0, _, _, _, _), (5, 1.0, _, _, _, _), (3, 1.0, _, _, _, _), (2, 1.0, _, _, _, _),
-                (1, 1.0, _, _, _, _), (10, 0.5, _, _, _, _), (10, 0.3, _, _, _, _), (10, 0.2, _, _, _, _),
-                (10, 0.1, _, _, _, _), (5, 0.4, _, _, _, _), (2, 1.0, 8, _, _, _), (2, 1.0, _, 8, _, _),
-                (10, 1.0, 12, 12, 48, _), (2, 1.0, 12, 12, 48, _), (1, 1.0, 12, 12, 48, _),
-                (10, 1.0, _, _, _, "trailing"), (3, 1.0, _, _, _, "trailing"), (2, 1.0, _, _, _, "trailing"),
-                (1, 1.0, _, _, _, "trailing"), (10, 0.2, _, _, _, "trailing"), (10, 0.1, _, _, _, "trailing")]
+DEFAULT_GRID = [(10, 1.0, None, None, None, None), (5, 1.0, None, None, None, None),
+                (3, 1.0, None, None, None, None), (2, 1.0, None, None, None, None),
+                (1, 1.0, None, None, None, None), (10, 0.5, None, None, None, None),
+                (10, 0.3, None, None, None, None), (10, 0.2, None, None, None, None),
+                (10, 0.1, None, None, None, None), (5, 0.4, None, None, None, None),
+                (2, 1.0, 8, None, None, None), (2, 1.0, None, 8, None, None),
+                (10, 1.0, 12, 12, 48, None), (2, 1.0, 12, 12, 48, None), (1, 1.0, 12, 12, 48, None),
+                (10, 1.0, None, None, None, "trailing"), (3, 1.0, None, None, None, "trailing"),
+                (2, 1.0, None, None, None, "trailing"), (1, 1.0, None, None, None, "trailing"),
+                (10, 0.2, None, None, None, "trailing"), (10, 0.1, None, None, None, "trailing")]
 
 
 def parse_setting(text: str) -> tuple:
@@ -55,6 +58,8 @@ def parse_setting(text: str) -> tuple:
             f"{text!r}: give steps,strength,self_res,cross_res,resolution[,timestep_spacing]")
     steps, strength, *sizes = parts[:5]
     spacing = parts[5] if len(parts) == 6 else None
+    if spacing not in (None, *TIMESTEP_SPACINGS):
+        raise argparse.ArgumentTypeError(f"{text!r}: timestep_spacing must be one of {TIMESTEP_SPACINGS}")
     return (int(steps), float(strength) if strength else 1.0, *(s and int(s) for s in sizes), spacing)
 
 

@@ -51,7 +51,9 @@ so are runs with an `--iters` other than the default (tag `_iters{N}`) or with `
 (`_trained`). Other sizes (images, scale, proposals, RoIs, `--pretrain-iters`) change the data or the
 detector: use a new WORK_DIR for them.
 Prints a table of mean and spread over seeds and writes WORK_DIR/fidelity[_TAG].{json,md} and
-benchmarks/results/fidelity[_TAG]_VARIANTS.json (the command, machine, date, table and every run's metrics).
+benchmarks/results/fidelity[_TAG]_VARIANTS[_seedS-S].json (the command, machine, date, table, every run's
+metrics and settings.json, and the shared detector's weights sha256; `_seed...` unless the seeds are 0 1 2).
+Records of several sessions combine into one table with benchmarks/fidelity_table.py.
 """
 from __future__ import annotations
 
@@ -262,8 +264,9 @@ def weights_digest(checkpoint: Path) -> str:
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     digest = hashlib.sha256()
     for name in sorted(state):
-        digest.update(name.encode())
-        digest.update(state[name].contiguous().numpy().tobytes())
+        tensor = state[name].contiguous()
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        digest.update(tensor.numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -574,7 +577,7 @@ def main() -> None:
     out.with_suffix(".md").write_text(header + "\n\n" + text + "\n")
     record = json.dumps(
         {"command": " ".join(["python", "benchmarks/fidelity.py", *sys.argv[1:]]),
-         "machine": machine, "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+         "machine": machine, "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
          "detector_weights_sha256": weights_digest(detector),
          "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
          "table": header + "\n\n" + text, "results": results, "run_settings": run_settings}, indent=1)

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fidelity import VARIANTS, bucket_table, table  # noqa: E402
+from fidelity import TEST_OPTIONS, TEST_PRESET, VARIANTS, bucket_table, table  # noqa: E402
 from records import record  # noqa: E402
 
 # settings that say which runs a record holds, not how they were made
@@ -55,11 +55,21 @@ def setup_of(data: dict) -> dict:
 def check_config(variant: str, run_settings: list[dict], path: Path,
                  seen: dict[str, tuple[str, str]]) -> None:
     """Refuse a variant whose runs were made from another config (its parsed config's sha256, that of the
-    checkpoint it tests, its test-only preset and options) than the same variant's runs in an earlier record;
-    `seen` collects them."""
+    checkpoint it tests, the prior model's identity, its test-only preset and options) than the same variant's
+    runs in an earlier record; `seen` collects them. A test-only variant (its preset or options are what it
+    measures) is refused where only some records keep their runs' settings: the others' are unknown."""
+    if variant in TEST_PRESET or variant in TEST_OPTIONS:
+        known = bool(run_settings)
+        if seen.setdefault(f"{variant} known", (known, str(path)))[0] != known:
+            other = seen[f"{variant} known"][1]
+            raise RecordError(f"{path}: ({variant}) is tested with a preset or options that "
+                              f"{'it' if known else other} records and {other if known else 'it'} does not "
+                              "(a record older than run settings): they may differ; combine records of one "
+                              "kind only")
     for settings in run_settings:
         digest = json.dumps([settings.get("config_sha256"),
                              settings.get("checkpoint_of", {}).get("config_sha256"),
+                             (settings.get("priors") or {}).get("model"),
                              settings.get("test_preset"), settings.get("test_options")])
         if variant in seen and seen[variant][0] != digest:
             raise RecordError(f"{path}: ({variant})'s config and test settings {digest} are not those of its "

@@ -1,6 +1,8 @@
 """What testing costs with on-the-fly DiffSP priors, per preset: seconds per image and DiffSP's share.
 
     python benchmarks/test_cost.py --checkpoint work_dirs/demo/iter_300.pth --data work_dirs/demo
+    python benchmarks/test_cost.py --checkpoint work_dirs/fidelity/d_seed2/iter_300.pth \
+        --data work_dirs/fidelity --cfg-options ...   # a fidelity run, at the benchmark's test settings
 
 Runs `aisdiff test` on the synthetic config's val split (the `make demo` data and checkpoint) once per preset
 (`priors.diffsp.PRESETS`), one after the other, and reads each run's `test cost:` line and amodal AP. The
@@ -29,7 +31,7 @@ def run_preset(args: argparse.Namespace, preset: str) -> dict:
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "aisdiff"), "test", str(CONFIG), str(args.checkpoint),
          "--work-dir", str(work), "--cfg-options", "model.roi_head.test_prior.store=None",
-         f"model.roi_head.test_prior.preset={preset}"],
+         f"model.roi_head.test_prior.preset={preset}", *args.cfg_options],
         capture_output=True, text=True, env={**os.environ, "AISDIFF_DATA": str(args.data)}, cwd=REPO)
     if proc.returncode:
         sys.exit(f"aisdiff test with preset {preset} failed:\n{proc.stderr[-3000:]}")
@@ -53,6 +55,8 @@ def main() -> None:
                         help="the folder holding synthetic/ ($AISDIFF_DATA)")
     parser.add_argument("--work-dir", type=Path, default=REPO / "work_dirs" / "test_cost")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "test_cost.json")
+    parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="more config overrides for both runs (e.g. a fidelity run's test settings)")
     args = parser.parse_args()
     rows = [run_preset(args, preset) for preset in PRESETS]
     lines = ["| preset | settings | images | s per image | DiffSP share | amodal AP |",

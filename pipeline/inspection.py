@@ -30,7 +30,7 @@ from priors.images import read_image
 from priors.models import model_defaults
 from priors.occlusion import occlusion_bucket
 from priors.prior_quality import iou_table, match_ground_truths
-from priors.store import SOURCE_GT, SOURCE_PROPOSAL, PriorStore
+from priors.store import SETTINGS_ADDED_LATER, SOURCE_GT, SOURCE_PROPOSAL, PriorStore
 
 EPS = 1e-6
 DEFAULT_THRESHOLD = 0.5  # for models that ship no threshold of their own
@@ -229,13 +229,13 @@ def _gt_panels(ann: AmodalAnnotations, images: Path | None, image_id: int, ann_i
 # -- the command -----------------------------------------------------------------------------------
 def _text(report: dict) -> str:
     s = report["summary"]
-    st = s["settings"]
+    st = {**SETTINGS_ADDED_LATER, **s["settings"]}  # (a store older than a setting was made with its default)
     model = st.get("model", {})
     lines = [f"prior store {s['store']}",
              f"  model        {model.get('id')} (weights sha256 {str(model.get('weights_sha256'))[:12]}), "
              f"{st.get('dtype')}",
-             f"  DiffSP       steps {st.get('steps')} ({st.get('timestep_spacing', 'leading')}), strength "
-             f"{st.get('strength', 1.0)}, tau "
+             f"  DiffSP       steps {st.get('steps')} ({st.get('timestep_spacing')}), strength "
+             f"{st.get('strength')}, tau "
              f"{st.get('tau')}, prior "
              f"{report['prior_size']}x{report['prior_size']}, resolution {st.get('resolution')}, self "
              f"{st.get('self_res')}, cross {st.get('cross_res')}, context {st.get('context')}, guidance "

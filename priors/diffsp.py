@@ -33,8 +33,8 @@ MASK_MODES = ("occluder", "invisible")
 # how DDIM spreads T steps over the 1000 training timesteps (diffusers' `timestep_spacing`): SD-1.5 ships
 # "leading" (T = 1 runs t = 1 only, T = 2 runs 501 and 1), "trailing" starts at t = 999 (T = 1 runs 999: the
 # pure noise DiffSP starts from; Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are
-# Flawed")
-TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+# Flawed"). Not diffusers' "linspace": DDIMScheduler.step assumes steps 1000 // T apart, which it is not.
+TIMESTEP_SPACINGS = ("leading", "trailing")
 PROMPT = "a photo of a {category}"  # the paper's prompt template; the tiny model was trained with it
 # The paper's settings, for those that neither the caller nor the model's MODEL_DEFAULTS_FILE sets; besides
 # these, `resolution` defaults to the model's native size, `self_res` to latent / 2 and `cross_res` to

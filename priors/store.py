@@ -36,7 +36,9 @@ ROW_ARRAYS = {"box": np.float32, "image_id": np.int64, "ann_id": np.int64, "cate
 ARRAYS = {"prior": np.float16, **ROW_ARRAYS, "done": np.bool_}
 # attributes the store itself manages; every other attribute is a setting
 STRUCTURE_ATTRS = ("format", "version", "rows", "chunk_rows", "prior_size")
-# settings added after stores were first written, with the value every store made before them used
+# settings added after stores were first written, with the value every store made before them used (for
+# timestep_spacing: the scheduler's own, "leading" for SD-1.5 and every model this project ships; an older
+# store of a model whose scheduler says otherwise needs --overwrite)
 SETTINGS_ADDED_LATER = {"strength": 1.0, "timestep_spacing": "leading"}
 REQUIRED_SETTINGS = ("model", "steps", "tau", "self_res", "cross_res", "prompt", "seed", "context",
                      "annotations", "proposals")

@@ -182,7 +182,7 @@ def test_strength_runs_the_last_steps_of_the_schedule_from_the_noised_visible_la
 
 @pytest.mark.parametrize(("steps", "spacing", "timesteps"), [
     (1, None, [1]), (2, None, [501, 1]), (1, "trailing", [999]), (2, "trailing", [999, 499]),
-    (3, "trailing", [999, 666, 332]), (2, "linspace", [999, 0])])
+    (3, "trailing", [999, 666, 332])])
 def test_timestep_spacing_chooses_the_timesteps_the_unet_runs_at(tiny_model, make_benchmark, steps, spacing,
                                                                  timesteps):
     diffsp = DiffSP(tiny_model, DiffSPConfig(steps=steps, timestep_spacing=spacing))
@@ -195,15 +195,31 @@ def test_timestep_spacing_chooses_the_timesteps_the_unet_runs_at(tiny_model, mak
     assert calls.timesteps == [int(t) for t in diffsp.run_timesteps] == timesteps
 
 
+def test_strength_takes_the_last_steps_of_a_trailing_schedule_too(tiny_model, make_benchmark):
+    batch = synthetic_rois(make_benchmark("kins2020"), 1)
+    part = DiffSP(tiny_model, DiffSPConfig(steps=10, strength=0.2, timestep_spacing="trailing"))
+    calls = UNetCalls(tiny_model.pipe.unet)
+    try:
+        part.denoise(batch)
+    finally:
+        calls.remove()
+    assert calls.timesteps == [int(t) for t in part.run_timesteps] == [199, 99]
+    latents, t = torch.randn(1, 4, part.latent_size, part.latent_size), part.run_timesteps[0]
+    alpha = part.scheduler.alphas_cumprod[199]  # started from the visible latent noised to t = 199
+    torch.testing.assert_close(part._start_latents(batch.seeds, latents, t),
+                               alpha.sqrt() * latents + (1 - alpha).sqrt() * part._noise(batch.seeds))
+
+
 def test_trailing_spacing_changes_the_prior_and_a_bad_spacing_is_refused(tiny_model, make_benchmark):
     batch = synthetic_rois(make_benchmark("kins2020"), 2)
     leading, trailing = (DiffSP(tiny_model, DiffSPConfig(steps=2, timestep_spacing=s))(batch)
                          for s in ("leading", "trailing"))
     assert (leading - trailing).abs().max() > 1e-3
     assert torch.equal(leading, DiffSP(tiny_model, DiffSPConfig(steps=2))(batch))  # the scheduler's default
-    with pytest.raises(ValueError, match="timestep_spacing must be one of .*'leading', 'trailing', "
-                                         "'linspace'.*, not 'last'"):
-        DiffSP(tiny_model, DiffSPConfig(timestep_spacing="last"))
+    for bad in ("last", "linspace"):
+        with pytest.raises(ValueError,
+                           match=f"timestep_spacing must be one of .*'leading', 'trailing'.*, not '{bad}'"):
+            DiffSP(tiny_model, DiffSPConfig(timestep_spacing=bad))
 
 
 def test_a_preset_fills_the_settings_not_given():
@@ -234,6 +250,9 @@ def test_the_fast_preset_is_the_setting_the_steps_sweep_chose():
     tolerance = record["tolerance"]
     assert fast["val_iou"] >= reference["val_iou"] - tolerance
     assert all(fast["val_by_bucket"][b] >= v - tolerance for b, v in reference["val_by_bucket"].items())
+    fitting = [r for r in record["rows"] if r["val_iou"] >= reference["val_iou"] - tolerance
+               and all(r["val_by_bucket"][b] >= v - tolerance for b, v in reference["val_by_bucket"].items())]
+    assert fast["sd15_tflops"] == min(r["sd15_tflops"] for r in fitting)  # the cheapest of those that fit
 
 
 def test_category_tokens_skip_the_start_token(tiny_model):

@@ -31,8 +31,8 @@ def write(path: Path, date: str, results: dict, seeds: list[int], config: str = 
     settings = {**SETUP, "work_dir": f"/w/{path.stem}", "variants": list(results), "seeds": seeds,
                 **extra.pop("settings", {})}
     runs = {v: [{"config_sha256": config, **(run or {})} for _ in seeds] for v in results}
-    path.write_text(json.dumps({"date": date, "settings": settings, "results": results, "run_settings": runs,
-                                **extra}))
+    kept = {} if extra.pop("old", False) else {"run_settings": runs}  # (old records kept no run settings)
+    path.write_text(json.dumps({"date": date, "settings": settings, "results": results, **kept, **extra}))
     return path
 
 
@@ -76,6 +76,10 @@ def test_records_that_do_not_compare_are_refused(tmp_path):
                    run={"test_preset": {"steps": 2}})
     with pytest.raises(table.RecordError, match=r"preset\.json: \(d\)'s config and test settings"):
         table.combine([base, preset], None)
+    prior_model = write(tmp_path / "model.json", "2026-12-01 10:00 UTC", {"d": [ap(0.3)]}, [1],
+                        run={"priors": {"model": {"id": "tiny", "weights_sha256": "ef" * 32}}})
+    with pytest.raises(table.RecordError, match=r"model\.json: \(d\)'s config and test settings"):
+        table.combine([base, prior_model], None)
     with pytest.raises(table.RecordError, match="no record holds variant"):
         table.combine([base], ["a"])
     (tmp_path / "bad.json").write_text("{}")
@@ -84,3 +88,18 @@ def test_records_that_do_not_compare_are_refused(tmp_path):
     short = write(tmp_path / "short.json", "2026-12-01 10:00 UTC", {"d": [ap(0.3)]}, [1, 2])
     with pytest.raises(table.RecordError, match=r"short.json: \(d\) has 1 runs for the 2 seeds \[1, 2\]"):
         table.combine([short], None)
+
+
+def test_a_test_only_variant_combines_only_records_that_all_keep_or_all_lack_its_settings(tmp_path):
+    """(j)'s preset is what it measures: an old record (no run settings) may have used another preset."""
+    table = fidelity_table()
+    old = [write(tmp_path / f"j{seed}.json", f"2026-11-30 1{seed}:00 UTC", {"j": [ap(0.34)], "d": [ap(0.35)]},
+                 [seed], old=True) for seed in (0, 1)]
+    new = write(tmp_path / "new.json", "2026-12-01 10:00 UTC", {"j": [ap(0.33)], "d": [ap(0.35)]}, [2],
+                run={"test_preset": {"steps": 2}})
+    assert sorted(table.combine(old, ["j"])["runs"]["j"]) == [0, 1]
+    assert sorted(table.combine([*old, new], ["d"])["runs"]["d"]) == [0, 1, 2]  # (d) is no test-only variant
+    with pytest.raises(table.RecordError,
+                       match=r"new\.json: \(j\) is tested with a preset or options that it records and "
+                             r".*j0\.json does not"):
+        table.combine([*old, new], ["j"])

@@ -289,6 +289,10 @@ def test_a_store_with_other_settings_or_damage_is_refused_untouched(bench, refer
     proc = run(*job_args(bench, store, "--preset", "fast"))  # a store of one preset refuses the other
     assert proc.returncode == 2 and "made with other settings" in proc.stderr
     assert f"steps: store has 10, requested {PRESETS['fast']['steps']}" in proc.stderr
+    assert "timestep_spacing: store has 'leading', requested 'trailing'" in proc.stderr
+    proc = run(*job_args(bench, store, "--timestep-spacing", "trailing"))  # the flag reaches the settings
+    assert proc.returncode == 2
+    assert "timestep_spacing: store has 'leading', requested 'trailing'" in proc.stderr
     assert _digest(store) == before
     shutil.rmtree(store / "done")
     before = _digest(store)

@@ -236,15 +236,17 @@ def test_prior_mask_thr_binarizes_the_masks_fed_to_the_test_priors_only(data, tr
     recording = TASK_UTILS.get("MaskRecordingPriors")
     work, _, _ = trained
     runs = {}
-    for thr in (None, 0.5, 0.2):
+    for binary, thr in ((0.5, None), (0.5, 0.2), (0.2, None)):
         cfg = load_cfg(data, tmp_path)
         cfg.model.roi_head.test_prior = dict(type="MaskRecordingPriors")
+        cfg.model.test_cfg.rcnn.mask_thr_binary = binary
         if thr is not None:
             cfg.model.test_cfg.rcnn.prior_mask_thr = thr
         recording.fed.clear()
-        runs[thr] = (_predict(cfg, work / "iter_3.pth").pred_instances, recording.fed[0])
-    (default, (vis, occ)), (_, (vis5, occ5)), (low, (vis2, occ2)) = runs[None], runs[0.5], runs[0.2]
-    assert vis.dtype == torch.bool and torch.equal(vis, vis5) and torch.equal(occ, occ5)  # default: 0.5
+        runs[binary, thr] = (_predict(cfg, work / "iter_3.pth").pred_instances, recording.fed[0])
+    (default, (vis, occ)), (low, (vis2, occ2)) = runs[0.5, None], runs[0.5, 0.2]
+    _, (vis_b, occ_b) = runs[0.2, None]  # unset: mask_thr_binary's
+    assert vis.dtype == torch.bool and torch.equal(vis2, vis_b) and torch.equal(occ2, occ_b)
     assert (vis2 >= vis).all() and (occ2 >= occ).all()  # a lower threshold keeps more pixels ...
     assert vis2.sum() > vis.sum()
     for key in ("masks", "visible_masks", "occluder_masks"):  # ... of the provider's input only
