@@ -24,6 +24,7 @@ from ..annotations import AmodalAnnotations, Instance
 from ..diffsp import (
     MODEL_DEFAULTS_FILE,
     THRESHOLD_KEY,
+    TIMESTEP_SPACINGS,
     DiffSP,
     DiffSPConfig,
     grid_to_priors,
@@ -53,6 +54,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--self-res", type=int, nargs="+", default=[None], help=model_default)
     p.add_argument("--cross-res", type=int, nargs="+", default=[None], help=model_default)
     p.add_argument("--guidance-scale", type=float, nargs="+", default=[None], help=model_default)
+    p.add_argument("--timestep-spacing", nargs="+", default=[None], choices=TIMESTEP_SPACINGS,
+                   help="how the T steps spread over the training timesteps " + model_default)
     p.add_argument("--thresholds", type=float, nargs="+",
                    default=[round(t, 2) for t in np.arange(0.1, 0.95, 0.05)])
     p.add_argument("--min-occlusion", type=float, default=OCCLUDED)
@@ -141,7 +144,7 @@ def score(model, ann: AmodalAnnotations, instances: list[Instance], base: DiffSP
             for t in thresholds:
                 ious[(tau, t)] += [geometry.mask_iou(p > t, a) for p, a in zip(priors, amodal, strict=True)]
     settings = {k: v for k, v in diffsp.config.attrs().items()
-                if k in ("steps", "self_res", "cross_res", "guidance_scale")}
+                if k in ("steps", "self_res", "cross_res", "guidance_scale", "timestep_spacing")}
     return [Scored.of({**settings, "tau": tau, "threshold": t}, values, buckets)
             for (tau, t), values in ious.items()]
 
@@ -197,10 +200,11 @@ def run(args: argparse.Namespace) -> int:
     instances = sample_instances(ann, args.min_occlusion, args.limit, args.seed)
     model = load_model(args.model, dtype=args.dtype, device=args.device)
     results = []
-    grid = itertools.product(args.steps, args.self_res, args.cross_res, args.guidance_scale)
-    for steps, self_res, cross_res, guidance in grid:
+    grid = itertools.product(args.steps, args.self_res, args.cross_res, args.guidance_scale,
+                             args.timestep_spacing)
+    for steps, self_res, cross_res, guidance, spacing in grid:
         base = replace(DiffSPConfig(), steps=steps, self_res=self_res, cross_res=cross_res,
-                       guidance_scale=guidance, seed=args.seed)
+                       guidance_scale=guidance, timestep_spacing=spacing, seed=args.seed)
         results += score(model, ann, instances, base, args.tau, args.thresholds, args.batch_size)
     results.sort(key=lambda r: -r.prior_iou)
     baseline = visible_baseline(instances, DiffSPConfig().prior_size)
