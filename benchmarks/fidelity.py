@@ -73,7 +73,11 @@ from pathlib import Path
 
 import numpy as np
 
-from priors.occlusion import OCCLUSION_BUCKETS
+# benchmarks/pipeline.py and benchmarks/segmenter.py are named like the packages: keep this folder off the
+# import path, so that `pipeline.inspection`, `segmenter` and the configs' custom_imports are the packages
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from priors.occlusion import OCCLUSION_BUCKETS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -20,8 +20,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fidelity import TEST_OPTIONS, TEST_PRESET, VARIANTS, bucket_table, table  # noqa: E402
 from records import record  # noqa: E402
+
+# isort: split
+# (after records: importing fidelity takes this folder off the import path, see there)
+from fidelity import TEST_OPTIONS, TEST_PRESET, VARIANTS, bucket_table, table  # noqa: E402
 
 # settings that say which runs a record holds, not how they were made
 PER_RECORD = ("work_dir", "variants", "seeds")

@@ -21,8 +21,8 @@ def fidelity_table():
                                                       REPO / "benchmarks" / "fidelity_table.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    finally:  # (fidelity.py takes its folder off the path itself: benchmarks/segmenter.py shadows a package)
+        sys.path[:] = [p for p in sys.path if p != str(REPO / "benchmarks")]
     return module
 
 
