@@ -274,6 +274,24 @@ def weights_digest(checkpoint: Path) -> str:
     return digest.hexdigest()
 
 
+# the packages whose versions can change a run's numbers (image decoding and resizing among them)
+ENVIRONMENT_PACKAGES = ("torch", "mmcv", "mmdet", "mmengine", "numpy", "opencv-python", "pillow",
+                        "pycocotools", "diffusers")
+
+
+def environment() -> dict[str, str | None]:
+    """Versions of ENVIRONMENT_PACKAGES (None: not installed), for the record."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    return {name: installed(name) for name in ENVIRONMENT_PACKAGES}
+
+
 def ablation_tag(args: argparse.Namespace) -> str:
     """"" for the plain benchmark, else what its variants do differently on the same detector, for run and
     table names: `_iters{N}` (another schedule), `_trained` (`--detector trained`), `_opts-` and 8 hex digits
@@ -582,7 +600,7 @@ def main() -> None:
     record = json.dumps(
         {"command": " ".join(["python", "benchmarks/fidelity.py", *sys.argv[1:]]),
          "machine": machine, "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-         "detector_weights_sha256": weights_digest(detector),
+         "detector_weights_sha256": weights_digest(detector), "environment": environment(),
          "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
          "table": header + "\n\n" + text, "results": results, "run_settings": run_settings}, indent=1)
     out.with_suffix(".json").write_text(record)

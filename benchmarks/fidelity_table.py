@@ -6,8 +6,9 @@ sessions, each with its own work folder), checked to share every setting but the
 
 Each record holds, per variant, the metrics of each seed it ran (`results`, in `settings.seeds` order). A
 variant's seed found in two records keeps the later record's run (by date; both are listed). Records whose
-settings differ (schedule, sizes, DiffSP settings, `--cfg-options`, the shared detector's weights where
-recorded) are refused: their runs do not compare; so is a variant whose runs' config digests (in records that
+settings differ (schedule, sizes, DiffSP settings, `--cfg-options`) or whose shared detector's weights
+differ or are not recorded (a detector retrained in another session differs) are refused: their runs do not
+compare; so is a variant whose runs' config digests (in records that
 keep each run's settings) differ. Prints and writes the table as `fidelity.py` does, mean
 ± standard deviation over the seeds found, with the seeds and source records of each variant.
 """
@@ -97,11 +98,16 @@ def combine(paths: list[Path], variants: list[str] | None) -> dict:
                                           for k in diff)
                               + ". Combine records of one setup only.")
         digest = data.get(DETECTOR_KEY)
-        if digest is not None and detector is not None and digest != detector[0]:
+        if digest is None:
+            raise RecordError(f"{path}: records no shared detector ({DETECTOR_KEY}), so its runs cannot be "
+                              "shown to share one with the others: a detector retrained in another session "
+                              "differs (the (d) seed 0 of two sessions: 34.6 and 32.5 AP). Combine records "
+                              "of one detector; rerun the variants of this one on it")
+        if detector is not None and digest != detector[0]:
             raise RecordError(f"{path}: its shared detector's weights (sha256 {digest[:12]}) are not those "
                               f"of {detector[1]} ({detector[0][:12]}): the runs started from different "
                               "detectors")
-        if digest is not None and detector is None:
+        if detector is None:
             detector = (digest, str(path))
         for variant, metrics in data["results"].items():
             if variants and variant not in variants:

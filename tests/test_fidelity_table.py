@@ -32,7 +32,9 @@ def write(path: Path, date: str, results: dict, seeds: list[int], config: str = 
                 **extra.pop("settings", {})}
     runs = {v: [{"config_sha256": config, **(run or {})} for _ in seeds] for v in results}
     kept = {} if extra.pop("old", False) else {"run_settings": runs}  # (old records kept no run settings)
-    path.write_text(json.dumps({"date": date, "settings": settings, "results": results, **kept, **extra}))
+    record = {"date": date, "settings": settings, "results": results, "detector_weights_sha256": "ab" * 32,
+              **kept, **extra}
+    path.write_text(json.dumps({k: v for k, v in record.items() if v is not None}))
     return path
 
 
@@ -69,6 +71,10 @@ def test_records_that_do_not_compare_are_refused(tmp_path):
                      detector_weights_sha256="cd" * 32)
     with pytest.raises(table.RecordError, match="started from different detectors"):
         table.combine([base, detector], None)
+    unknown = write(tmp_path / "unknown.json", "2026-12-01 10:00 UTC", {"d": [ap(0.3)]}, [1],
+                    detector_weights_sha256=None)  # (a record older than the digest)
+    with pytest.raises(table.RecordError, match=r"unknown\.json: records no shared detector"):
+        table.combine([base, unknown], None)
     config = write(tmp_path / "cfg.json", "2026-12-01 10:00 UTC", {"d": [ap(0.3)]}, [1], config="c2")
     with pytest.raises(table.RecordError, match=r"\(d\)'s config and test settings .* the code, config or"):
         table.combine([base, config], None)
