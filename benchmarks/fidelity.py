@@ -48,8 +48,9 @@ WORK_DIR.
 `--variants b d --cfg-options model.roi_head.mask_head.num_amodal_convs=4`); such runs and their tables are
 kept apart from the plain ones by a tag derived from the options, so both can share WORK_DIR and its detector;
 so are runs with an `--iters` other than the default (tag `_iters{N}`) or with `--detector trained`
-(`_trained`). Other sizes (images, scale, proposals, RoIs, `--pretrain-iters`) change the data or the
-detector: use a new WORK_DIR for them.
+(`_trained`). `--test-options` adds config options to the test of the test-only variants (h, j, k) on the
+plain checkpoints (tag `_test-` and 8 hex digits, on their runs only). Other sizes (images, scale, proposals,
+RoIs, `--pretrain-iters`) change the data or the detector: use a new WORK_DIR for them.
 Prints a table of mean and spread over seeds and writes WORK_DIR/fidelity[_TAG].{json,md} and
 benchmarks/results/fidelity[_TAG]_VARIANTS[_seedS-S].json (the command, machine, date, table, every run's
 metrics and settings.json, and the shared detector's weights sha256; `_seed...` unless the seeds are 0 1 2).
@@ -325,8 +326,9 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[
         from priors.diffsp import PRESETS
 
         settings["test_preset"] = PRESETS[TEST_PRESET[variant]]
-    if variant in TEST_OPTIONS:
-        settings["test_options"] = TEST_OPTIONS[variant]
+    test_options = [*TEST_OPTIONS.get(variant, ()), *(args.test_options if variant in TESTED_WITH else ())]
+    if test_options:
+        settings["test_options"] = test_options
     if args.cfg_options:
         settings["cfg_options"] = args.cfg_options
     trained_by = TESTED_WITH.get(variant)
@@ -365,7 +367,7 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[
                 *options, log=work.with_suffix(".train.log"))
     print(f"({variant}) seed {seed}: testing {checkpoint}", flush=True)
     aisdiff("test", str(config), str(checkpoint), "--work-dir", str(work), "--metrics-json", str(metrics),
-            "--cfg-options", *options, *TEST_OPTIONS.get(variant, ()), log=work.with_suffix(".test.log"))
+            "--cfg-options", *options, *test_options, log=work.with_suffix(".test.log"))
     print(f"({variant}) seed {seed}: done in {time.time() - start:.0f} s", flush=True)
     return json.loads(metrics.read_text())
 
@@ -447,15 +449,23 @@ def pipeline_index(config: Path, loader: str, transform: str) -> int:
     return next(i for i, t in enumerate(pipeline) if t["type"] == transform)
 
 
+def test_tag(args: argparse.Namespace) -> str:
+    """`_test-` and 8 hex digits of `--test-options` ("" without): names the test-only variants' runs."""
+    if not args.test_options:
+        return ""
+    return "_test-" + hashlib.sha256("\n".join(args.test_options).encode()).hexdigest()[:8]
+
+
 def run_name(args: argparse.Namespace, variant: str, seed: int) -> str:
-    return f"{variant}_seed{seed}{ablation_tag(args)}"
+    """A run's folder name; a test-only variant's carries the `--test-options` tag (its checkpoint's not)."""
+    return f"{variant}_seed{seed}{ablation_tag(args)}{test_tag(args) if variant in TESTED_WITH else ''}"
 
 
 def record_name(args: argparse.Namespace) -> str:
     """The committed record's file name: the ablation tag, the variants and, unless the default three,
     the seeds (so that a run of other seeds never overwrites the record of these)."""
     seeds = "" if args.seeds == [0, 1, 2] else "_seed" + "-".join(map(str, args.seeds))
-    return f"fidelity{ablation_tag(args)}_{'-'.join(args.variants)}{seeds}.json"
+    return f"fidelity{ablation_tag(args)}{test_tag(args)}_{'-'.join(args.variants)}{seeds}.json"
 
 
 @functools.cache
@@ -560,7 +570,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cross-res", type=int, help=tiny_default)
     parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config options for every chosen variant (an ablation; its runs are kept apart)")
+    parser.add_argument("--test-options", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config options for the test of the test-only variants ("
+                             + ", ".join(TESTED_WITH) + "), after their own: a test-time ablation on the "
+                             "plain checkpoints (its runs and records are kept apart)")
     args = parser.parse_args(argv)
+    trained = [v for v in args.variants if v not in TESTED_WITH]
+    if args.test_options and trained:
+        parser.error(f"--test-options applies to the test-only variants ({', '.join(TESTED_WITH)}), not to "
+                     f"{', '.join(trained)}: use --cfg-options for an ablation of those")
     fill_diffsp_flags(args)
     args.work_dir = args.work_dir.resolve()
     args.work_dir.mkdir(parents=True, exist_ok=True)
@@ -589,13 +607,15 @@ def main() -> None:
               f"R18-FPN from a shared {args.pretrain_iters}-iteration detector ({args.detector}) + "
               f"{args.iters} iterations, batch 2, "
               f"seeds {args.seeds}; DiffSP {diffsp_flags(args)}; "
-              + (f"options {' '.join(args.cfg_options)}; " if args.cfg_options else "") + f"{machine}; "
+              + (f"options {' '.join(args.cfg_options)}; " if args.cfg_options else "")
+              + (f"test options {' '.join(args.test_options)}; " if args.test_options else "")
+              + f"{machine}; "
               f"{(time.time() - start) / 60:.0f} min.")
     print("\n" + header + "\n\n" + text)
     # each run's settings.json (its config's sha256 among them: fidelity_table.py checks runs compare)
     run_settings = {v: [json.loads((args.work_dir / run_name(args, v, seed) / "settings.json").read_text())
                         for seed in args.seeds] for v in args.variants}
-    out = args.work_dir / f"fidelity{ablation_tag(args)}"
+    out = args.work_dir / f"fidelity{ablation_tag(args)}{test_tag(args)}"
     out.with_suffix(".md").write_text(header + "\n\n" + text + "\n")
     record = json.dumps(
         {"command": " ".join(["python", "benchmarks/fidelity.py", *sys.argv[1:]]),

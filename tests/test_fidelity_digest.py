@@ -6,6 +6,8 @@ import copy
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "aisdiff" / "aisdiff_r18_fpn_synthetic.py"
 
@@ -70,3 +72,19 @@ def test_a_test_preset_variant_gives_its_priors_the_preset_unchecked():
     assert fast[:2] == [f"{prefix}store=None", f"{prefix}preset=fast"]
     assert not any(option.startswith(f"{prefix}{key}=") for key in PRESETS["fast"] for option in fast)
     assert f"{prefix}tau=0" in fast  # the benchmark's settings the preset leaves alone stay
+
+
+def test_test_options_tag_the_test_only_runs_and_not_their_checkpoint(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("AISDIFF_DATA", str(tmp_path))  # (parse_args sets it: restored after the test)
+    bench = fidelity()
+    options = ["--work-dir", str(tmp_path), "--test-options", "model.test_cfg.rcnn.prior_mask_thr=0.2"]
+    args = bench.parse_args(["--variants", "k", "h", "--seeds", "1", *options])
+    tag = bench.test_tag(args)
+    assert tag.startswith("_test-") and len(tag) == len("_test-") + 8
+    assert bench.run_name(args, "k", 1) == f"k_seed1{tag}" and bench.run_name(args, "d", 1) == "d_seed1"
+    assert bench.record_name(args) == f"fidelity{tag}_k-h_seed1.json"
+    plain = bench.parse_args(["--variants", "k", "--work-dir", str(tmp_path)])
+    assert bench.test_tag(plain) == "" and bench.run_name(plain, "k", 0) == "k_seed0"
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--variants", "d", "k", *options])
+    assert "--test-options applies to the test-only variants (h, j, k), not to d" in capsys.readouterr().err
