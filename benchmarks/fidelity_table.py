@@ -30,6 +30,8 @@ from fidelity import TEST_OPTIONS, TEST_PRESET, VARIANTS, bucket_table, table  #
 # settings that say which runs a record holds, not how they were made
 PER_RECORD = ("work_dir", "variants", "seeds")
 DETECTOR_KEY = "detector_weights_sha256"
+# fidelity.py options added after records were first written, with the value every older record ran with
+OPTIONS_ADDED_LATER = {"test_options": []}
 
 
 class RecordError(SystemExit):
@@ -53,7 +55,7 @@ def read_record(path: Path) -> dict:
 
 def setup_of(data: dict) -> dict:
     """What every combined run must share: the record's settings but the variants and seeds it ran."""
-    return {k: v for k, v in data["settings"].items() if k not in PER_RECORD}
+    return {**OPTIONS_ADDED_LATER, **{k: v for k, v in data["settings"].items() if k not in PER_RECORD}}
 
 
 def check_config(variant: str, run_settings: list[dict], path: Path,

@@ -54,7 +54,10 @@ def test_records_of_one_setup_combine_and_a_repeated_seed_keeps_the_later_run(tm
     assert {seed: m["amodal/AP"] for seed, (m, _) in runs.items()} == {0: 0.34, 1: 0.36, 2: 0.33}
     assert runs[1][1] == str(new) and runs[0][1] == str(old)
     assert combined["replaced"] == [f"(d) seed 1: {old} -> {new}"]
-    assert combined["detector"] == "ab" * 32 and combined["setup"] == SETUP
+    assert combined["detector"] == "ab" * 32 and combined["setup"] == {**SETUP, "test_options": []}
+    later = write(tmp_path / "later.json", "2026-12-02 09:00 UTC", {"d": [ap(0.3)]}, [3],
+                  settings={"test_options": []})  # (an option older records lack, at its default)
+    assert sorted(table.combine([old, new, later], ["d"])["runs"]["d"]) == [0, 1, 2, 3]
     assert list(table.combine([old, new], None)["runs"]) == ["b", "d"]  # every variant found, in table order
 
 
