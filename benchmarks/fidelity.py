@@ -293,6 +293,11 @@ def environment() -> dict[str, str | None]:
     return {name: installed(name) for name in ENVIRONMENT_PACKAGES}
 
 
+def options_digest(options: list[str]) -> str:
+    """8 hex digits naming a list of config options (in run and record names)."""
+    return hashlib.sha256("\n".join(options).encode()).hexdigest()[:8]
+
+
 def ablation_tag(args: argparse.Namespace) -> str:
     """"" for the plain benchmark, else what its variants do differently on the same detector, for run and
     table names: `_iters{N}` (another schedule), `_trained` (`--detector trained`), `_opts-` and 8 hex digits
@@ -300,7 +305,7 @@ def ablation_tag(args: argparse.Namespace) -> str:
     tag = f"_iters{args.iters}" if args.iters != DEFAULT_ITERS else ""
     tag += "_trained" if args.detector == "trained" else ""
     if args.cfg_options:
-        tag += "_opts-" + hashlib.sha256("\n".join(args.cfg_options).encode()).hexdigest()[:8]
+        tag += "_opts-" + options_digest(args.cfg_options)
     return tag
 
 
@@ -453,7 +458,7 @@ def test_tag(args: argparse.Namespace) -> str:
     """`_test-` and 8 hex digits of `--test-options` ("" without): names the test-only variants' runs."""
     if not args.test_options:
         return ""
-    return "_test-" + hashlib.sha256("\n".join(args.test_options).encode()).hexdigest()[:8]
+    return "_test-" + options_digest(args.test_options)
 
 
 def run_name(args: argparse.Namespace, variant: str, seed: int) -> str:

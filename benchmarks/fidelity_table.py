@@ -59,29 +59,29 @@ def setup_of(data: dict) -> dict:
 
 
 def check_config(variant: str, run_settings: list[dict], path: Path,
-                 seen: dict[str, tuple[str, str]]) -> None:
+                 seen: dict[str, tuple[str | None, str]]) -> None:
     """Refuse a variant whose runs were made from another config (its parsed config's sha256, that of the
     checkpoint it tests, the prior model's identity, its test-only preset and options) than the same variant's
-    runs in an earlier record; `seen` collects them. A test-only variant (its preset or options are what it
-    measures) is refused where only some records keep their runs' settings: the others' are unknown."""
-    if variant in TEST_PRESET or variant in TEST_OPTIONS:
-        known = bool(run_settings)
-        if seen.setdefault(f"{variant} known", (known, str(path)))[0] != known:
-            other = seen[f"{variant} known"][1]
+    runs in an earlier record; `seen` collects them. A record without run settings is unknown (None): passed
+    over, except for a test-only variant (its preset or options are what it measures), where known and
+    unknown records may differ and are not combined."""
+    digests = [json.dumps([s.get("config_sha256"), s.get("checkpoint_of", {}).get("config_sha256"),
+                           (s.get("priors") or {}).get("model"), s.get("test_preset"), s.get("test_options")])
+               for s in run_settings]
+    if not digests and (variant in TEST_PRESET or variant in TEST_OPTIONS):
+        digests = [None]
+    for digest in digests:
+        first, where = seen.setdefault(variant, (digest, str(path)))
+        if digest == first:
+            continue
+        if None in (digest, first):
             raise RecordError(f"{path}: ({variant}) is tested with a preset or options that "
-                              f"{'it' if known else other} records and {other if known else 'it'} does not "
-                              "(a record older than run settings): they may differ; combine records of one "
-                              "kind only")
-    for settings in run_settings:
-        digest = json.dumps([settings.get("config_sha256"),
-                             settings.get("checkpoint_of", {}).get("config_sha256"),
-                             (settings.get("priors") or {}).get("model"),
-                             settings.get("test_preset"), settings.get("test_options")])
-        if variant in seen and seen[variant][0] != digest:
-            raise RecordError(f"{path}: ({variant})'s config and test settings {digest} are not those of its "
-                              f"runs in {seen[variant][1]} ({seen[variant][0]}): the code, config or preset "
-                              "changed between them; rerun one of them")
-        seen.setdefault(variant, (digest, str(path)))
+                              f"{'it' if first is None else where} records and "
+                              f"{where if first is None else 'it'} does not (a record older than run "
+                              "settings): they may differ; combine records of one kind only")
+        raise RecordError(f"{path}: ({variant})'s config and test settings {digest} are not those of its "
+                          f"runs in {where} ({first}): the code, config or preset changed between them; "
+                          "rerun one of them")
 
 
 def combine(paths: list[Path], variants: list[str] | None) -> dict:
