@@ -29,6 +29,8 @@ mask heads, where the variants differ, train; `--detector trained` fine-tunes it
   (k) (d)'s model tested with DiffSP fed its predicted visible and occluder masks binarized at 0.3 instead
       of 0.5 (`test_cfg.rcnn.prior_mask_thr`; no training of its own: does DiffSP want more of the weak
       visible branch's pixels?)
+  (l) (i) at (k)'s threshold: trained on DiffSP of (d)'s train detections with their visible and occluder
+      masks binarized at 0.3 (the dump's `mask_thr_binary`), tested as (k) (train as you test, at 0.3)
 (c) and (d) train on cached priors (`aisdiff precompute` on train) and test with on-the-fly DiffSP, with the
 DiffSP settings given here; those not given are the trained model's defaults (tuned on train, shipped in
 priors/weights/tiny-shapes/diffsp_config.json, see the README), for both models. Every AISDiff variant takes
@@ -98,13 +100,17 @@ VARIANTS = {
     "i": ("AISDiff, trained on priors of its own detections", "aisdiff_r18_fpn_synthetic.py", "tiny"),
     "j": ("(d) tested with the fast DiffSP preset", "aisdiff_r18_fpn_synthetic.py", "tiny"),
     "k": ("(d) tested with DiffSP fed masks at 0.3", "aisdiff_r18_fpn_synthetic.py", "tiny"),
+    "l": ("(i) with masks at 0.3 in training and test", "aisdiff_r18_fpn_synthetic.py", "tiny"),
 }
 TESTED_WITH = {"h": "d", "j": "d", "k": "d"}  # variants that only test another variant's checkpoint
-TEST_OPTIONS = {"k": ["model.test_cfg.rcnn.prior_mask_thr=0.3"]}  # --cfg-options of a test-only variant
+MASKS_AT_03 = "model.test_cfg.rcnn.prior_mask_thr=0.3"
+TEST_OPTIONS = {"k": [MASKS_AT_03], "l": [MASKS_AT_03]}  # --cfg-options of a variant's test
 # variants whose test priors take a DiffSP preset (priors.diffsp.PRESETS) for its settings: trained at the
 # benchmark's settings, so their test priors do not check against the training store
 TEST_PRESET = {"j": "fast"}
-TRAINED_ON_DETECTIONS_OF = {"i": "d"}  # variants whose train priors come from another's train detections
+TRAINED_ON_DETECTIONS_OF = {"i": "d", "l": "d"}  # variants trained on priors of another's train detections
+# --cfg-options of such a variant's dump of the train detections (the masks its priors are made from)
+DUMP_OPTIONS = {"l": ["model.test_cfg.rcnn.mask_thr_binary=0.3"]}
 DIFFSP_SETTINGS = ("steps", "tau", "self_res", "cross_res")  # what both prior models are given alike
 COLUMNS = (("amodal", "AP"), ("amodal", "AP50"), ("amodal", "AP75"), ("amodal", "AR"), ("visible", "AP"),
            ("prior", "IoU_occluded"), ("prior", "visible_IoU_occluded"))
@@ -343,7 +349,8 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[
                                                 / "settings.json").read_text())
     detections = None
     if variant in TRAINED_ON_DETECTIONS_OF:
-        detections = detection_store(args, TRAINED_ON_DETECTIONS_OF[variant], seed, stores, detector)
+        detections = detection_store(args, TRAINED_ON_DETECTIONS_OF[variant], seed, stores, detector,
+                                     DUMP_OPTIONS.get(variant, []))
         settings["detections"] = json.loads((detections.parent / "settings.json").read_text())
     if reuse(work, settings) and metrics.is_file():
         return json.loads(metrics.read_text())
@@ -392,21 +399,25 @@ def test_prior_options(args: argparse.Namespace, variant: str, store: Path) -> l
 
 
 def detection_store(args: argparse.Namespace, of: str, seed: int, stores: dict[str, Path],
-                    detector: Path) -> Path:
+                    detector: Path, dump_options: list[str]) -> Path:
     """The priors of variant `of`'s detections of the train split (seed `seed`; trained first if need be):
     its checkpoint tested on train (no test priors: the detections and their visible and occluder masks do
-    not depend on them), the best-overlapping detection of each ground truth's class kept (IoU >= 0.5, what
-    LoadCachedPriors(source='detections') takes), DiffSP on them into a proposals-only store."""
+    not depend on them; `dump_options` added, e.g. another mask threshold), the best-overlapping detection
+    of each ground truth's class kept (IoU >= 0.5, what LoadCachedPriors(source='detections') takes),
+    DiffSP on them into a proposals-only store."""
     run_variant(args, of, seed, stores, detector)
     trained = args.work_dir / run_name(args, of, seed)
-    work = args.work_dir / f"detections_{run_name(args, of, seed)}"
+    work = args.work_dir / detections_name(args, of, seed, dump_options)
     store = work / "train.zarr"
-    if reuse(work, {"of": json.loads((trained / "settings.json").read_text())}) and (work / "done").is_file():
+    settings = {"of": json.loads((trained / "settings.json").read_text())}
+    if dump_options:
+        settings["dump_options"] = dump_options
+    if reuse(work, settings) and (work / "done").is_file():
         return store
     data = args.work_dir / "synthetic"
     train = data / "annotations" / "train.json"
     if not (work / "detections.json").is_file():  # (else an interrupted build resumes its precompute)
-        dump_detections(args, of, seed, trained, work, train)
+        dump_detections(args, of, seed, trained, work, train, dump_options)
     print(f"({of}) seed {seed}: the priors of its train detections ->", store, flush=True)
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in diffsp_flags(args).items()]
     aisdiff("precompute", "--ann", str(train), "--images", str(data / "images"), "--proposals",
@@ -416,8 +427,14 @@ def detection_store(args: argparse.Namespace, of: str, seed: int, stores: dict[s
     return store
 
 
+def detections_name(args: argparse.Namespace, of: str, seed: int, dump_options: list[str]) -> str:
+    """The folder of `of`'s train detections and their priors; a dump with options is tagged `_dump-`."""
+    tag = "_dump-" + options_digest(dump_options) if dump_options else ""
+    return f"detections_{run_name(args, of, seed)}{tag}"
+
+
 def dump_detections(args: argparse.Namespace, of: str, seed: int, trained: Path, work: Path,
-                    train: Path) -> None:
+                    train: Path, dump_options: list[str]) -> None:
     """`trained`'s detections of the train split that find a ground truth -> work/detections.json."""
     from priors.annotations import AmodalAnnotations
     from priors.prior_quality import match_ground_truths
@@ -431,7 +448,7 @@ def dump_detections(args: argparse.Namespace, of: str, seed: int, trained: Path,
     aisdiff("test", str(config), str(trained / f"iter_{args.iters}.pth"), "--work-dir", str(work),
             "--dump-proposals", str(work / "all.json"), "--cfg-options", f"randomness.seed={seed}",
             *size_options(config, args), f"model.roi_head.prior_labels={args.prior_labels}",
-            *args.cfg_options, log=work / "dump.log")
+            *args.cfg_options, *dump_options, log=work / "dump.log")
     ann, records = AmodalAnnotations(train), json.loads((work / "all.json").read_text())
     kept = []
     for image_id in ann.image_ids():

@@ -88,3 +88,17 @@ def test_test_options_tag_the_test_only_runs_and_not_their_checkpoint(tmp_path, 
     with pytest.raises(SystemExit):
         bench.parse_args(["--variants", "d", "k", *options])
     assert "--test-options applies to the test-only variants (h, j, k), not to d" in capsys.readouterr().err
+
+
+def test_a_dump_with_options_gets_its_own_detections_folder(tmp_path, monkeypatch):
+    """(l) dumps (d)'s train detections with their masks at 0.3: a folder apart from (i)'s, whose name (and
+    so its stored detections and priors) stays as it was."""
+    monkeypatch.setenv("AISDIFF_DATA", str(tmp_path))
+    bench = fidelity()
+    args = bench.parse_args(["--variants", "i", "l", "--work-dir", str(tmp_path)])
+    assert bench.TRAINED_ON_DETECTIONS_OF["l"] == bench.TRAINED_ON_DETECTIONS_OF["i"] == "d"
+    assert bench.detections_name(args, "d", 2, bench.DUMP_OPTIONS.get("i", [])) == "detections_d_seed2"
+    dumped = bench.detections_name(args, "d", 2, bench.DUMP_OPTIONS["l"])
+    options = ["model.test_cfg.rcnn.mask_thr_binary=0.3"]
+    assert dumped == "detections_d_seed2_dump-" + bench.options_digest(options)
+    assert bench.TEST_OPTIONS["l"] == bench.TEST_OPTIONS["k"] == ["model.test_cfg.rcnn.prior_mask_thr=0.3"]
