@@ -267,7 +267,9 @@ def write_split(out: Path, split: str, num_images: int, seed: int, fmt: str, fir
                                     visible_segm, masks.bbox_xywh(amodal_rle),
                                     masks.bbox_xywh(visible_rle), a_area, v_area))
             stats.per_category[dict(CATEGORIES)[obj.category_id]] += 1
-            stats.occlusion[occlusion_bucket(1 - v_area / a_area)] += 1
+            # (as AmodalAnnotations counts it: polygons can draw a few visible pixels outside the amodal mask)
+            inside = masks.area(masks.intersection(visible_rle, amodal_rle))
+            stats.occlusion[occlusion_bucket(1 - inside / a_area)] += 1
             ann_id += 1
     doc = {
         "info": {"description": f"AISDiff synthetic amodal benchmark ({split})", "settings": settings or {}},
