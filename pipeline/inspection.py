@@ -234,8 +234,8 @@ def _text(report: dict) -> str:
     lines = [f"prior store {s['store']}",
              f"  model        {model.get('id')} (weights sha256 {str(model.get('weights_sha256'))[:12]}), "
              f"{st.get('dtype')}",
-             f"  DiffSP       steps {st.get('steps')} ({st.get('timestep_spacing')}), strength "
-             f"{st.get('strength')}, tau "
+             f"  DiffSP       steps {st.get('steps')} ({st.get('timestep_spacing')}), encoder "
+             f"{st.get('encoder')}, strength {st.get('strength')}, tau "
              f"{st.get('tau')}, prior "
              f"{report['prior_size']}x{report['prior_size']}, resolution {st.get('resolution')}, self "
              f"{st.get('self_res')}, cross {st.get('cross_res')}, context {st.get('context')}, guidance "

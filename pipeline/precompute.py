@@ -23,6 +23,7 @@ import torch
 
 from priors.annotations import AmodalAnnotations, sha256_file
 from priors.diffsp import (
+    ENCODERS,
     MASK_MODES,
     MODEL_DEFAULTS_FILE,
     PAPER_DEFAULTS,
@@ -82,6 +83,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--timestep-spacing", choices=TIMESTEP_SPACINGS,
                    help="how the T DDIM steps spread over the training timesteps ('trailing' starts at "
                         "t = 999) " + _model_default("its scheduler's"))
+    p.add_argument("--encoder", choices=ENCODERS,
+                   help="what encodes the visible-only crop: the model's VAE, or the encoder of its small "
+                        "autoencoder (its folder's vae_tiny/, `aisdiff distill-encoder`) "
+                        + _model_default(PAPER_DEFAULTS["encoder"]))
     p.add_argument("--self-res", type=int,
                    help="self-attention token grid side " + _model_default("latent / 2"))
     p.add_argument("--cross-res", type=int,
@@ -160,7 +165,7 @@ def _diffsp(args: argparse.Namespace, device: torch.device) -> DiffSP:
                                resolution=args.resolution, self_res=args.self_res, cross_res=args.cross_res,
                                context=args.context, prompt=args.prompt, guidance_scale=args.guidance_scale,
                                mask_mode=args.mask_mode, strength=args.strength,
-                               timestep_spacing=args.timestep_spacing, seed=args.seed)
+                               timestep_spacing=args.timestep_spacing, encoder=args.encoder, seed=args.seed)
         return DiffSP(model, config)
     except ValueError as exc:
         raise AisdiffError(f"DiffSP settings for {args.model}: {exc}") from None

@@ -5,6 +5,9 @@ cross-attention, AutoencoderKL, CLIPTextModel) and a CLIPTokenizer whose byte-le
 generated here, so that category names tokenize without downloading CLIP's:
 - `build_tiny_pipeline`: `tiny-random`, and the untrained start of `aisdiff train-diffusion`'s model;
 - `build_sd15_inpaint_architecture`: Stable Diffusion 1.5 inpainting's published sizes (speed and memory).
+`build_tiny_autoencoder` builds the small `AutoencoderTiny` (TAESD's class and layout) that stands in for a
+model's VAE encoder in DiffSP's cheap setting (`encoder="tiny"`): TAESD's own sizes for SD-1.5, narrower
+ones for the tiny models.
 """
 from __future__ import annotations
 
@@ -158,3 +161,25 @@ def build_sd15_inpaint_architecture(seed: int = 0):
                  scaling_factor=0.18215),
         text=dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                   num_attention_heads=12, hidden_act="quick_gelu", projection_dim=768))
+
+
+# TAESD's sizes (madebyollin/taesd, the AutoencoderTiny of Stable Diffusion 1.x/2.x): VAE factor 8
+TAESD_CHANNELS, TAESD_ENCODER_BLOCKS, TAESD_DECODER_BLOCKS = 64, (1, 3, 3, 3), (3, 3, 3, 1)
+
+
+def build_tiny_autoencoder(vae_config, seed: int = 0, channels: int | None = None):
+    """An untrained `AutoencoderTiny` for a VAE of config `vae_config` (same latent channels and factor):
+    TAESD's sizes for a factor-8 VAE, else one block per level at `channels` (default: the VAE's first
+    block width). Its latents are the VAE's scaled latents (`scaling_factor` 1), as TAESD's are."""
+    from diffusers import AutoencoderTiny
+
+    levels = len(vae_config.block_out_channels)
+    taesd = levels == len(TAESD_ENCODER_BLOCKS)
+    width = channels or (TAESD_CHANNELS if taesd else vae_config.block_out_channels[0])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoencoderTiny(
+            encoder_block_out_channels=(width,) * levels, decoder_block_out_channels=(width,) * levels,
+            num_encoder_blocks=TAESD_ENCODER_BLOCKS if taesd else (1,) * levels,
+            num_decoder_blocks=TAESD_DECODER_BLOCKS if taesd else (1,) * levels,
+            latent_channels=vae_config.latent_channels, scaling_factor=1.0)

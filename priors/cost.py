@@ -20,13 +20,15 @@ SD15_LATENT = 512 // SD15_VAE_FACTOR
 
 @functools.cache
 def sd15_on_meta():
-    """SD-1.5 inpainting's architecture as a `DiffusionModel` on the meta device (built once)."""
-    from .architectures import build_sd15_inpaint_architecture
+    """SD-1.5 inpainting's architecture as a `DiffusionModel` on the meta device (built once), with TAESD's
+    (its small autoencoder, for `encoder="tiny"`)."""
+    from .architectures import build_sd15_inpaint_architecture, build_tiny_autoencoder
     from .models import DiffusionModel
 
     with torch.device("meta"):
         pipe = build_sd15_inpaint_architecture()
-    return DiffusionModel(pipe, "sd15-inpaint-architecture-meta", "meta", "fp32")
+        tiny_vae = build_tiny_autoencoder(pipe.vae.config)
+    return DiffusionModel(pipe, "sd15-inpaint-architecture-meta", "meta", "fp32", tiny_vae=tiny_vae)
 
 
 def on_sd15(config, model):

@@ -30,6 +30,9 @@ if typing.TYPE_CHECKING:  # (models imports this module)
     from .models import DiffusionModel
 
 MASK_MODES = ("occluder", "invisible")
+# what encodes the visible-only crop: the model's VAE ("vae"), or the encoder of its small AutoencoderTiny
+# ("tiny": TAESD's layout, `DiffusionModel.tiny_vae`), about a tenth of the VAE's cost on SD-1.5
+ENCODERS = ("vae", "tiny")
 # how DDIM spreads T steps over the 1000 training timesteps (diffusers' `timestep_spacing`): SD-1.5 ships
 # "leading" (T = 1 runs t = 1 only, T = 2 runs 501 and 1), "trailing" starts at t = 999 (T = 1 runs 999: the
 # pure noise DiffSP starts from; Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are
@@ -40,7 +43,7 @@ PROMPT = "a photo of a {category}"  # the paper's prompt template; the tiny mode
 # these, `resolution` defaults to the model's native size, `self_res` to latent / 2 and `cross_res` to
 # latent / 4 (`paper_defaults`) and `timestep_spacing` to the model's scheduler's.
 PAPER_DEFAULTS = {"steps": 10, "tau": 4, "context": 1.2, "prompt": PROMPT, "guidance_scale": 1.0,
-                  "mask_mode": "occluder", "strength": 1.0}
+                  "mask_mode": "occluder", "strength": 1.0, "encoder": "vae"}
 # Named settings (`--preset`, `preset=` in configs): a preset fills the settings the caller leaves unset,
 # before the model's and the paper's defaults. "fast" is the cheapest setting of benchmarks/diffsp_steps.py
 # whose val prior IoU (trained tiny model, synthetic benchmark) is within 0.01 of T = 10's, overall and in
@@ -78,6 +81,7 @@ class DiffSPConfig:
     mask_mode: str | None = None  # one of MASK_MODES
     strength: float | None = None  # run the last strength x steps DDIM steps (1: all, from pure noise)
     timestep_spacing: str | None = None  # one of TIMESTEP_SPACINGS
+    encoder: str | None = None  # one of ENCODERS
     seed: int = 0
 
     def resolved(self, model: DiffusionModel) -> DiffSPConfig:
@@ -97,6 +101,14 @@ class DiffSPConfig:
         if cfg.timestep_spacing not in TIMESTEP_SPACINGS:
             raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, not "
                              f"{cfg.timestep_spacing!r}")
+        if cfg.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, not {cfg.encoder!r}")
+        if cfg.encoder == "tiny" and model.tiny_vae is None:
+            raise AisdiffError(
+                f"encoder 'tiny': the model {model.name} has no small autoencoder (a 'vae_tiny/' folder "
+                "beside its 'vae/'). Distill one from its VAE with `aisdiff distill-encoder`, or for Stable "
+                "Diffusion 1.x save TAESD (madebyollin/taesd) there with save_pretrained; or use "
+                "encoder 'vae'.")
         if "{category}" not in cfg.prompt:
             raise ValueError(f"the prompt template {cfg.prompt!r} needs a '{{category}}' placeholder")
         layers = layer_resolutions(model.pipe.unet, latent).values()
@@ -262,8 +274,22 @@ class DiffSP:
 
     @property
     def attrs(self) -> dict:
-        """Settings to record with the priors (model identity included)."""
-        return {**self.config.attrs(), "model": self.model.identity, "dtype": self.model.dtype}
+        """Settings to record with the priors (model identity included, and the small autoencoder's weights
+        when it encodes)."""
+        attrs = {**self.config.attrs(), "model": self.model.identity, "dtype": self.model.dtype}
+        if self.config.encoder == "tiny":
+            attrs["tiny_vae_sha256"] = tiny_vae_sha256(self.model.tiny_vae)
+        return attrs
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Scaled latents of images in [-1, 1], by the configured encoder (the VAE's posterior mode, as
+        diffusers' inpainting pipeline encodes its masked image; or the small autoencoder's latents, which
+        are already scaled)."""
+        if self.config.encoder == "tiny":
+            tiny = self.model.tiny_vae
+            return tiny.encode(images).latents * tiny.config.scaling_factor
+        vae = self.pipe.vae
+        return vae.encode(images).latent_dist.mode() * vae.config.scaling_factor
 
     # -- text --------------------------------------------------------------------------------------
     def _encode(self, texts: list[str]) -> torch.Tensor:
@@ -313,7 +339,7 @@ class DiffSP:
         # blank (0 in [-1, 1]) all but visible pixels
         masked = (batch.images.to(dev, dtype) * 2 - 1) * visible
         with torch.no_grad():
-            masked_latents = pipe.vae.encode(masked).latent_dist.mode() * pipe.vae.config.scaling_factor
+            masked_latents = self.encode(masked)
             mask_latent = F.interpolate(hole.to(dtype), size=masked_latents.shape[-2:])
             text, _ = self._text_for(batch.categories)
             cfg = self.config.guidance_scale > 1.0
@@ -391,6 +417,13 @@ class DiffSP:
             prior = torch.bmm(a_self, prior)
         return grid_to_priors(prior.view(n, cfg.self_res, cfg.self_res), boxes, cfg.resolution,
                               cfg.prior_size)
+
+
+def tiny_vae_sha256(tiny_vae) -> str:
+    """sha256 of a small autoencoder's weights (as `models.weights_sha256` digests a pipeline's)."""
+    from .models import weights_sha256
+
+    return weights_sha256(tiny_vae, ("",))
 
 
 def grid_to_priors(grid: torch.Tensor, boxes: torch.Tensor, resolution: int, prior_size: int) -> torch.Tensor:

@@ -10,6 +10,9 @@ Two tiny models stand in for Stable Diffusion where no weights can be downloaded
   `priors/weights/tiny-shapes/` with its tuned DiffSP settings and loaded with `from_pretrained` like real
   weights: its attention knows shapes.
 - `tiny-random`: built from configs with weights drawn from a seed: fast, for speed and mechanics only.
+A model folder may hold a `vae_tiny/` folder: an `AutoencoderTiny` (TAESD for SD-1.5, or one distilled from
+the model's VAE by `aisdiff distill-encoder`) whose encoder DiffSP can use in place of the VAE's
+(`DiffSPConfig.encoder="tiny"`); it is loaded beside the pipeline (`DiffusionModel.tiny_vae`).
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TINY_MODEL_DIR = Path(__file__).resolve().parent / "weights" / "tiny-shapes"  # the trained `tiny` model
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 COMPONENTS = ("unet", "vae", "text_encoder")
+TINY_VAE_FOLDER = "vae_tiny"  # a model folder's optional AutoencoderTiny (diffusers layout, safetensors)
 
 
 class _NoTorchvisionNotice(logging.Filter):
@@ -57,6 +61,7 @@ class DiffusionModel:
     weights_sha256: str
     dtype: str
     diffsp_defaults: dict = field(default_factory=dict)  # the folder's diffsp_config.json, checked; or {}
+    tiny_vae: object | None = None  # diffusers.AutoencoderTiny of the folder's TINY_VAE_FOLDER, if any
 
     @property
     def identity(self) -> dict[str, str]:
@@ -72,21 +77,22 @@ class DiffusionModel:
         return int(self.pipe.unet.config.sample_size) * self.pipe.vae_scale_factor
 
 
-def weights_sha256(pipe) -> str:
-    """sha256 over the UNet, VAE and text encoder weights (names, dtypes, shapes and bytes, sorted by
-    name)."""
+def weights_sha256(pipe, components: tuple[str, ...] = COMPONENTS) -> str:
+    """sha256 over the weights of `pipe`'s `components` (default: the UNet, VAE and text encoder; names,
+    dtypes, shapes and bytes, sorted by name); `components=("",)` digests `pipe` itself (one model)."""
     digest = hashlib.sha256()
-    for component in COMPONENTS:
-        for name, tensor in sorted(getattr(pipe, component).state_dict().items()):
+    for component in components:
+        module = getattr(pipe, component) if component else pipe
+        for name, tensor in sorted(module.state_dict().items()):
             t = tensor.detach().cpu().contiguous()
             digest.update(f"{component}.{name}:{t.dtype}:{tuple(t.shape)}".encode())
             digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
-def _refuse_pickle_weights(folder: Path) -> None:
+def _refuse_pickle_weights(folder: Path, components: tuple[str, ...] = COMPONENTS) -> None:
     """A local model folder must hold safetensors weights for each component; pickles can run code."""
-    for component in COMPONENTS:
+    for component in components:
         sub = folder / component
         if not sub.is_dir():
             raise AisdiffError(f"{folder}: no '{component}/' folder; a Stable Diffusion inpainting model "
@@ -159,4 +165,29 @@ def load_model(model: str, dtype: str = "fp32", device: str | torch.device = "cp
         pipe = pipe.to(dtype=DTYPES[dtype])
     pipe = pipe.to(device=device)
     return DiffusionModel(pipe=pipe, name=name, weights_sha256=weights_sha256(pipe), dtype=dtype,
-                          diffsp_defaults=defaults)
+                          diffsp_defaults=defaults, tiny_vae=load_tiny_vae(model, pipe, dtype))
+
+
+def load_tiny_vae(model: str, pipe, dtype: str):
+    """The model's AutoencoderTiny (its folder's TINY_VAE_FOLDER, on the pipeline's device, in `dtype`),
+    checked against its VAE; `tiny-random`'s is built from the seed like the rest of it; None without one."""
+    from diffusers import AutoencoderTiny
+
+    from .architectures import build_tiny_autoencoder
+
+    if model == "tiny-random":
+        tiny = build_tiny_autoencoder(pipe.vae.config, seed=0)
+    else:
+        folder = model_folder(model)
+        if folder is None or not (folder / TINY_VAE_FOLDER).is_dir():
+            return None
+        _refuse_pickle_weights(folder, (TINY_VAE_FOLDER,))
+        tiny = AutoencoderTiny.from_pretrained(folder / TINY_VAE_FOLDER, use_safetensors=True)
+    factor = 2 ** (len(tiny.config.encoder_block_out_channels) - 1)
+    if (factor, tiny.config.latent_channels) != (pipe.vae_scale_factor, pipe.vae.config.latent_channels):
+        raise AisdiffError(
+            f"{model}: its {TINY_VAE_FOLDER}/ encodes by a factor {factor} into "
+            f"{tiny.config.latent_channels} channels, its VAE by {pipe.vae_scale_factor} into "
+            f"{pipe.vae.config.latent_channels}: it is not made for this model; distill one with "
+            f"`aisdiff distill-encoder --model {model}`.")
+    return tiny.to(device=pipe.vae.device, dtype=DTYPES[dtype]).eval()

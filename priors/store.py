@@ -38,8 +38,8 @@ ARRAYS = {"prior": np.float16, **ROW_ARRAYS, "done": np.bool_}
 STRUCTURE_ATTRS = ("format", "version", "rows", "chunk_rows", "prior_size")
 # settings added after stores were first written, with the value every store made before them used (for
 # timestep_spacing: the scheduler's own, "leading" for SD-1.5 and every model this project ships; an older
-# store of a model whose scheduler says otherwise needs --overwrite)
-SETTINGS_ADDED_LATER = {"strength": 1.0, "timestep_spacing": "leading"}
+# store of a model whose scheduler says otherwise needs --overwrite; encoder: the model's VAE)
+SETTINGS_ADDED_LATER = {"strength": 1.0, "timestep_spacing": "leading", "encoder": "vae"}
 REQUIRED_SETTINGS = ("model", "steps", "tau", "self_res", "cross_res", "prompt", "seed", "context",
                      "annotations", "proposals")
 

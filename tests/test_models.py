@@ -78,7 +78,7 @@ def test_a_folder_ships_its_diffsp_defaults(saved_folder):
 @pytest.mark.parametrize(("content", "message"), [
     ('{"self-res": 16}', "'self-res' is not a setting a model can default; use steps, tau, resolution, "
                          "self_res, cross_res, context, prompt, guidance_scale, mask_mode, strength, "
-                         "timestep_spacing, threshold (seed and prior_size are the caller's)."),
+                         "timestep_spacing, encoder, threshold (seed and prior_size are the caller's)."),
     ('{"seed": 1}', "'seed' is not a setting a model can default"),
     ('{"tau": "0"}', "tau must be a JSON int, not '0'."),
     ('{"tau": true}', "tau must be a JSON int, not True."),
