@@ -35,21 +35,30 @@ COMPONENTS = ("unet", "vae", "text_encoder")
 TINY_VAE_FOLDER = "vae_tiny"  # a model folder's optional AutoencoderTiny (diffusers layout, safetensors)
 
 
-class _NoTorchvisionNotice(logging.Filter):
-    """transformers announces that its image processors fall back from torchvision, which this project does
-    not install and DiffSP never uses (it feeds tensors to the UNet, no image processor): drop that notice."""
+class _DropNotice(logging.Filter):
+    """Drops log records whose message contains `text`: notices about nothing this project does."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "requires torchvision" not in record.getMessage()
+        return self.text not in record.getMessage()
 
 
 @functools.cache
-def _quiet_torchvision_notice() -> None:
-    """Filter transformers' log handlers, once per process."""
+def _quiet_notices() -> None:
+    """Filter the libraries' log handlers, once per process: transformers announces that its image processors
+    fall back from torchvision, which this project does not install and DiffSP never uses (it feeds tensors
+    to the UNet); diffusers warns on loading any saved AutoencoderTiny (TAESD included) that the
+    `block_out_channels` its own constructor records is not a constructor argument."""
+    from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as hf_logging
 
     for handler in hf_logging.get_logger().handlers:
-        handler.addFilter(_NoTorchvisionNotice())
+        handler.addFilter(_DropNotice("requires torchvision"))
+    for handler in diffusers_logging.get_logger().handlers:
+        handler.addFilter(_DropNotice("were passed to AutoencoderTiny, but are not expected"))
 
 
 @dataclass
@@ -130,7 +139,7 @@ def load_model(model: str, dtype: str = "fp32", device: str | torch.device = "cp
     """Load an inpainting pipeline by name: 'tiny' (the shipped trained model), 'tiny-random' (built offline),
     a local diffusers folder, or a Hugging Face hub id (from the local cache when offline). The scheduler
     becomes DDIM."""
-    _quiet_torchvision_notice()
+    _quiet_notices()
     from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline
 
     if dtype not in DTYPES:
@@ -175,14 +184,15 @@ def load_tiny_vae(model: str, pipe, dtype: str):
 
     from .architectures import build_tiny_autoencoder
 
-    if model == "tiny-random":
-        tiny = build_tiny_autoencoder(pipe.vae.config, seed=0)
+    if model == "tiny-random":  # (built in fp32; nn.Module's `to`: diffusers' warns on any dtype cast)
+        tiny = torch.nn.Module.to(build_tiny_autoencoder(pipe.vae.config, seed=0), dtype=DTYPES[dtype])
     else:
         folder = model_folder(model)
         if folder is None or not (folder / TINY_VAE_FOLDER).is_dir():
             return None
         _refuse_pickle_weights(folder, (TINY_VAE_FOLDER,))
-        tiny = AutoencoderTiny.from_pretrained(folder / TINY_VAE_FOLDER, use_safetensors=True)
+        tiny = AutoencoderTiny.from_pretrained(folder / TINY_VAE_FOLDER, use_safetensors=True,
+                                               torch_dtype=DTYPES[dtype])
     factor = 2 ** (len(tiny.config.encoder_block_out_channels) - 1)
     if (factor, tiny.config.latent_channels) != (pipe.vae_scale_factor, pipe.vae.config.latent_channels):
         raise AisdiffError(
@@ -190,4 +200,4 @@ def load_tiny_vae(model: str, pipe, dtype: str):
             f"{tiny.config.latent_channels} channels, its VAE by {pipe.vae_scale_factor} into "
             f"{pipe.vae.config.latent_channels}: it is not made for this model; distill one with "
             f"`aisdiff distill-encoder --model {model}`.")
-    return tiny.to(device=pipe.vae.device, dtype=DTYPES[dtype]).eval()
+    return tiny.to(device=pipe.vae.device).eval()

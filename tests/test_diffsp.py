@@ -242,7 +242,7 @@ def test_the_fast_preset_is_the_setting_the_steps_sweep_chose():
     from priors.models import load_model
 
     record = json.loads((REPO / "benchmarks" / "results" / "diffsp_steps.json").read_text())
-    keys = ("steps", "strength", "self_res", "cross_res", "resolution", "timestep_spacing")
+    keys = ("steps", "strength", "self_res", "cross_res", "resolution", "timestep_spacing", "encoder")
     resolved = preset_config("fast").resolved(load_model("tiny"))
     assert {k: getattr(resolved, k) for k in keys} == {k: record["fast"][k] for k in keys}
     reference, fast = record["rows"][0], record["fast"]

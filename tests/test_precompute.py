@@ -290,6 +290,7 @@ def test_a_store_with_other_settings_or_damage_is_refused_untouched(bench, refer
     assert proc.returncode == 2 and "made with other settings" in proc.stderr
     assert f"steps: store has 10, requested {PRESETS['fast']['steps']}" in proc.stderr
     assert "timestep_spacing: store has 'leading', requested 'trailing'" in proc.stderr
+    assert f"encoder: store has 'vae', requested '{PRESETS['fast']['encoder']}'" in proc.stderr
     proc = run(*job_args(bench, store, "--timestep-spacing", "trailing"))  # the flag reaches the settings
     assert proc.returncode == 2
     assert "timestep_spacing: store has 'leading', requested 'trailing'" in proc.stderr

@@ -47,9 +47,10 @@ def test_shipped_diffsp_defaults_give_the_settings_stores_recorded_with_flags():
     model = load_model("tiny")
     assert model.diffsp_defaults == {"tau": 0, "self_res": 16, "cross_res": 16, "threshold": 0.45}
     attrs = DiffSP(model).config.attrs()
-    # (settings added later: stores without them were made with strength 1 and the scheduler's spacing)
-    assert (attrs["strength"], attrs["timestep_spacing"]) == (1.0, "leading")
-    later = ("strength", "timestep_spacing")
+    # (settings added later: stores without them were made with strength 1, the scheduler's spacing and the
+    # VAE)
+    assert (attrs["strength"], attrs["timestep_spacing"], attrs["encoder"]) == (1.0, "leading", "vae")
+    later = ("strength", "timestep_spacing", "encoder")
     assert json.dumps({k: v for k, v in attrs.items() if k not in later}) == EXPLICIT_SETTINGS
     assert settings_differences(json.loads(EXPLICIT_SETTINGS), attrs) == []  # those stores still open
     flags = DiffSPConfig(tau=0, self_res=16, cross_res=16)  # `--tau 0 --self-res 16 --cross-res 16`

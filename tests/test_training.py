@@ -167,12 +167,14 @@ def test_tune_diffsp_reports_the_visible_baseline(make_benchmark, tmp_path):
     proc = aisdiff("tune-diffsp", "--ann", str(root / "annotations" / "train.json"),
                    "--images", str(root / "images"),
                    "--model", "tiny-random", "--tau", "1", "2", "--thresholds", "0.3", "0.5", "--limit", "6",
-                   "--timestep-spacing", "leading", "trailing", "--json", str(report))
+                   "--timestep-spacing", "leading", "trailing", "--encoder", "vae", "tiny", "--json",
+                   str(report))
     assert proc.returncode == 0, proc.stderr
     data = json.loads(report.read_text())
-    assert len(data["results"]) == 8  # 2 spacings x 2 taus x 2 thresholds
+    assert len(data["results"]) == 16  # 2 spacings x 2 encoders x 2 taus x 2 thresholds
     assert {r["settings"]["tau"] for r in data["results"]} == {1, 2}
     assert {r["settings"]["timestep_spacing"] for r in data["results"]} == {"leading", "trailing"}
+    assert {r["settings"]["encoder"] for r in data["results"]} == {"vae", "tiny"}
     assert 0 < data["baseline"]["prior_iou"] < 1 and "visible mask" in proc.stdout
     scores = [r["prior_iou"] for r in data["results"]]
     assert scores == sorted(scores, reverse=True)
@@ -183,7 +185,8 @@ def test_tune_diffsp_reports_the_visible_baseline(make_benchmark, tmp_path):
     best = data["results"][0]["settings"]  # tau 1 or 2 differs from the paper's 4; the rest is the paper's
     # (tiny-random's scheduler spaces "leading": only trailing differs from its default)
     spacing = {"timestep_spacing": "trailing"} if best["timestep_spacing"] == "trailing" else {}
-    record = json.dumps({"tau": best["tau"], **spacing, "threshold": best["threshold"]})
+    encoder = {"encoder": "tiny"} if best["encoder"] == "tiny" else {}
+    record = json.dumps({"tau": best["tau"], **spacing, **encoder, "threshold": best["threshold"]})
     assert ("To make the best setting above the defaults of tiny-random, save the model to a folder "
             "(save_pretrained; tiny-random itself takes no defaults) and write into its diffsp_config.json:\n"
             f"{record}\n") in proc.stdout

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from .. import geometry
 from ..annotations import AmodalAnnotations, Instance
 from ..diffsp import (
+    ENCODERS,
     MODEL_DEFAULTS_FILE,
     THRESHOLD_KEY,
     TIMESTEP_SPACINGS,
@@ -56,6 +57,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--guidance-scale", type=float, nargs="+", default=[None], help=model_default)
     p.add_argument("--timestep-spacing", nargs="+", default=[None], choices=TIMESTEP_SPACINGS,
                    help="how the T steps spread over the training timesteps " + model_default)
+    p.add_argument("--encoder", nargs="+", default=[None], choices=ENCODERS,
+                   help="what encodes the visible-only crop (the VAE, or the model's small autoencoder) "
+                        + model_default)
     p.add_argument("--thresholds", type=float, nargs="+",
                    default=[round(t, 2) for t in np.arange(0.1, 0.95, 0.05)])
     p.add_argument("--min-occlusion", type=float, default=OCCLUDED)
@@ -144,7 +148,7 @@ def score(model, ann: AmodalAnnotations, instances: list[Instance], base: DiffSP
             for t in thresholds:
                 ious[(tau, t)] += [geometry.mask_iou(p > t, a) for p, a in zip(priors, amodal, strict=True)]
     settings = {k: v for k, v in diffsp.config.attrs().items()
-                if k in ("steps", "self_res", "cross_res", "guidance_scale", "timestep_spacing")}
+                if k in ("steps", "self_res", "cross_res", "guidance_scale", "timestep_spacing", "encoder")}
     return [Scored.of({**settings, "tau": tau, "threshold": t}, values, buckets)
             for (tau, t), values in ious.items()]
 
@@ -201,10 +205,10 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, dtype=args.dtype, device=args.device)
     results = []
     grid = itertools.product(args.steps, args.self_res, args.cross_res, args.guidance_scale,
-                             args.timestep_spacing)
-    for steps, self_res, cross_res, guidance, spacing in grid:
+                             args.timestep_spacing, args.encoder)
+    for steps, self_res, cross_res, guidance, spacing, encoder in grid:
         base = replace(DiffSPConfig(), steps=steps, self_res=self_res, cross_res=cross_res,
-                       guidance_scale=guidance, timestep_spacing=spacing, seed=args.seed)
+                       guidance_scale=guidance, timestep_spacing=spacing, encoder=encoder, seed=args.seed)
         results += score(model, ann, instances, base, args.tau, args.thresholds, args.batch_size)
     results.sort(key=lambda r: -r.prior_iou)
     baseline = visible_baseline(instances, DiffSPConfig().prior_size)
