@@ -3,6 +3,7 @@
     python benchmarks/diffsp.py                       # tiny-random model, CPU, batch 16
     python benchmarks/diffsp.py --real-arch --rois 2 --batch-size 1     # SD-1.5-inpaint architecture
     python benchmarks/diffsp.py --real-arch --device cuda --dtype fp16  # on a GPU
+    python benchmarks/diffsp.py --real-arch --device cuda --dtype fp16 --preset fast  # the fast preset
 
 (a) naive: one ROI at a time, every attention layer's processor replaced by one that stores every
     probability map of every layer at every step; the maps are aggregated afterwards.
@@ -63,7 +64,7 @@ def naive_priors(diffsp, batch) -> torch.Tensor:
 
 
 def make_model(args):
-    from priors.architectures import build_sd15_inpaint_architecture
+    from priors.architectures import build_sd15_inpaint_architecture, build_tiny_autoencoder
     from priors.models import DiffusionModel, load_model, weights_sha256
 
     if not args.real_arch:
@@ -71,7 +72,10 @@ def make_model(args):
     from priors.models import DTYPES
 
     pipe = build_sd15_inpaint_architecture().to(device=args.device, dtype=DTYPES[args.dtype])
-    return DiffusionModel(pipe, "sd15-inpaint-architecture-random", weights_sha256(pipe), args.dtype)
+    # TAESD's architecture as the small autoencoder (encoder "tiny"; nn.Module's `to`: diffusers' warns)
+    tiny_vae = torch.nn.Module.to(build_tiny_autoencoder(pipe.vae.config), args.device, DTYPES[args.dtype])
+    return DiffusionModel(pipe, "sd15-inpaint-architecture-random", weights_sha256(pipe), args.dtype,
+                          _tiny_vae=tiny_vae)
 
 
 def make_rois(n: int, resolution: int, device: str):
@@ -88,11 +92,11 @@ def make_rois(n: int, resolution: int, device: str):
 
 def run_variant(args) -> dict:
     """Time one variant in this process; returns ROIs/s and peak memory."""
-    from priors.diffsp import DiffSP, DiffSPConfig
+    from priors.diffsp import DiffSP, preset_config
 
     torch.set_grad_enabled(False)
     model = make_model(args)
-    diffsp = DiffSP(model, DiffSPConfig(steps=args.steps))
+    diffsp = DiffSP(model, preset_config(args.preset, steps=args.steps))
     rois = make_rois(args.rois, diffsp.config.resolution, args.device)
     step = 1 if args.variant == "a" else args.batch_size
     run = {"a": lambda b: naive_priors(diffsp, b), "b": diffsp.denoise, "c": diffsp}[args.variant]
@@ -128,7 +132,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="timed runs per variant and round (default 2)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds of all variants; the best run counts (default 3)")
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, help="DDIM steps T (default: the preset's, else 10)")
+    parser.add_argument("--preset", choices=("default", "fast"),
+                        help="DiffSP's named settings (priors.diffsp.PRESETS) for those not given")
     parser.add_argument("--variants", default=None, help="which of a, b, c (default: all; real arch: b, c)")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant, print JSON
     args = parser.parse_args()
@@ -150,7 +156,8 @@ def main() -> None:
     device = (torch.cuda.get_device_name() if args.device.startswith("cuda")
               else f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores")
     model = "SD-1.5-inpaint architecture, 512 px" if args.real_arch else "tiny-random model, 64 px"
-    print(f"DiffSP benchmark: {model}, {args.dtype}, {args.steps} steps, {args.rois} ROIs (best of "
+    settings = f"preset {args.preset or 'default'}" + (f", {args.steps} steps" if args.steps else "")
+    print(f"DiffSP benchmark: {model}, {args.dtype}, {settings}, {args.rois} ROIs (best of "
           f"{args.rounds} x {args.repeat}), batch {args.batch_size}, "
           f"on {device} (torch {torch.__version__})")
     print("| variant | ROIs/s | s/ROI | peak memory (MB) | cost vs plain |")

@@ -114,7 +114,7 @@ def table(rows: list[dict], reference: dict, buckets: list[str], chosen: dict | 
              "|---" * (12 + len(buckets)) + "|"]
     for r in rows:
         mark = " **fast**" if r is chosen else ""
-        lines.append(f"| {r['steps']} | {r['timestep_spacing']} | {r.get('encoder', 'vae')} | "
+        lines.append(f"| {r['steps']} | {r['timestep_spacing']} | {r['encoder']} | "
                      f"{r['strength']} | "
                      f"{', '.join(map(str, r['timesteps']))} | {r['self_res']} | "
                      f"{r['cross_res']} | {r['resolution']} ({r['sd15_resolution']}) | {r['threshold']} | "

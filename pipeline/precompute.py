@@ -87,6 +87,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="what encodes the visible-only crop: the model's VAE, or the encoder of its small "
                         "autoencoder (its folder's vae_tiny/, `aisdiff distill-encoder`) "
                         + _model_default(PAPER_DEFAULTS["encoder"]))
+    p.add_argument("--tiny-vae",
+                   help="the small autoencoder for --encoder tiny: an AutoencoderTiny folder or hub id (e.g. "
+                        "madebyollin/taesd for SD-1.x; default: the model folder's vae_tiny/)")
     p.add_argument("--self-res", type=int,
                    help="self-attention token grid side " + _model_default("latent / 2"))
     p.add_argument("--cross-res", type=int,
@@ -159,7 +162,7 @@ def _warn_single_cpu_process() -> None:
 
 def _diffsp(args: argparse.Namespace, device: torch.device) -> DiffSP:
     """The model and DiffSP at the requested settings; invalid settings are an AisdiffError."""
-    model = load_model(args.model, dtype=args.dtype, device=device)
+    model = load_model(args.model, dtype=args.dtype, device=device, tiny_vae=args.tiny_vae)
     try:
         config = preset_config(args.preset, steps=args.steps, tau=args.tau, prior_size=args.prior_size,
                                resolution=args.resolution, self_res=args.self_res, cross_res=args.cross_res,

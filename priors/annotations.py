@@ -43,7 +43,7 @@ class FormatSpec:
 
     def encode(self, ann_id: int, image_id: int, category_id: int, amodal_segm: Any, visible_segm: Any,
                amodal_box_xywh: Sequence[float], visible_box_xywh: Sequence[float],
-               amodal_area: int, visible_area: int) -> dict[str, Any]:
+               amodal_area: int, visible_area: int, occlusion_rate: float) -> dict[str, Any]:
         """One annotation dict with exactly this format's keys (used by the synthetic benchmark)."""
         ann: dict[str, Any] = {"id": ann_id, "image_id": image_id, "category_id": category_id, "iscrowd": 0}
         ann[self.amodal_mask[0]] = amodal_segm
@@ -53,7 +53,7 @@ class FormatSpec:
             ann[self.visible_box] = [float(v) for v in visible_box_xywh]
         areas = {"area": amodal_area, "a_area": amodal_area, "i_area": visible_area,
                  "amodal_area": amodal_area, "inmodal_area": visible_area,
-                 "occlude_rate": 1.0 - visible_area / amodal_area if amodal_area else 0.0}
+                 "occlude_rate": occlusion_rate}
         for key in self.extra:
             ann[key] = areas[key]
         return ann

@@ -28,7 +28,7 @@ def sd15_on_meta():
     with torch.device("meta"):
         pipe = build_sd15_inpaint_architecture()
         tiny_vae = build_tiny_autoencoder(pipe.vae.config)
-    return DiffusionModel(pipe, "sd15-inpaint-architecture-meta", "meta", "fp32", tiny_vae=tiny_vae)
+    return DiffusionModel(pipe, "sd15-inpaint-architecture-meta", "meta", "fp32", _tiny_vae=tiny_vae)
 
 
 def on_sd15(config, model):

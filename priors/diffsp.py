@@ -1,13 +1,14 @@
 """DiffSP (paper 3.2.2): a batch of ROIs in, a batch of shape priors out.
 
-Per ROI: the context crop with only the object's visible pixels kept, the inpainting mask (the occluder
-mask, or with mask_mode="invisible" everything not visible) and the prompt "a photo of a {category}" go
-through one VAE encode and T DDIM steps of a Stable Diffusion inpainting UNet (with `strength` < 1, the
-last strength x T steps of that schedule, started from the visible crop's latent noised to that point, as
-image-to-image does); the final latent is never decoded, so the final step runs the UNet only until its
-last captured attention layer. Self-attention at `self_res` and cross-attention at `cross_res` (mean over
-the category's tokens, start token skipped, upsampled to `self_res`) are averaged over heads, layers and
-steps, and `M_sp = (A_S)^tau . A_C` is min-max normalized and resampled onto the ROI box at S x S.
+Per ROI: the context crop with only the object's visible pixels kept, the inpainting mask (the occluder mask,
+or with mask_mode="invisible" everything not visible) and the prompt "a photo of a {category}" go through one
+encode (the VAE's; with encoder="tiny" the model's small autoencoder's) and T DDIM steps of a Stable Diffusion
+inpainting UNet (with `strength` < 1, the last strength x T steps of that schedule, started from the visible
+crop's latent noised to that point, as image-to-image does); the final latent is never decoded, so the final
+step runs the UNet only until its last captured attention layer. Self-attention at `self_res` and
+cross-attention at `cross_res` (mean over the category's tokens, start token skipped, upsampled to `self_res`)
+are averaged over heads, layers and steps, and `M_sp = (A_S)^tau . A_C` is min-max normalized and resampled
+onto the ROI box at S x S.
 
 Noise is drawn per ROI on the CPU from the ROI's own seed (`priors.identity`), so a prior does not depend on
 the batch it is computed in, on the device, or on how many processes share the job.
@@ -31,7 +32,7 @@ if typing.TYPE_CHECKING:  # (models imports this module)
 
 MASK_MODES = ("occluder", "invisible")
 # what encodes the visible-only crop: the model's VAE ("vae"), or the encoder of its small AutoencoderTiny
-# ("tiny": TAESD's layout, `DiffusionModel.tiny_vae`), about a tenth of the VAE's cost on SD-1.5
+# ("tiny": TAESD's layout, `DiffusionModel.tiny_vae`), about a ninth of the VAE's cost on SD-1.5
 ENCODERS = ("vae", "tiny")
 # how DDIM spreads T steps over the 1000 training timesteps (diffusers' `timestep_spacing`): SD-1.5 ships
 # "leading" (T = 1 runs t = 1 only, T = 2 runs 501 and 1), "trailing" starts at t = 999 (T = 1 runs 999: the
@@ -107,10 +108,11 @@ class DiffSPConfig:
             raise ValueError(f"encoder must be one of {ENCODERS}, not {cfg.encoder!r}")
         if cfg.encoder == "tiny" and model.tiny_vae is None:
             raise AisdiffError(
-                f"encoder 'tiny': the model {model.name} has no small autoencoder (a 'vae_tiny/' folder "
-                "beside its 'vae/'). Distill one from its VAE with `aisdiff distill-encoder`, or for Stable "
-                "Diffusion 1.x save TAESD (madebyollin/taesd) there with save_pretrained; or use "
-                "encoder 'vae'.")
+                f"encoder 'tiny': the model {model.name} has no small autoencoder. Give one (an "
+                "AutoencoderTiny folder or hub id: madebyollin/taesd for Stable Diffusion 1.x) with "
+                "--tiny-vae (`tiny_vae=` in a config's test_prior), or put it in a local model folder as "
+                "'vae_tiny/' beside 'vae/' (`aisdiff distill-encoder` distills one from the model's VAE); "
+                "or use encoder 'vae'.")
         if "{category}" not in cfg.prompt:
             raise ValueError(f"the prompt template {cfg.prompt!r} needs a '{{category}}' placeholder")
         layers = layer_resolutions(model.pipe.unet, latent).values()
@@ -290,8 +292,7 @@ class DiffSP:
         if self.config.encoder == "tiny":
             tiny = self.model.tiny_vae
             return tiny.encode(images).latents * tiny.config.scaling_factor
-        vae = self.pipe.vae
-        return vae.encode(images).latent_dist.mode() * vae.config.scaling_factor
+        return vae_latents(self.pipe.vae, images)
 
     # -- text --------------------------------------------------------------------------------------
     def _encode(self, texts: list[str]) -> torch.Tensor:
@@ -419,6 +420,11 @@ class DiffSP:
             prior = torch.bmm(a_self, prior)
         return grid_to_priors(prior.view(n, cfg.self_res, cfg.self_res), boxes, cfg.resolution,
                               cfg.prior_size)
+
+
+def vae_latents(vae, images: torch.Tensor) -> torch.Tensor:
+    """A VAE's scaled latents of images in [-1, 1]: its posterior's mode times its scaling factor."""
+    return vae.encode(images).latent_dist.mode() * vae.config.scaling_factor
 
 
 def tiny_vae_sha256(tiny_vae) -> str:

@@ -10,21 +10,23 @@ Two tiny models stand in for Stable Diffusion where no weights can be downloaded
   `priors/weights/tiny-shapes/` with its tuned DiffSP settings and loaded with `from_pretrained` like real
   weights: its attention knows shapes.
 - `tiny-random`: built from configs with weights drawn from a seed: fast, for speed and mechanics only.
-A model folder may hold a `vae_tiny/` folder: an `AutoencoderTiny` (TAESD for SD-1.5, or one distilled from
-the model's VAE by `aisdiff distill-encoder`) whose encoder DiffSP can use in place of the VAE's
-(`DiffSPConfig.encoder="tiny"`); it is loaded beside the pipeline (`DiffusionModel.tiny_vae`).
+A model may have a small autoencoder, an `AutoencoderTiny` (TAESD for SD-1.x, or one distilled from the
+model's VAE by `aisdiff distill-encoder`) whose encoder DiffSP can use in place of the VAE's
+(`DiffSPConfig.encoder="tiny"`): its folder's `vae_tiny/`, or any AutoencoderTiny folder or hub id given as
+`tiny_vae` (e.g. "madebyollin/taesd" beside a hub id). It loads on first use (`DiffusionModel.tiny_vae`).
 """
 from __future__ import annotations
 
 import functools
 import hashlib
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .architectures import build_tiny_pipeline
+from .architectures import build_tiny_autoencoder, build_tiny_pipeline
 from .diffsp import read_model_defaults
 from .errors import AisdiffError
 
@@ -36,14 +38,15 @@ TINY_VAE_FOLDER = "vae_tiny"  # a model folder's optional AutoencoderTiny (diffu
 
 
 class _DropNotice(logging.Filter):
-    """Drops log records whose message contains `text`: notices about nothing this project does."""
+    """Drops log records whose message matches `pattern` (from its start): notices about nothing this project
+    does."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, pattern: str) -> None:
         super().__init__()
-        self.text = text
+        self.pattern = re.compile(pattern)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return self.text not in record.getMessage()
+        return not self.pattern.match(record.getMessage())
 
 
 @functools.cache
@@ -51,14 +54,16 @@ def _quiet_notices() -> None:
     """Filter the libraries' log handlers, once per process: transformers announces that its image processors
     fall back from torchvision, which this project does not install and DiffSP never uses (it feeds tensors
     to the UNet); diffusers warns on loading any saved AutoencoderTiny (TAESD included) that the
-    `block_out_channels` its own constructor records is not a constructor argument."""
+    `block_out_channels` its own constructor records is not a constructor argument (that key alone: other
+    unexpected keys still warn)."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as hf_logging
 
     for handler in hf_logging.get_logger().handlers:
-        handler.addFilter(_DropNotice("requires torchvision"))
+        handler.addFilter(_DropNotice(".*requires torchvision"))
     for handler in diffusers_logging.get_logger().handlers:
-        handler.addFilter(_DropNotice("were passed to AutoencoderTiny, but are not expected"))
+        handler.addFilter(_DropNotice(r"The config attributes \{'block_out_channels': \[[\d, ]*\]\} "
+                                      "were passed to AutoencoderTiny"))
 
 
 @dataclass
@@ -70,7 +75,16 @@ class DiffusionModel:
     weights_sha256: str
     dtype: str
     diffsp_defaults: dict = field(default_factory=dict)  # the folder's diffsp_config.json, checked; or {}
-    tiny_vae: object | None = None  # diffusers.AutoencoderTiny of the folder's TINY_VAE_FOLDER, if any
+    tiny_vae_source: str | None = None  # where the small autoencoder loads from (folder or hub id), if any
+    _tiny_vae: object | None = field(default=None, repr=False)  # (loaded, or given: a built one)
+
+    @property
+    def tiny_vae(self):
+        """The small autoencoder (diffusers.AutoencoderTiny on the pipeline's device and dtype), loaded from
+        `tiny_vae_source` on first use; None without one."""
+        if self._tiny_vae is None and self.tiny_vae_source is not None:
+            self._tiny_vae = load_tiny_vae(self.tiny_vae_source, self.pipe, self.dtype, self.name)
+        return self._tiny_vae
 
     @property
     def identity(self) -> dict[str, str]:
@@ -135,10 +149,12 @@ def model_defaults(model: str) -> dict:
     return read_model_defaults(folder) if folder else {}
 
 
-def load_model(model: str, dtype: str = "fp32", device: str | torch.device = "cpu") -> DiffusionModel:
+def load_model(model: str, dtype: str = "fp32", device: str | torch.device = "cpu",
+               tiny_vae: str | None = None) -> DiffusionModel:
     """Load an inpainting pipeline by name: 'tiny' (the shipped trained model), 'tiny-random' (built offline),
     a local diffusers folder, or a Hugging Face hub id (from the local cache when offline). The scheduler
-    becomes DDIM."""
+    becomes DDIM. Its small autoencoder (for `encoder="tiny"`) comes from `tiny_vae` (an AutoencoderTiny
+    folder or hub id), else the model folder's TINY_VAE_FOLDER; it loads on first use."""
     _quiet_notices()
     from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline
 
@@ -173,31 +189,36 @@ def load_model(model: str, dtype: str = "fp32", device: str | torch.device = "cp
     if model == "tiny-random" and dtype != "fp32":  # built in fp32; loaded models come in `dtype`
         pipe = pipe.to(dtype=DTYPES[dtype])
     pipe = pipe.to(device=device)
+    built = None
+    if model == "tiny-random" and tiny_vae is None:  # (fp32, then nn.Module's `to`: diffusers' warns on it)
+        built = torch.nn.Module.to(build_tiny_autoencoder(pipe.vae.config, seed=0), device, DTYPES[dtype])
+    folder = model_folder(model)
+    if tiny_vae is None and folder is not None and (folder / TINY_VAE_FOLDER).is_dir():
+        tiny_vae = str(folder / TINY_VAE_FOLDER)
     return DiffusionModel(pipe=pipe, name=name, weights_sha256=weights_sha256(pipe), dtype=dtype,
-                          diffsp_defaults=defaults, tiny_vae=load_tiny_vae(model, pipe, dtype))
+                          diffsp_defaults=defaults, tiny_vae_source=tiny_vae, _tiny_vae=built)
 
 
-def load_tiny_vae(model: str, pipe, dtype: str):
-    """The model's AutoencoderTiny (its folder's TINY_VAE_FOLDER, on the pipeline's device, in `dtype`),
-    checked against its VAE; `tiny-random`'s is built from the seed like the rest of it; None without one."""
+def load_tiny_vae(source: str, pipe, dtype: str, model: str):
+    """An AutoencoderTiny from a folder (safetensors only) or hub id, on the pipeline's device and in `dtype`,
+    checked against the pipeline's VAE (`model` names it in errors)."""
     from diffusers import AutoencoderTiny
 
-    from .architectures import build_tiny_autoencoder
-
-    if model == "tiny-random":  # (built in fp32; nn.Module's `to`: diffusers' warns on any dtype cast)
-        tiny = torch.nn.Module.to(build_tiny_autoencoder(pipe.vae.config, seed=0), dtype=DTYPES[dtype])
-    else:
-        folder = model_folder(model)
-        if folder is None or not (folder / TINY_VAE_FOLDER).is_dir():
-            return None
-        _refuse_pickle_weights(folder, (TINY_VAE_FOLDER,))
-        tiny = AutoencoderTiny.from_pretrained(folder / TINY_VAE_FOLDER, use_safetensors=True,
-                                               torch_dtype=DTYPES[dtype])
+    path = Path(source).expanduser()
+    if path.exists():
+        _refuse_pickle_weights(path.parent, (path.name,))
+    try:
+        tiny = AutoencoderTiny.from_pretrained(str(path) if path.exists() else source, use_safetensors=True,
+                                               dtype=DTYPES[dtype])
+    except (OSError, ValueError) as exc:
+        raise AisdiffError(f"could not load the small autoencoder {source!r} of {model}: {exc}. Pass an "
+                           "AutoencoderTiny folder (diffusers layout, safetensors) or a hub id in the "
+                           "Hugging Face cache (e.g. madebyollin/taesd for Stable Diffusion 1.x).") from None
     factor = 2 ** (len(tiny.config.encoder_block_out_channels) - 1)
     if (factor, tiny.config.latent_channels) != (pipe.vae_scale_factor, pipe.vae.config.latent_channels):
         raise AisdiffError(
-            f"{model}: its {TINY_VAE_FOLDER}/ encodes by a factor {factor} into "
-            f"{tiny.config.latent_channels} channels, its VAE by {pipe.vae_scale_factor} into "
+            f"{source}: this small autoencoder encodes by a factor {factor} into "
+            f"{tiny.config.latent_channels} channels, the VAE of {model} by {pipe.vae_scale_factor} into "
             f"{pipe.vae.config.latent_channels}: it is not made for this model; distill one with "
             f"`aisdiff distill-encoder --model {model}`.")
     return tiny.to(device=pipe.vae.device).eval()

@@ -263,13 +263,13 @@ def write_split(out: Path, split: str, num_images: int, seed: int, fmt: str, fir
             if as_polygons and visible_segm:  # (area and box of the mask the polygons draw: holes filled)
                 visible_rle = masks.to_rle(visible_segm, height, width)
             a_area, v_area = masks.area(amodal_rle), masks.area(visible_rle)
+            # (as AmodalAnnotations counts it: polygons can draw a few visible pixels outside the amodal mask)
+            rate = 1 - masks.area(masks.intersection(visible_rle, amodal_rle)) / a_area
             anns.append(spec.encode(ann_id, image_id, obj.category_id, [obj.polygon],
                                     visible_segm, masks.bbox_xywh(amodal_rle),
-                                    masks.bbox_xywh(visible_rle), a_area, v_area))
+                                    masks.bbox_xywh(visible_rle), a_area, v_area, rate))
             stats.per_category[dict(CATEGORIES)[obj.category_id]] += 1
-            # (as AmodalAnnotations counts it: polygons can draw a few visible pixels outside the amodal mask)
-            inside = masks.area(masks.intersection(visible_rle, amodal_rle))
-            stats.occlusion[occlusion_bucket(1 - inside / a_area)] += 1
+            stats.occlusion[occlusion_bucket(rate)] += 1
             ann_id += 1
     doc = {
         "info": {"description": f"AISDiff synthetic amodal benchmark ({split})", "settings": settings or {}},

@@ -102,8 +102,9 @@ class DiffSPRunner:
     providers that run DiffSP). `seconds` adds up the time spent computing priors (model loading excluded),
     so that commands can report DiffSP's share of the run."""
 
-    def __init__(self, model: str, dtype: str, store: str | None, **diffsp_settings) -> None:
-        self.model_name, self.dtype, self.store_path = model, dtype, store
+    def __init__(self, model: str, dtype: str, store: str | None, tiny_vae: str | None = None,
+                 **diffsp_settings) -> None:
+        self.model_name, self.dtype, self.store_path, self.tiny_vae = model, dtype, store, tiny_vae
         self.config = preset_config(**diffsp_settings)
         self._diffsp: DiffSP | None = None
         self.seconds = 0.0
@@ -112,7 +113,8 @@ class DiffSPRunner:
         if self._diffsp is None:
             from priors.models import load_model
 
-            self._diffsp = DiffSP(load_model(self.model_name, dtype=self.dtype, device=device), self.config)
+            model = load_model(self.model_name, dtype=self.dtype, device=device, tiny_vae=self.tiny_vae)
+            self._diffsp = DiffSP(model, self.config)
             if self.store_path:
                 self.check_store(self.store_path)
         return self._diffsp
@@ -201,6 +203,8 @@ class OnTheFlyPriors(PriorProvider):
             detector's `dataset_meta` (a checkpoint's, as mmdet's init_detector sets it).
         dtype: the model's dtype ('fp32', 'fp16', 'bf16').
         store: a prior store (the training priors) whose DiffSP settings these must equal.
+        tiny_vae: the small autoencoder for `encoder='tiny'` (an AutoencoderTiny folder or hub id; default:
+            the model folder's vae_tiny/).
         diffsp_settings: DiffSPConfig fields (steps, tau, self_res, ...), and `preset` ('fast': DiffSP's
             cheap setting, see `priors.diffsp.PRESETS`) for the fields not given.
     """
@@ -208,9 +212,9 @@ class OnTheFlyPriors(PriorProvider):
     needs_images = needs_masks = serves_new_images = True
 
     def __init__(self, model: str = "tiny", classes: tuple[str, ...] | list[str] = (), dtype: str = "fp32",
-                 store: str | None = None, **diffsp_settings) -> None:
+                 store: str | None = None, tiny_vae: str | None = None, **diffsp_settings) -> None:
         self.classes = tuple(classes)
-        self.runner = DiffSPRunner(model, dtype, store, **diffsp_settings)
+        self.runner = DiffSPRunner(model, dtype, store, tiny_vae, **diffsp_settings)
 
     def class_names(self, context: PriorContext) -> tuple[str, ...]:
         """The configured class names, checked against the detector's; else the detector's."""

@@ -93,7 +93,7 @@ def _kins2020(ann_id, amodal, visible, image_id=1, category_id=1):
                                       [amodal[0], amodal[1], amodal[2] - amodal[0], amodal[3] - amodal[1]],
                                       [visible[0], visible[1], visible[2] - visible[0],
                                        visible[3] - visible[1]],
-                                      0, 0)
+                                      0, 0, 0.0)
 
 
 def _write(tmp_path: Path, doc, name="ann.json") -> Path:

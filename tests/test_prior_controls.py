@@ -156,7 +156,7 @@ def hand_made(tmp_path):
         mask = _blocks(cells, (x, y))
         segm = masks.rle_to_json(masks.encode(mask))
         anns.append(spec.encode(i + 1, 1, category, segm, segm, (x, y, 8, 8), (x, y, 8, 8), int(mask.sum()),
-                                int(mask.sum())))
+                                int(mask.sum()), 0.0))
     data = {"images": [{"id": 1, "file_name": "a.png", "width": 24, "height": 24}], "annotations": anns,
             "categories": [{"id": 3, "name": "moon"}, {"id": 1, "name": "ball"}, {"id": 2, "name": "box"}]}
     path = tmp_path / "train.json"

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from priors import synthetic
 from priors.annotations import load_annotations
@@ -136,3 +138,10 @@ def test_polygon_visible_masks_drawing_outside_the_amodal_mask_count_as_unocclud
     ann = load_annotations(tmp_path / "annotations" / "train.json")
     assert stats.occlusion == Counter(occlusion_bucket(i.occlusion_rate) for i in ann)
     assert any(i.visible_area > i.amodal_area for i in ann)
+    # COCOA-cls files carry the rate itself: the same one, never below 0
+    synthetic.generate(tmp_path / "cocoa", fmt="cocoa", train_images=1, val_images=0, seed=0,
+                       visible_masks="polygons")
+    doc = json.loads((tmp_path / "cocoa" / "annotations" / "train.json").read_text())
+    rates = [a["occlude_rate"] for a in doc["annotations"]]
+    ann = load_annotations(tmp_path / "cocoa" / "annotations" / "train.json")
+    assert min(rates) >= 0 and rates == pytest.approx([i.occlusion_rate for i in ann])

@@ -15,7 +15,7 @@ from priors.cost import diffsp_tflops, sd15_on_meta
 from priors.diffsp import DiffSP, DiffSPConfig, tiny_vae_sha256
 from priors.errors import AisdiffError
 from priors.models import TINY_VAE_FOLDER, load_model
-from priors.store import SETTINGS_ADDED_LATER, PriorStore, StoreError
+from priors.store import PriorStore, StoreError
 
 
 def _batch(n: int = 2):
@@ -69,39 +69,58 @@ def test_a_folder_without_one_refuses_encoder_tiny_and_loads_one_saved_there(fol
     model = load_model(str(folder))
     assert model.tiny_vae is None
     DiffSP(model)  # (the VAE encodes: nothing needed)
-    with pytest.raises(AisdiffError, match="has no small autoencoder .*'vae_tiny/'.*aisdiff distill-encoder"):
+    with pytest.raises(AisdiffError, match="has no small autoencoder. Give one .*--tiny-vae.*'vae_tiny/'"):
         DiffSP(model, DiffSPConfig(encoder="tiny"))
     tiny_model.tiny_vae.save_pretrained(folder / TINY_VAE_FOLDER, safe_serialization=True)
     try:
         loaded = load_model(str(folder))
+        assert loaded.tiny_vae_source == str(folder / TINY_VAE_FOLDER)
         batch = _batch()
         torch.testing.assert_close(DiffSP(loaded, DiffSPConfig(encoder="tiny"))(batch),
                                    DiffSP(tiny_model, DiffSPConfig(encoder="tiny"))(batch))
         assert loaded.identity == model.identity  # (the pipeline's identity: VAE-encoded stores stay valid)
         (folder / TINY_VAE_FOLDER / "diffusion_pytorch_model.safetensors").rename(
             folder / TINY_VAE_FOLDER / "diffusion_pytorch_model.bin")
+        broken = load_model(str(folder))  # (loads on first use: the VAE path never touches it)
+        DiffSP(broken)(batch)
         with pytest.raises(AisdiffError, match="no .safetensors weights .*diffusion_pytorch_model.bin"):
-            load_model(str(folder))
+            DiffSP(broken, DiffSPConfig(encoder="tiny"))
         shutil.rmtree(folder / TINY_VAE_FOLDER)
         factor_8 = SimpleNamespace(block_out_channels=(8, 8, 8, 8), latent_channels=4)  # (a VAE config)
-        wrong = build_tiny_autoencoder(factor_8, channels=8)
-        wrong.save_pretrained(folder / TINY_VAE_FOLDER, safe_serialization=True)
-        with pytest.raises(AisdiffError, match="encodes by a factor 8 into 4 channels, its VAE by 4"):
-            load_model(str(folder))
+        build_tiny_autoencoder(factor_8, channels=8).save_pretrained(folder / TINY_VAE_FOLDER,
+                                                                     safe_serialization=True)
+        with pytest.raises(AisdiffError, match="encodes by a factor 8 into 4 channels, the VAE of .* by 4"):
+            DiffSP(load_model(str(folder)), DiffSPConfig(encoder="tiny"))
     finally:
         shutil.rmtree(folder / TINY_VAE_FOLDER, ignore_errors=True)
 
 
-def test_stores_of_one_encoder_refuse_the_other(tmp_path):
+def test_tiny_vae_gives_the_small_autoencoder_from_anywhere(folder, tiny_model, tmp_path):
+    """A folder elsewhere, or a hub id (refused, naming it, when it is not in the offline cache)."""
+    tiny_model.tiny_vae.save_pretrained(tmp_path / "taesd-like", safe_serialization=True)
+    model = load_model(str(folder), tiny_vae=str(tmp_path / "taesd-like"))
+    diffsp = DiffSP(model, DiffSPConfig(encoder="tiny"))
+    assert diffsp.attrs["tiny_vae_sha256"] == tiny_vae_sha256(tiny_model.tiny_vae)
+    with pytest.raises(AisdiffError, match="could not load the small autoencoder 'madebyollin/taesd' of"):
+        DiffSP(load_model(str(folder), tiny_vae="madebyollin/taesd"), DiffSPConfig(encoder="tiny"))
+
+
+def test_stores_of_one_encoder_refuse_the_other_and_another_small_autoencoder(tmp_path):
     from helpers import STORE_SETTINGS, store_rows
 
-    assert SETTINGS_ADDED_LATER["encoder"] == "vae"  # stores older than the setting were VAE-encoded
     path = tmp_path / "p.zarr"
-    PriorStore.create(path, STORE_SETTINGS, store_rows(), prior_size=6, chunk_rows=4)
+    PriorStore.create(path, STORE_SETTINGS, store_rows(), prior_size=6, chunk_rows=4)  # (before `encoder`)
     PriorStore.open_or_create(path, {**STORE_SETTINGS, "encoder": "vae"}, store_rows(), 6, chunk_rows=4)
     tiny = {**STORE_SETTINGS, "encoder": "tiny", "tiny_vae_sha256": "ef" * 32}
     with pytest.raises(StoreError, match="encoder: store has 'vae', requested 'tiny'"):
         PriorStore.open_or_create(path, tiny, store_rows(), 6, chunk_rows=4)
+    path = tmp_path / "tiny.zarr"
+    PriorStore.create(path, tiny, store_rows(), prior_size=6, chunk_rows=4)
+    PriorStore.open_or_create(path, tiny, store_rows(), 6, chunk_rows=4)
+    with pytest.raises(StoreError, match="encoder: store has 'tiny', requested 'vae'"):
+        PriorStore.open_or_create(path, {**STORE_SETTINGS, "encoder": "vae"}, store_rows(), 6, chunk_rows=4)
+    with pytest.raises(StoreError, match="tiny_vae_sha256: store has 'efef.*', requested 'abab"):
+        PriorStore.open_or_create(path, {**tiny, "tiny_vae_sha256": "ab" * 32}, store_rows(), 6, chunk_rows=4)
 
 
 def test_the_small_encoder_cuts_the_encode_on_sd15():

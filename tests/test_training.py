@@ -187,9 +187,11 @@ def test_tune_diffsp_reports_the_visible_baseline(make_benchmark, tmp_path):
     spacing = {"timestep_spacing": "trailing"} if best["timestep_spacing"] == "trailing" else {}
     encoder = {"encoder": "tiny"} if best["encoder"] == "tiny" else {}
     record = json.dumps({"tau": best["tau"], **spacing, **encoder, "threshold": best["threshold"]})
+    small = (", and its small autoencoder as FOLDER/vae_tiny with model.tiny_vae.save_pretrained" if encoder
+             else "")
     assert ("To make the best setting above the defaults of tiny-random, save the model to a folder "
-            "(save_pretrained; tiny-random itself takes no defaults) and write into its diffsp_config.json:\n"
-            f"{record}\n") in proc.stdout
+            f"(save_pretrained{small}; tiny-random itself takes no defaults) and write into its "
+            f"diffsp_config.json:\n{record}\n") in proc.stdout
 
 
 def test_grid_ceiling_is_what_a_perfect_prior_scores(make_benchmark):

@@ -1,7 +1,7 @@
 """`aisdiff distill-encoder`: a model's small autoencoder (`vae_tiny/`), distilled from its VAE.
 
-DiffSP encodes one visible-only crop per ROI; on Stable Diffusion 1.5 that VAE encode costs as much as one
-and a half UNet steps, so with few steps it is the largest share left (`--encoder tiny`, README: A fast
+DiffSP encodes one visible-only crop per ROI; on Stable Diffusion 1.5 that VAE encode costs as much as 1.4
+UNet steps, so with few steps it is the largest share left (`--encoder tiny`, README: A fast
 DiffSP). The stand-in is diffusers' `AutoencoderTiny` (TAESD's class and layout, latents already scaled):
 its encoder learns the VAE's scaled latents (posterior mode, MSE) on the inputs DiffSP encodes, the
 visible-only crops of a train split's objects with occluders and Stable Diffusion inpainting's random
@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..annotations import AmodalAnnotations
 from ..architectures import build_tiny_autoencoder
-from ..diffsp import DiffSPConfig, tiny_vae_sha256
+from ..diffsp import DiffSPConfig, tiny_vae_sha256, vae_latents
 from ..errors import AisdiffError
 from ..models import TINY_VAE_FOLDER, load_model, model_folder
 from .crops import ObjectCrops, load_object_crops, sample_batch
@@ -61,7 +61,7 @@ def distill(vae, crops: ObjectCrops, cfg: DistillConfig, context: float, device:
         x = sample_batch(crops, cfg.batch_size, generator, context,
                          random_mask_probability=cfg.random_mask_probability).masked.to(device)
         with torch.no_grad():
-            target = vae.encode(x).latent_dist.mode() * vae.config.scaling_factor
+            target = vae_latents(vae, x)
         encoder = F.mse_loss(tiny.encode(x).latents, target)
         recon = tiny.decode(target).sample
         decoder = F.l1_loss(recon, x) + F.mse_loss(recon, x)
@@ -120,7 +120,9 @@ def run(args: argparse.Namespace) -> int:
         raise AisdiffError("--steps and --batch-size must be at least 1")
     device = torch.device(args.device)
     model = load_model(args.model, device=device)
-    native = DiffSPConfig().resolved(model)  # crops as DiffSP makes them: native size, the model's context
+    # crops as DiffSP makes them (native size, the model's context); the teacher is the VAE whatever the
+    # model's default encoder
+    native = DiffSPConfig(encoder="vae").resolved(model)
     annotations = AmodalAnnotations(args.ann, images_dir=args.images)
     started = time.time()
     crops = load_object_crops(annotations, native.resolution, native.context)

@@ -191,9 +191,11 @@ def how_to_record(name: str, model, best: Scored) -> str:
     tuned = DiffSPConfig(**{k: v for k, v in best.settings.items() if k != THRESHOLD_KEY})
     record = {**tuned.differences_from_paper(model), THRESHOLD_KEY: best.settings[THRESHOLD_KEY]}
     folder = model_folder(name)
+    small = (", and its small autoencoder as FOLDER/vae_tiny with model.tiny_vae.save_pretrained"
+             if record.get("encoder") == "tiny" else "")
     where = (f"write into {folder / MODEL_DEFAULTS_FILE}" if folder else
-             f"save the model to a folder (save_pretrained; {name} itself takes no defaults) and write into "
-             f"its {MODEL_DEFAULTS_FILE}")
+             f"save the model to a folder (save_pretrained{small}; {name} itself takes no defaults) and "
+             f"write into its {MODEL_DEFAULTS_FILE}")
     return (f"To make the best setting above the defaults of {name}, {where}:\n{json.dumps(record)}\n"
             "(the settings that differ from the paper's, and the threshold for `aisdiff inspect`): DiffSP "
             "then uses them for any setting not given (precompute, tune-diffsp, the segmenter's priors).")
@@ -206,9 +208,15 @@ def run(args: argparse.Namespace) -> int:
     results = []
     grid = itertools.product(args.steps, args.self_res, args.cross_res, args.guidance_scale,
                              args.timestep_spacing, args.encoder)
-    for steps, self_res, cross_res, guidance, spacing, encoder in grid:
-        base = replace(DiffSPConfig(), steps=steps, self_res=self_res, cross_res=cross_res,
-                       guidance_scale=guidance, timestep_spacing=spacing, encoder=encoder, seed=args.seed)
+    bases = [replace(DiffSPConfig(), steps=steps, self_res=self_res, cross_res=cross_res,
+                     guidance_scale=guidance, timestep_spacing=spacing, encoder=encoder, seed=args.seed)
+             for steps, self_res, cross_res, guidance, spacing, encoder in grid]
+    for base in bases:  # every setting checked before any is scored
+        try:
+            base.resolved(model)
+        except ValueError as exc:
+            raise AisdiffError(f"DiffSP settings for {args.model}: {exc}") from None
+    for base in bases:
         results += score(model, ann, instances, base, args.tau, args.thresholds, args.batch_size)
     results.sort(key=lambda r: -r.prior_iou)
     baseline = visible_baseline(instances, DiffSPConfig().prior_size)
