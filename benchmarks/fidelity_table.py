@@ -9,8 +9,10 @@ variant's seed found in two records keeps the later record's run (by date; both 
 settings differ (schedule, sizes, DiffSP settings, `--cfg-options`) or whose shared detector's weights
 differ or are not recorded (a detector retrained in another session differs) are refused: their runs do not
 compare; so is a variant whose runs' config digests (in records that
-keep each run's settings) differ. Prints and writes the table as `fidelity.py` does, mean
-± standard deviation over the seeds found, with the seeds and source records of each variant.
+keep each run's settings) differ. `--take VARIANT=RECORD` takes a variant's runs from that record alone (e.g.
+the rerun of a test-only variant after its preset changed, beside an older record that also holds it).
+Prints and writes the table as `fidelity.py` does, mean ± standard deviation over the seeds found, with the
+seeds and source records of each variant.
 """
 from __future__ import annotations
 
@@ -84,9 +86,14 @@ def check_config(variant: str, run_settings: list[dict], path: Path,
                           "rerun one of them")
 
 
-def combine(paths: list[Path], variants: list[str] | None) -> dict:
+def combine(paths: list[Path], variants: list[str] | None, take: dict[str, Path] | None = None) -> dict:
     """{variant: {seed: (metrics, source)}} over the records, the later record winning a repeated seed;
-    plus the shared setup and detector digest. Refuses records of another setup or detector."""
+    plus the shared setup and detector digest. Refuses records of another setup or detector. A variant of
+    `take` comes from its record alone (the others' runs of it are passed over)."""
+    take = take or {}
+    unknown = sorted(str(p) for p in set(take.values()) - set(paths))
+    if unknown:
+        raise RecordError(f"--take names {', '.join(unknown)}, which is not among the records given")
     records = sorted(((p, read_record(p)) for p in paths), key=lambda item: item[1]["date"])
     first_path, first = records[0]
     setup, detector = setup_of(first), None
@@ -112,7 +119,7 @@ def combine(paths: list[Path], variants: list[str] | None) -> dict:
         if detector is None:
             detector = (digest, str(path))
         for variant, metrics in data["results"].items():
-            if variants and variant not in variants:
+            if (variants and variant not in variants) or take.get(variant, path) != path:
                 continue
             check_config(variant, data.get("run_settings", {}).get(variant, []), path, configs)
             for seed, m in zip(data["settings"]["seeds"], metrics, strict=True):
@@ -132,8 +139,16 @@ def main() -> None:
     parser.add_argument("records", type=Path, nargs="+", help="fidelity.py's JSON records")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="(default: every one found)")
     parser.add_argument("--out", type=Path, help="write the combined record here (JSON)")
+    parser.add_argument("--take", nargs="+", default=[], metavar="VARIANT=RECORD",
+                        help="take a variant's runs from that record (one of those given) alone")
     args = parser.parse_args()
-    combined = combine(args.records, args.variants)
+    take = {}
+    for item in args.take:
+        variant, sep, path = item.partition("=")
+        if not sep or variant not in VARIANTS:
+            parser.error(f"--take {item!r}: give VARIANT=RECORD, VARIANT one of {', '.join(VARIANTS)}")
+        take[variant] = Path(path)
+    combined = combine(args.records, args.variants, take)
     results = {v: [m for m, _ in seeds.values()] for v, seeds in combined["runs"].items()}
     seeds = {v: list(s) for v, s in combined["runs"].items()}
     sources = {v: sorted({src for _, src in s.values()}) for v, s in combined["runs"].items()}

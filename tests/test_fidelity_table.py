@@ -112,3 +112,20 @@ def test_a_test_only_variant_combines_only_records_that_all_keep_or_all_lack_its
                        match=r"new\.json: \(j\) is tested with a preset or options that it records and "
                              r".*j0\.json does not"):
         table.combine([*old, new], ["j"])
+
+
+def test_take_gives_a_variant_from_one_record_alone(tmp_path):
+    """A test-only variant rerun with a new preset does not combine with its older runs; --take picks it."""
+    table = fidelity_table()
+    old = write(tmp_path / "d-j.json", "2026-11-30 10:00 UTC", {"d": [ap(0.32)], "j": [ap(0.33)]}, [0],
+                run={"test_preset": {"steps": 2}})
+    new = write(tmp_path / "j.json", "2026-12-01 10:00 UTC", {"j": [ap(0.34)]}, [0],
+                run={"test_preset": {"steps": 2, "encoder": "tiny"}})
+    with pytest.raises(SystemExit, match=r"\(j\)'s config and test settings .* are not those of its runs"):
+        table.combine([old, new], ["d", "j"])
+    combined = table.combine([old, new], ["d", "j"], {"j": new})
+    assert combined["runs"]["j"][0] == (ap(0.34), str(new))
+    assert combined["runs"]["d"][0] == (ap(0.32), str(old))
+    assert combined["replaced"] == []
+    with pytest.raises(SystemExit, match="--take names .*other.json, which is not among the records given"):
+        table.combine([old, new], ["d", "j"], {"j": tmp_path / "other.json"})
