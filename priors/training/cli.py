@@ -4,8 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import shutil
-import sys
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -17,6 +15,7 @@ from ..diffsp import MODEL_DEFAULTS_FILE
 from ..errors import AisdiffError
 from ..models import DTYPES
 from .crops import load_object_crops
+from .output import command_line, replaced_when_done
 from .train import TrainConfig, build_architecture, plot_losses, train_unet, train_vae, write_card
 
 
@@ -71,22 +70,17 @@ def run(args: argparse.Namespace) -> int:
     losses.update(train_unet(pipe, crops, cfg, generator, device))
     seconds = time.time() - started
 
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.to("cpu", DTYPES[args.save_dtype]).save_pretrained(tmp, safe_serialization=True)
-    (tmp / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-    (tmp / "losses.json").write_text(json.dumps({k: [round(v, 5) for v in vals]
-                                                 for k, vals in losses.items()}))
-    plot_losses(losses, tmp / "loss.png")
-    data = {"ann": Path(args.ann).name, "sha256": annotations.sha256(), "images": len(annotations.images),
-            "instances": len(annotations), "scaling_factor": pipe.vae.config.scaling_factor}
-    command = "aisdiff " + shlex.join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("aisdiff") else \
-        f"aisdiff train-diffusion --ann {shlex.quote(args.ann)} --out {shlex.quote(str(out))} " \
-        f"--seed {cfg.seed}"
-    write_card(tmp, cfg, crops, data, losses, seconds, str(device), command, args.save_dtype)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.replace(out)
+    with replaced_when_done(out) as tmp:
+        pipe.to("cpu", DTYPES[args.save_dtype]).save_pretrained(tmp, safe_serialization=True)
+        (tmp / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        (tmp / "losses.json").write_text(json.dumps({k: [round(v, 5) for v in vals]
+                                                     for k, vals in losses.items()}))
+        plot_losses(losses, tmp / "loss.png")
+        data = {"ann": Path(args.ann).name, "sha256": annotations.sha256(), "images": len(annotations.images),
+                "instances": len(annotations), "scaling_factor": pipe.vae.config.scaling_factor}
+        command = command_line(f"aisdiff train-diffusion --ann {shlex.quote(args.ann)} --out "
+                               f"{shlex.quote(str(out))} --seed {cfg.seed}")
+        write_card(tmp, cfg, crops, data, losses, seconds, str(device), command, args.save_dtype)
     print(f"saved {out} ({seconds / 60:.1f} min); final loss VAE {losses['vae'][-1]:.4f}, UNet "
           f"{losses['unet'][-1]:.4f}")
     print(f"DiffSP uses the paper's settings with it until tuned: `aisdiff tune-diffsp --model {out}` says "

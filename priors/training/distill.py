@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -30,6 +28,7 @@ from ..diffsp import DiffSPConfig, tiny_vae_sha256, vae_latents
 from ..errors import AisdiffError
 from ..models import TINY_VAE_FOLDER, load_model, model_folder
 from .crops import ObjectCrops, load_object_crops, sample_batch
+from .output import command_line, replaced_when_done
 
 CARD_FILE = "distill_config.json"  # beside the weights: settings, data, teacher, losses
 
@@ -127,21 +126,16 @@ def run(args: argparse.Namespace) -> int:
     started = time.time()
     crops = load_object_crops(annotations, native.resolution, native.context)
     tiny, losses = distill(model.pipe.vae, crops, cfg, native.context, device)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tiny.to("cpu").save_pretrained(tmp, safe_serialization=True)
-    command = "aisdiff " + shlex.join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("aisdiff") else \
-        f"aisdiff distill-encoder --model {args.model} --ann {shlex.quote(str(args.ann))}"
+    command = command_line(f"aisdiff distill-encoder --model {args.model} --ann {shlex.quote(str(args.ann))}")
     card = {"command": command, "config": asdict(cfg), "model": model.identity,
             "data": {"ann": Path(args.ann).name, "sha256": annotations.sha256(), "crops": len(crops)},
             "resolution": native.resolution, "context": native.context, "device": str(device),
             "minutes": round((time.time() - started) / 60, 1), "weights_sha256": tiny_vae_sha256(tiny),
             "final_loss": {k: round(sum(v[-100:]) / len(v[-100:]), 5) for k, v in losses.items()},
             "losses": {k: [round(x, 5) for x in v] for k, v in losses.items()}}
-    (tmp / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.replace(out)
+    with replaced_when_done(out) as tmp:
+        tiny.to("cpu").save_pretrained(tmp, safe_serialization=True)
+        (tmp / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n")
     print(f"saved {out} ({card['minutes']} min); final loss (mean of the last 100 steps) encoder "
           f"{card['final_loss']['encoder']:.4f}, decoder {card['final_loss']['decoder']:.4f}. DiffSP uses it "
           f"with --encoder tiny (`encoder='tiny'` in configs).")
