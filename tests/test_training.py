@@ -207,3 +207,14 @@ def test_grid_ceiling_is_what_a_perfect_prior_scores(make_benchmark):
     assert scores[64] > 0.95
     assert scores[4] < scores[8] < scores[16] < scores[64]
     assert scores[16] > visible_baseline(instances, config.prior_size).prior_iou
+
+
+def test_tune_diffsp_checks_every_setting_before_scoring_any(make_benchmark):
+    """A small autoencoder that cannot be loaded stops the command before the VAE half of the grid runs."""
+    root = make_benchmark("kins2020", train_images=6, val_images=2, seed=0)
+    proc = aisdiff("tune-diffsp", "--ann", str(root / "annotations" / "train.json"), "--images",
+                   str(root / "images"), "--model", "tiny-random", "--encoder", "vae", "tiny",
+                   "--tiny-vae", "org/no-such-taesd", "--tau", "1", "--limit", "2")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "could not load the small autoencoder 'org/no-such-taesd' of tiny-random" in proc.stderr
+    assert "instances of" not in proc.stdout  # (nothing was scored)

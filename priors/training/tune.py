@@ -60,6 +60,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--encoder", nargs="+", default=[None], choices=ENCODERS,
                    help="what encodes the visible-only crop (the VAE, or the model's small autoencoder) "
                         + model_default)
+    p.add_argument("--tiny-vae", help="the small autoencoder for --encoder tiny: an AutoencoderTiny folder "
+                                      "or hub id (default: the model folder's vae_tiny/)")
     p.add_argument("--thresholds", type=float, nargs="+",
                    default=[round(t, 2) for t in np.arange(0.1, 0.95, 0.05)])
     p.add_argument("--min-occlusion", type=float, default=OCCLUDED)
@@ -204,7 +206,7 @@ def how_to_record(name: str, model, best: Scored) -> str:
 def run(args: argparse.Namespace) -> int:
     ann = AmodalAnnotations(args.ann, images_dir=args.images)
     instances = sample_instances(ann, args.min_occlusion, args.limit, args.seed)
-    model = load_model(args.model, dtype=args.dtype, device=args.device)
+    model = load_model(args.model, dtype=args.dtype, device=args.device, tiny_vae=args.tiny_vae)
     results = []
     grid = itertools.product(args.steps, args.self_res, args.cross_res, args.guidance_scale,
                              args.timestep_spacing, args.encoder)
