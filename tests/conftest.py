@@ -37,3 +37,12 @@ def tiny_model():
     from priors.models import load_model
 
     return load_model("tiny-random")
+
+
+@pytest.fixture(scope="module")
+def saved_folder(tiny_model, tmp_path_factory):
+    """`tiny-random` saved as a diffusers folder, once per test module (tests that add files to it, a
+    diffsp_config.json or a vae_tiny/, remove them)."""
+    folder = tmp_path_factory.mktemp("saved") / "model"
+    tiny_model.pipe.save_pretrained(folder, safe_serialization=True)
+    return folder

@@ -52,14 +52,6 @@ def test_save_pretrained_folder_loads_like_real_weights(tiny_model, tmp_path):
     torch.testing.assert_close(DiffSP(loaded)(batch), DiffSP(tiny_model)(batch))
 
 
-@pytest.fixture(scope="module")
-def saved_folder(tiny_model, tmp_path_factory):
-    """`tiny-random` saved as a diffusers folder (the test writes its diffsp_config.json)."""
-    folder = tmp_path_factory.mktemp("saved") / "model"
-    tiny_model.pipe.save_pretrained(folder, safe_serialization=True)
-    return folder
-
-
 def test_a_folder_ships_its_diffsp_defaults(saved_folder):
     (saved_folder / "diffsp_config.json").write_text(json.dumps(
         {"tau": 1, "cross_res": 8, "guidance_scale": 2, "mask_mode": "invisible", "threshold": 0.4}))

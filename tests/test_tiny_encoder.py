@@ -27,14 +27,6 @@ def _batch(n: int = 2):
                     torch.tensor([[8.0, 8.0, 56.0, 56.0]] * n), ["ball", "moon"][:n], list(range(n)))
 
 
-@pytest.fixture(scope="module")
-def folder(tiny_model, tmp_path_factory):
-    """`tiny-random` saved as a diffusers folder, without a vae_tiny/."""
-    path = tmp_path_factory.mktemp("encoder") / "model"
-    tiny_model.pipe.save_pretrained(path, safe_serialization=True)
-    return path
-
-
 def test_the_small_autoencoder_matches_its_vae(tiny_model):
     """tiny-random has one (built from its seed); TAESD's layout for SD-1.5's factor-8 VAE."""
     from diffusers import AutoencoderTiny
@@ -65,44 +57,44 @@ def test_encoder_tiny_encodes_with_it_and_records_its_weights(tiny_model):
         DiffSP(tiny_model, DiffSPConfig(encoder="taesd"))
 
 
-def test_a_folder_without_one_refuses_encoder_tiny_and_loads_one_saved_there(folder, tiny_model):
-    model = load_model(str(folder))
+def test_a_folder_without_one_refuses_encoder_tiny_and_loads_one_saved_there(saved_folder, tiny_model):
+    model = load_model(str(saved_folder))
     assert model.tiny_vae is None
     DiffSP(model)  # (the VAE encodes: nothing needed)
     with pytest.raises(AisdiffError, match="has no small autoencoder. Give one .*--tiny-vae.*'vae_tiny/'"):
         DiffSP(model, DiffSPConfig(encoder="tiny"))
-    tiny_model.tiny_vae.save_pretrained(folder / TINY_VAE_FOLDER, safe_serialization=True)
+    tiny_model.tiny_vae.save_pretrained(saved_folder / TINY_VAE_FOLDER, safe_serialization=True)
     try:
-        loaded = load_model(str(folder))
-        assert loaded.tiny_vae_source == str(folder / TINY_VAE_FOLDER)
+        loaded = load_model(str(saved_folder))
+        assert loaded.tiny_vae_source == str(saved_folder / TINY_VAE_FOLDER)
         batch = _batch()
         torch.testing.assert_close(DiffSP(loaded, DiffSPConfig(encoder="tiny"))(batch),
                                    DiffSP(tiny_model, DiffSPConfig(encoder="tiny"))(batch))
         assert loaded.identity == model.identity  # (the pipeline's identity: VAE-encoded stores stay valid)
-        (folder / TINY_VAE_FOLDER / "diffusion_pytorch_model.safetensors").rename(
-            folder / TINY_VAE_FOLDER / "diffusion_pytorch_model.bin")
-        broken = load_model(str(folder))  # (loads on first use: the VAE path never touches it)
+        (saved_folder / TINY_VAE_FOLDER / "diffusion_pytorch_model.safetensors").rename(
+            saved_folder / TINY_VAE_FOLDER / "diffusion_pytorch_model.bin")
+        broken = load_model(str(saved_folder))  # (loads on first use: the VAE path never touches it)
         DiffSP(broken)(batch)
         with pytest.raises(AisdiffError, match="no .safetensors weights .*diffusion_pytorch_model.bin"):
             DiffSP(broken, DiffSPConfig(encoder="tiny"))
-        shutil.rmtree(folder / TINY_VAE_FOLDER)
+        shutil.rmtree(saved_folder / TINY_VAE_FOLDER)
         factor_8 = SimpleNamespace(block_out_channels=(8, 8, 8, 8), latent_channels=4)  # (a VAE config)
-        build_tiny_autoencoder(factor_8, channels=8).save_pretrained(folder / TINY_VAE_FOLDER,
+        build_tiny_autoencoder(factor_8, channels=8).save_pretrained(saved_folder / TINY_VAE_FOLDER,
                                                                      safe_serialization=True)
         with pytest.raises(AisdiffError, match="encodes by a factor 8 into 4 channels, the VAE of .* by 4"):
-            DiffSP(load_model(str(folder)), DiffSPConfig(encoder="tiny"))
+            DiffSP(load_model(str(saved_folder)), DiffSPConfig(encoder="tiny"))
     finally:
-        shutil.rmtree(folder / TINY_VAE_FOLDER, ignore_errors=True)
+        shutil.rmtree(saved_folder / TINY_VAE_FOLDER, ignore_errors=True)
 
 
-def test_tiny_vae_gives_the_small_autoencoder_from_anywhere(folder, tiny_model, tmp_path):
+def test_tiny_vae_gives_the_small_autoencoder_from_anywhere(saved_folder, tiny_model, tmp_path):
     """A folder elsewhere, or a hub id (refused, naming it, when it is not in the offline cache)."""
     tiny_model.tiny_vae.save_pretrained(tmp_path / "taesd-like", safe_serialization=True)
-    model = load_model(str(folder), tiny_vae=str(tmp_path / "taesd-like"))
+    model = load_model(str(saved_folder), tiny_vae=str(tmp_path / "taesd-like"))
     diffsp = DiffSP(model, DiffSPConfig(encoder="tiny"))
     assert diffsp.attrs["tiny_vae_sha256"] == tiny_vae_sha256(tiny_model.tiny_vae)
     with pytest.raises(AisdiffError, match="could not load the small autoencoder 'madebyollin/taesd' of"):
-        DiffSP(load_model(str(folder), tiny_vae="madebyollin/taesd"), DiffSPConfig(encoder="tiny"))
+        DiffSP(load_model(str(saved_folder), tiny_vae="madebyollin/taesd"), DiffSPConfig(encoder="tiny"))
 
 
 def test_stores_of_one_encoder_refuse_the_other_and_another_small_autoencoder(tmp_path):
@@ -134,10 +126,10 @@ def test_the_small_encoder_cuts_the_encode_on_sd15():
     assert cost["vae", 2] - cost["tiny", 2] == pytest.approx(saved, rel=1e-9)
 
 
-def test_distill_encoder_writes_a_small_autoencoder_the_model_loads(folder, make_benchmark, tmp_path):
+def test_distill_encoder_writes_a_small_autoencoder_the_model_loads(saved_folder, make_benchmark, tmp_path):
     root = make_benchmark("kins2020", train_images=6, val_images=2, seed=0)
     model = tmp_path / "model"
-    shutil.copytree(folder, model)
+    shutil.copytree(saved_folder, model)
     args = ["distill-encoder", "--model", str(model), "--ann", str(root / "annotations" / "train.json"),
             "--images", str(root / "images"), "--steps", "3", "--batch-size", "4", "--threads", "1"]
     proc = aisdiff(*args)

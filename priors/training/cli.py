@@ -14,6 +14,7 @@ from ..annotations import AmodalAnnotations
 from ..diffsp import MODEL_DEFAULTS_FILE
 from ..errors import AisdiffError
 from ..models import DTYPES
+from .arguments import add_run_arguments
 from .crops import load_object_crops
 from .output import command_line, replaced_when_done
 from .train import TrainConfig, build_architecture, plot_losses, train_unet, train_vae, write_card
@@ -30,13 +31,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--images", required=True, help="folder holding the images the annotations name")
     p.add_argument("--out", required=True,
                    help="output folder (diffusers layout); replaced only when training ends")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: torch's choice)")
-    defaults = TrainConfig()
-    for f in fields(TrainConfig):
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)),
-                       default=getattr(defaults, f.name), help=f"(default: {getattr(defaults, f.name)})")
+    add_run_arguments(p, TrainConfig)
     p.add_argument("--save-dtype", choices=["fp32", "fp16"], default="fp16",
                    help="dtype of the saved weights (default: fp16, half the size; loading casts to any "
                         "dtype)")

@@ -27,6 +27,7 @@ from ..architectures import build_tiny_autoencoder
 from ..diffsp import DiffSPConfig, tiny_vae_sha256, vae_latents
 from ..errors import AisdiffError
 from ..models import TINY_VAE_FOLDER, load_model, model_folder
+from .arguments import add_run_arguments
 from .crops import ObjectCrops, load_object_crops, sample_batch
 from .output import command_line, replaced_when_done
 
@@ -86,13 +87,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", type=Path,
                    help=f"output folder (default: the model folder's {TINY_VAE_FOLDER}/); replaced only when "
                         "training ends")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: torch's choice)")
-    defaults = DistillConfig()
-    for f in fields(DistillConfig):
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)),
-                       default=getattr(defaults, f.name), help=f"(default: {getattr(defaults, f.name)})")
+    add_run_arguments(p, DistillConfig)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=run)
 
