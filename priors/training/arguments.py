@@ -1,12 +1,13 @@
 """Command-line flags the training commands share (`train-diffusion`, `distill-encoder`)."""
 from __future__ import annotations
 
+import argparse
 from dataclasses import fields
 
 import torch
 
 
-def add_run_arguments(parser, config_class) -> None:
+def add_run_arguments(parser: argparse.ArgumentParser, config_class: type) -> None:
     """--device, --threads, and one flag per field of `config_class` (a dataclass whose defaults are the
     flags' defaults; `--some-field` for `some_field`)."""
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
