@@ -287,8 +287,11 @@ ENVIRONMENT_PACKAGES = ("torch", "mmcv", "mmdet", "mmengine", "numpy", "opencv-p
 
 
 def environment() -> dict[str, str | None]:
-    """Versions of ENVIRONMENT_PACKAGES (None: not installed), for the record."""
+    """Versions of ENVIRONMENT_PACKAGES (None: not installed), the CPU's model and the kernels torch picks for
+    it, for the record: one machine retrains the shared detector bit for bit, another CPU does not."""
     from importlib.metadata import PackageNotFoundError, version
+
+    import torch
 
     def installed(name: str) -> str | None:
         try:
@@ -296,7 +299,16 @@ def environment() -> dict[str, str | None]:
         except PackageNotFoundError:
             return None
 
-    return {name: installed(name) for name in ENVIRONMENT_PACKAGES}
+    return {**{name: installed(name) for name in ENVIRONMENT_PACKAGES}, "cpu": cpu_model(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo's, else the platform's)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
 
 
 def options_digest(options: list[str]) -> str:

@@ -115,7 +115,8 @@ def combine(paths: list[Path], variants: list[str] | None, take: dict[str, Path]
         if detector is not None and digest != detector[0]:
             raise RecordError(f"{path}: its shared detector's weights (sha256 {digest[:12]}) are not those "
                               f"of {detector[1]} ({detector[0][:12]}): the runs started from different "
-                              "detectors")
+                              "detectors (one machine retrains it bit for bit, another CPU does not: see "
+                              "the records' environment)")
         if detector is None:
             detector = (digest, str(path))
         for variant, metrics in data["results"].items():

@@ -102,3 +102,12 @@ def test_a_dump_with_options_gets_its_own_detections_folder(tmp_path, monkeypatc
     options = ["model.test_cfg.rcnn.mask_thr_binary=0.3"]
     assert dumped == "detections_d_seed2_dump-" + bench.options_digest(options)
     assert bench.TEST_OPTIONS["l"] == bench.TEST_OPTIONS["k"] == ["model.test_cfg.rcnn.prior_mask_thr=0.3"]
+
+
+def test_the_record_names_the_cpu_and_the_kernels_torch_picks():
+    import torch
+
+    env = fidelity().environment()
+    assert env["torch"] == torch.__version__
+    assert env["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert isinstance(env["cpu"], str) and env["cpu"]
