@@ -589,6 +589,25 @@ def test_mask_head_starts_from_mmdet_initialization():
     assert not classifier.bias.any() and abs(classifier.weight.std().item() / 0.01 - 1) < 0.1
 
 
+def test_init_cfg_gives_the_amodal_predictor_mmdet_kaiming_logits():
+    """The README's `init_cfg` override (the fidelity screens' Kaiming logits) re-initializes the whole amodal
+    predictor as mmdet's FCNMaskHead does (Kaiming-normal, fan_out, zero bias: logits of std sqrt(2 / 7) for 7
+    per-category channels instead of 0.001) and nothing else: the other logits and the gate keep theirs."""
+    from segmenter.mask_head import AISDiffMaskHead
+
+    torch.manual_seed(0)
+    init_cfg = dict(type="Kaiming", override=dict(name="amodal_predictor", type="Kaiming"))
+    head = AISDiffMaskHead(num_classes=7, in_channels=256, conv_channels=128, class_agnostic_amodal=False,
+                           init_cfg=init_cfg)
+    head.init_weights()
+    logits = head.amodal_predictor[-1].weight
+    assert logits.shape[:2] == (7, 128) and not head.amodal_predictor[-1].bias.any()
+    assert abs(logits.std().item() / (2.0 / 7) ** 0.5 - 1) < 4 / (2 * logits.numel()) ** 0.5
+    for branch in (head.occluder.predictor, head.visible.predictor):
+        assert abs(branch[-1].weight.std().item() / 0.001 - 1) < 0.25
+    assert not head.attention[-1].weight.any()
+
+
 def test_per_category_amodal_masks_are_the_channel_of_the_prior_class():
     """class_agnostic_amodal=False: one amodal channel per category and each RoI's mask is the channel of the
     class its prior is for (as mmdet's FCNMaskHead takes the label's channel); only those channels learn.
