@@ -63,14 +63,21 @@ class NonLocalBlock(nn.Module):
         return x + self.out(attended.transpose(1, 2).reshape(n, -1, h, w))
 
 
-class MaskPredictor(nn.Sequential):
-    """deconv2x2 stride 2 (+ ReLU) then 1x1 conv to `out_channels` masks: 14x14 features -> 28x28 logits."""
+LOGITS_INITS = ("normal", "kaiming")
 
-    def __init__(self, channels: int, out_channels: int = 1) -> None:
+
+class MaskPredictor(nn.Sequential):
+    """deconv2x2 stride 2 (+ ReLU) then 1x1 conv to `out_channels` masks: 14x14 features -> 28x28 logits.
+    `logits_init` "normal": near-zero logits at the start (Detectron2's, N(0, 0.001)); "kaiming": mmdet's
+    FCNMaskHead's (fan_out, ReLU gain), logits of std 4 to 12 for one channel, whose early gradients can
+    saturate the amodal gate."""
+
+    def __init__(self, channels: int, out_channels: int = 1, logits_init: str = "normal") -> None:
         logits = nn.Conv2d(channels, out_channels, 1)
-        # near-zero logits at the start (Detectron2's mask predictor): Kaiming's fan_out of 1 gives logits of
-        # std 4 to 12 here, whose early gradients saturate the amodal gate and kill the amodal path
-        normal_init(logits, std=0.001)
+        if logits_init == "kaiming":
+            kaiming_init_(logits)
+        else:
+            normal_init(logits, std=0.001)
         super().__init__(kaiming_init_(nn.ConvTranspose2d(channels, channels, 2, stride=2)),
                          nn.ReLU(inplace=True), logits)
 
@@ -78,11 +85,11 @@ class MaskPredictor(nn.Sequential):
 class OcclusionBranch(nn.Module):
     """conv3x3 -> non-local block -> conv3x3 (the features), and a mask predictor on them."""
 
-    def __init__(self, in_channels: int, channels: int) -> None:
+    def __init__(self, in_channels: int, channels: int, logits_init: str = "normal") -> None:
         super().__init__()
         self.features = nn.Sequential(_conv3x3(in_channels, channels), NonLocalBlock(channels),
                                       _conv3x3(channels, channels))
-        self.predictor = MaskPredictor(channels)
+        self.predictor = MaskPredictor(channels, logits_init=logits_init)
 
 
 MASK_TARGETS = {"amodal": "masks", "visible": "visible_masks", "occluder": "occluder_masks"}
@@ -111,6 +118,9 @@ class AISDiffMaskHead(BaseModule):
             input channel of the amodal convs; features x attention).
         concat_masks: with "concat", also feed the predicted visible and occluder probabilities (detached:
             the amodal loss does not train the visible branch through them).
+        logits_init: how the three mask predictors' 1x1 logit convs start: "normal" (default; N(0, 0.001),
+            Detectron2's) or "kaiming" (mmdet's FCNMaskHead's). The README's `init_cfg` override gives only
+            the amodal predictor mmdet's.
         init_cfg: mmengine's init config (the layers initialize themselves as mmdet's mask heads do).
     """
 
@@ -118,7 +128,7 @@ class AISDiffMaskHead(BaseModule):
                  num_amodal_convs: int = 2, num_attention_convs: int = 2, class_agnostic_amodal: bool = True,
                  loss_mask: dict | None = None, loss_cls: dict | None = None,
                  loss_weights: dict | None = None, prior_fusion: str = "multiply", concat_masks: bool = False,
-                 init_cfg: dict | None = None) -> None:
+                 logits_init: str = "normal", init_cfg: dict | None = None) -> None:
         if num_amodal_convs < 1 or num_attention_convs < 0:
             raise AisdiffError(f"AISDiffMaskHead: num_amodal_convs={num_amodal_convs}, num_attention_convs="
                                f"{num_attention_convs}; use at least 1 feature conv and 0 or more gate convs")
@@ -127,11 +137,13 @@ class AISDiffMaskHead(BaseModule):
         if concat_masks and prior_fusion != "concat":
             raise AisdiffError(f"AISDiffMaskHead: concat_masks=True needs prior_fusion='concat', not "
                                f"{prior_fusion!r}")
+        if logits_init not in LOGITS_INITS:
+            raise AisdiffError(f"AISDiffMaskHead: logits_init={logits_init!r}; use one of {LOGITS_INITS}")
         super().__init__(init_cfg=init_cfg)
         self.prior_fusion, self.concat_masks = prior_fusion, concat_masks
         self.num_classes = num_classes
-        self.occluder = OcclusionBranch(in_channels, conv_channels)
-        self.visible = OcclusionBranch(in_channels, conv_channels)
+        self.occluder = OcclusionBranch(in_channels, conv_channels, logits_init)
+        self.visible = OcclusionBranch(in_channels, conv_channels, logits_init)
         # the visible branch's input is the RoI feature plus the occluder feature, brought to its width
         self.occluder_to_input = (nn.Identity() if conv_channels == in_channels
                                   else kaiming_init_(nn.Conv2d(conv_channels, in_channels, 1)))
@@ -146,7 +158,8 @@ class AISDiffMaskHead(BaseModule):
         self.attention = self._gate(conv_channels, num_attention_convs) if num_attention_convs else None
         # per category, as mmdet's FCNMaskHead (class_agnostic=False): the channel of the class the prior is
         # for
-        self.amodal_predictor = MaskPredictor(conv_channels, 1 if class_agnostic_amodal else num_classes)
+        self.amodal_predictor = MaskPredictor(conv_channels, 1 if class_agnostic_amodal else num_classes,
+                                              logits_init)
         self.loss_mask = MODELS.build(loss_mask or dict(type="CrossEntropyLoss", use_mask=True,
                                                         loss_weight=1.0))
         self.loss_cls = MODELS.build(loss_cls or dict(type="CrossEntropyLoss", use_sigmoid=False,

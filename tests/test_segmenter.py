@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from priors import geometry, masks, synthetic
+from priors.errors import AisdiffError
 from priors.store import SOURCE_PROPOSAL, PriorStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -606,6 +607,28 @@ def test_init_cfg_gives_the_amodal_predictor_mmdet_kaiming_logits():
     for branch in (head.occluder.predictor, head.visible.predictor):
         assert abs(branch[-1].weight.std().item() / 0.001 - 1) < 0.25
     assert not head.attention[-1].weight.any()
+
+
+def test_logits_init_kaiming_gives_every_mask_predictor_mmdet_logits():
+    """`logits_init='kaiming'`: the occluder, visible and amodal logits start as mmdet's FCNMaskHead's (std
+    sqrt(2 / channels out)); the default is the same head with N(0, 0.001) logits; other values are
+    refused."""
+    from segmenter.mask_head import AISDiffMaskHead
+
+    torch.manual_seed(0)
+    default = AISDiffMaskHead(num_classes=7, in_channels=256, conv_channels=128)
+    torch.manual_seed(0)
+    head = AISDiffMaskHead(num_classes=7, in_channels=256, conv_channels=128, logits_init="kaiming")
+    assert head.state_dict().keys() == default.state_dict().keys()
+    for branch in (head.occluder.predictor, head.visible.predictor, head.amodal_predictor):
+        logits = branch[-1].weight
+        assert not branch[-1].bias.any() and abs(logits.std().item() / 2.0 ** 0.5 - 1) < 0.25
+    torch.manual_seed(0)
+    explicit = AISDiffMaskHead(num_classes=7, in_channels=256, conv_channels=128, logits_init="normal")
+    pairs = zip(explicit.state_dict().values(), default.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    with pytest.raises(AisdiffError, match="logits_init='xavier'"):
+        AISDiffMaskHead(num_classes=7, logits_init="xavier")
 
 
 def test_per_category_amodal_masks_are_the_channel_of_the_prior_class():
