@@ -89,7 +89,9 @@ def test_prior_equals_an_independent_computation_from_every_captured_map(tiny_mo
         m = torch.linalg.matrix_power(a_s[n], 4) @ a_c_up
         reference.append(((m - m.min()) / (m.max() - m.min())).view(8, 8))
     ours = diffsp(batch).double()
-    torch.testing.assert_close(ours, torch.stack(reference), atol=2e-5, rtol=0)
+    # ours is float32 and min-max amplifies its rounding, which differs with the CPU's kernels (2.1e-5 with
+    # torch's AVX2 kernels, under 2e-5 with AVX512); a wrong map, layer, step or token moves it by far more
+    torch.testing.assert_close(ours, torch.stack(reference), atol=1e-4, rtol=0)
     assert ours.amin() == 0 and ours.amax() == 1
 
 
