@@ -2,6 +2,7 @@
 
     python benchmarks/fidelity.py [--seeds 0 1 2] [--iters 300] [--pretrain-iters 2000] [--detector frozen]
                                   [--variants a b c d e] [--work-dir DIR] [--cfg-options KEY=VALUE ...]
+                                  [--cpu-kernels native|avx2]
 
 On the synthetic benchmark (generated into WORK_DIR/synthetic/ if absent), all variants start from one
 shared detector (variant a's Mask R-CNN R18-FPN without its mask head, trained `--pretrain-iters`
@@ -52,7 +53,11 @@ kept apart from the plain ones by a tag derived from the options, so both can sh
 so are runs with an `--iters` other than the default (tag `_iters{N}`) or with `--detector trained`
 (`_trained`). `--test-options` adds config options to the test of the test-only variants (h, j, k) on the
 plain checkpoints (tag `_test-` and 8 hex digits, on their runs only). Other sizes (images, scale, proposals,
-RoIs, `--pretrain-iters`) change the data or the detector: use a new WORK_DIR for them.
+RoIs, `--pretrain-iters`) change the data or the detector: use a new WORK_DIR for them. So does
+`--cpu-kernels avx2`, which caps the kernels ATen, oneDNN and MKL pick at AVX2 for every step: with the
+CPU's own (`native`, the default), a machine with AVX-512 and one without retrain the shared detector to
+different weights; pinned, they are meant to agree (each record keeps the CPU's widest extension and the
+detector's sha256, which show whether they do).
 Prints a table of mean and spread over seeds and writes WORK_DIR/fidelity[_TAG].{json,md} and
 benchmarks/results/fidelity[_TAG]_VARIANTS[_seedS-S].json (the command, machine, date, table, every run's
 metrics and settings.json, and the shared detector's weights sha256; `_seed...` unless the seeds are 0 1 2).
@@ -111,6 +116,11 @@ TEST_PRESET = {"j": "fast"}
 TRAINED_ON_DETECTIONS_OF = {"i": "d", "l": "d"}  # variants trained on priors of another's train detections
 # --cfg-options of such a variant's dump of the train detections (the masks its priors are made from)
 DUMP_OPTIONS = {"l": ["model.test_cfg.rcnn.mask_thr_binary=0.3"]}
+# `--cpu-kernels avx2`: environment variables that cap the kernels ATen, oneDNN (convolutions) and MKL pick at
+# AVX2, so that an AVX-512 CPU is meant to compute the floats an AVX2 one does and any x86 machine of this
+# project retrains the shared detector bit for bit (with `native`, AVX2 and AVX-512 machines do not)
+CPU_KERNEL_PINS = {"native": {},
+                   "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}}
 DIFFSP_SETTINGS = ("steps", "tau", "self_res", "cross_res")  # what both prior models are given alike
 COLUMNS = (("amodal", "AP"), ("amodal", "AP50"), ("amodal", "AP75"), ("amodal", "AR"), ("visible", "AP"),
            ("prior", "IoU_occluded"), ("prior", "visible_IoU_occluded"))
@@ -156,7 +166,7 @@ def prepare(args: argparse.Namespace) -> dict[str, Path]:
         # one folder per model, emptied when the model's weights or the settings change (as runs are), so a
         # store of an earlier benchmark is resumed when it matches and never refused when it does not
         folder = args.work_dir / f"priors_{model}"
-        reuse(folder, {"model": load_model(model).identity, **diffsp_flags(args), **size_settings(args)})
+        reuse(folder, {"model": load_model(model).identity, **diffsp_flags(args), **shared_settings(args)})
         stores[model] = folder / "train.zarr"
         flags = [f"--{k.replace('_', '-')}={v}" for k, v in diffsp_flags(args).items()]
         print(f"train priors with {model} -> {stores[model]}", flush=True)
@@ -223,8 +233,12 @@ def reuse(work: Path, settings: dict) -> bool:
     return False
 
 
-def size_settings(args: argparse.Namespace) -> dict:
-    return {k: getattr(args, k) for k in ("scale", "proposals", "rois", "train_images", "val_images")}
+def shared_settings(args: argparse.Namespace) -> dict:
+    """What the detector, the train prior stores and every run depend on alike: the sizes and, when pinned,
+    the CPU kernels (left out when native, as every earlier run was made)."""
+    pin = {} if args.cpu_kernels == "native" else {"cpu_kernels": args.cpu_kernels}
+    return {**{k: getattr(args, k) for k in ("scale", "proposals", "rois", "train_images", "val_images")},
+            **pin}
 
 
 def variant_config(args: argparse.Namespace, variant: str) -> Path:
@@ -254,7 +268,7 @@ def pretrain_detector(args: argparse.Namespace) -> Path:
     ckpt = work / f"iter_{args.pretrain_iters}.pth"
     config = CONFIGS / VARIANTS["a"][1]
     settings = {"config_sha256": config_digest(config), "iters": args.pretrain_iters, "mask_head": None,
-                **size_settings(args)}
+                **shared_settings(args)}
     if not reuse(work, settings) or not ckpt.is_file():
         print(f"shared detector: training {args.pretrain_iters} iterations -> {work}", flush=True)
         aisdiff("train", str(config), "--work-dir", str(work), "--cfg-options", "randomness.seed=0",
@@ -300,7 +314,7 @@ def environment() -> dict[str, str | None]:
             return None
 
     return {**{name: installed(name) for name in ENVIRONMENT_PACKAGES}, "cpu": cpu_model(),
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+            "cpu_isa": cpu_isa(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def cpu_model() -> str:
@@ -309,6 +323,14 @@ def cpu_model() -> str:
     lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
     names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
     return names[0] if names else platform.processor() or platform.machine()
+
+
+def cpu_isa() -> str:
+    """The widest x86 vector extension the CPU has (AVX512, AVX2 or older), whatever kernels are pinned."""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines()
+                  if line.startswith("flags")), []) if cpuinfo.is_file() else []
+    return "AVX512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "older"
 
 
 def options_digest(options: list[str]) -> str:
@@ -338,7 +360,7 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[
     # the detector by its settings, not its path: a detector retrained differently makes every run stale
     settings = {"config": config.name, "config_sha256": config_digest(config), "iters": args.iters,
                 "detector": json.loads((detector.parent / "settings.json").read_text()),
-                "detector_mode": args.detector, **size_settings(args)}
+                "detector_mode": args.detector, **shared_settings(args)}
     if model is not None:  # the priors' model (its weights' sha256) and DiffSP settings, from the store
         from priors.store import PriorStore
 
@@ -602,6 +624,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "near chance)")
     parser.add_argument("--self-res", type=int, help=tiny_default)
     parser.add_argument("--cross-res", type=int, help=tiny_default)
+    parser.add_argument("--cpu-kernels", choices=list(CPU_KERNEL_PINS), default="native",
+                        help="the CPU kernels every step runs with: the CPU's own (default), or capped at "
+                             "AVX2, so that AVX2 and AVX-512 machines are meant to compute alike (use a new "
+                             "WORK_DIR)")
     parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config options for every chosen variant (an ablation; its runs are kept apart)")
     parser.add_argument("--test-options", nargs="+", default=[], metavar="KEY=VALUE",
@@ -609,6 +635,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              + ", ".join(TESTED_WITH) + "), after their own: a test-time ablation on the "
                              "plain checkpoints (its runs and records are kept apart)")
     args = parser.parse_args(argv)
+    # before any kernel runs here (torch reads them at its first) and for every `aisdiff` step it starts
+    os.environ.update(CPU_KERNEL_PINS[args.cpu_kernels])
     trained = [v for v in args.variants if v not in TESTED_WITH]
     if args.test_options and trained:
         parser.error(f"--test-options applies to the test-only variants ({', '.join(TESTED_WITH)}), not to "
@@ -635,7 +663,8 @@ def main() -> None:
         text += ("\n\n... and in training: IoU of the train prior stores' priors with the train ground truth "
                  "(in the ground-truth box):\n\n"
                  + store_ious(stores, args.work_dir / "synthetic" / "annotations" / "train.json"))
-    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads per run: default"
+    machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads per run: default, "
+               f"CPU kernels: {args.cpu_kernels}")
     header = (f"Synthetic benchmark ({args.train_images} train / {args.val_images} val images, scale "
               f"{args.scale}, {args.proposals} proposals, {args.rois} sampled RoIs), "
               f"R18-FPN from a shared {args.pretrain_iters}-iteration detector ({args.detector}) + "

@@ -111,3 +111,26 @@ def test_the_record_names_the_cpu_and_the_kernels_torch_picks():
     assert env["torch"] == torch.__version__
     assert env["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert isinstance(env["cpu"], str) and env["cpu"]
+    assert env["cpu_isa"] in ("AVX512", "AVX2", "older")
+
+
+def test_pinned_kernels_reach_every_step_and_keep_their_runs_apart(tmp_path, monkeypatch):
+    """`--cpu-kernels avx2` caps ATen, oneDNN and MKL at AVX2 for the `aisdiff` steps it starts (a child
+    process reports AVX2 on any x86 CPU with it) and is part of what the detector, stores and runs share;
+    `native` adds nothing, so runs made before the option still match."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("AISDIFF_DATA", str(tmp_path))
+    for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR"):
+        monkeypatch.delenv(name, raising=False)  # (parse_args sets them: restored after the test)
+    bench = fidelity()
+    native = bench.parse_args(["--variants", "a", "--work-dir", str(tmp_path)])
+    assert "ATEN_CPU_CAPABILITY" not in bench.os.environ
+    assert "cpu_kernels" not in bench.shared_settings(native)
+    pinned = bench.parse_args(["--variants", "a", "--work-dir", str(tmp_path), "--cpu-kernels", "avx2"])
+    assert bench.shared_settings(pinned) == {**bench.shared_settings(native), "cpu_kernels": "avx2"}
+    probe = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    child = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert child.stdout.strip() == ("DEFAULT" if bench.cpu_isa() == "older" else "AVX2")
+    assert {bench.os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "MKL_CBWR")} == {"AVX2"}

@@ -54,7 +54,8 @@ def test_records_of_one_setup_combine_and_a_repeated_seed_keeps_the_later_run(tm
     assert {seed: m["amodal/AP"] for seed, (m, _) in runs.items()} == {0: 0.34, 1: 0.36, 2: 0.33}
     assert runs[1][1] == str(new) and runs[0][1] == str(old)
     assert combined["replaced"] == [f"(d) seed 1: {old} -> {new}"]
-    assert combined["detector"] == "ab" * 32 and combined["setup"] == {**SETUP, "test_options": []}
+    assert combined["detector"] == "ab" * 32
+    assert combined["setup"] == {**SETUP, "test_options": [], "cpu_kernels": "native"}
     later = write(tmp_path / "later.json", "2026-12-02 09:00 UTC", {"d": [ap(0.3)]}, [3],
                   settings={"test_options": []})  # (an option older records lack, at its default)
     assert sorted(table.combine([old, new, later], ["d"])["runs"]["d"]) == [0, 1, 2, 3]
@@ -89,6 +90,13 @@ def test_records_that_do_not_compare_are_refused(tmp_path):
                         run={"priors": {"model": {"id": "tiny", "weights_sha256": "ef" * 32}}})
     with pytest.raises(table.RecordError, match=r"model\.json: \(d\)'s config and test settings"):
         table.combine([base, prior_model], None)
+    pinned = write(tmp_path / "pinned.json", "2026-12-01 10:00 UTC", {"d": [ap(0.3)]}, [1],
+                   settings={"cpu_kernels": "avx2"})  # (base, older than the option, ran native kernels)
+    with pytest.raises(table.RecordError, match=r"differ in cpu_kernels \('native' against 'avx2'\)"):
+        table.combine([base, pinned], None)
+    native = write(tmp_path / "native.json", "2026-12-01 10:00 UTC", {"d": [ap(0.3)]}, [1],
+                   settings={"cpu_kernels": "native"})
+    assert sorted(table.combine([base, native], None)["runs"]["d"]) == [0, 1]
     with pytest.raises(table.RecordError, match="no record holds variant"):
         table.combine([base], ["a"])
     (tmp_path / "bad.json").write_text("{}")
