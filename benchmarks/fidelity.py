@@ -317,19 +317,21 @@ def environment() -> dict[str, str | None]:
             "cpu_isa": cpu_isa(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
+def cpuinfo_field(name: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The first CPU's value of a /proc/cpuinfo field (`model name`, `flags`), None off Linux or if absent."""
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    fields = (line.split(":", 1) for line in lines if ":" in line)
+    return next((value.strip() for key, value in fields if key.strip() == name), None)
+
+
 def cpu_model() -> str:
     """The CPU's model name (/proc/cpuinfo's, else the platform's)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.processor() or platform.machine()
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def cpu_isa() -> str:
     """The widest x86 vector extension the CPU has (AVX512, AVX2 or older), whatever kernels are pinned."""
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines()
-                  if line.startswith("flags")), []) if cpuinfo.is_file() else []
+    flags = (cpuinfo_field("flags") or "").split()
     return "AVX512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "older"
 
 

@@ -114,6 +114,19 @@ def test_the_record_names_the_cpu_and_the_kernels_torch_picks():
     assert env["cpu_isa"] in ("AVX512", "AVX2", "older")
 
 
+def test_cpuinfo_fields_are_read_exactly(tmp_path):
+    """The first CPU's fields by exact name: `flags` is not taken for `vmx flags`, a missing field is None."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nvmx flags\t: ept\n"
+                       "flags\t\t: fpu avx2 sse4_1\n\n"
+                       "processor\t: 1\nmodel name\t: Other\nflags\t\t: avx512f\n")
+    bench = fidelity()
+    assert bench.cpuinfo_field("model name", cpuinfo) == "Test CPU 9000"
+    assert bench.cpuinfo_field("flags", cpuinfo) == "fpu avx2 sse4_1"
+    assert bench.cpuinfo_field("bogomips", cpuinfo) is None
+    assert bench.cpuinfo_field("flags", tmp_path / "absent") is None
+
+
 def test_pinned_kernels_reach_every_step_and_keep_their_runs_apart(tmp_path, monkeypatch):
     """`--cpu-kernels avx2` caps ATen, oneDNN and MKL at AVX2 for the `aisdiff` steps it starts (a child
     process reports AVX2 on any x86 CPU with it) and is part of what the detector, stores and runs share;
