@@ -136,7 +136,10 @@ def test_pinned_kernels_reach_every_step_and_keep_their_runs_apart(tmp_path, mon
 
     monkeypatch.setenv("AISDIFF_DATA", str(tmp_path))
     for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR"):
-        monkeypatch.delenv(name, raising=False)  # (parse_args sets them: restored after the test)
+        # parse_args sets them; delenv alone records nothing for an unset variable, so setenv first makes
+        # monkeypatch restore (unset) it after the test and the pins cannot leak into later tests.
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     bench = fidelity()
     native = bench.parse_args(["--variants", "a", "--work-dir", str(tmp_path)])
     assert "ATEN_CPU_CAPABILITY" not in bench.os.environ
