@@ -4,6 +4,7 @@
     python benchmarks/diffsp.py --real-arch --rois 2 --batch-size 1     # SD-1.5-inpaint architecture
     python benchmarks/diffsp.py --real-arch --device cuda --dtype fp16  # on a GPU
     python benchmarks/diffsp.py --real-arch --device cuda --dtype fp16 --preset fast  # the fast preset
+    ... --out benchmarks/results/diffsp_gpu.json   # also write the table as a JSON record
 
 (a) naive: one ROI at a time, every attention layer's processor replaced by one that stores every
     probability map of every layer at every step; the maps are aggregated afterwards.
@@ -21,8 +22,10 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
+from records import record
 
 VARIANTS = {"a": "naive (1 ROI at a time, every map kept)", "b": "plain denoising (SDPA, no capture)",
             "c": "ours (batched DiffSP)"}
@@ -136,6 +139,7 @@ def main() -> None:
     parser.add_argument("--preset", choices=("default", "fast"),
                         help="DiffSP's named settings (priors.diffsp.PRESETS) for those not given")
     parser.add_argument("--variants", default=None, help="which of a, b, c (default: all; real arch: b, c)")
+    parser.add_argument("--out", type=Path, help="also write the table as a JSON record here")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant, print JSON
     args = parser.parse_args()
     if args.variant:
@@ -157,18 +161,24 @@ def main() -> None:
               else f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores")
     model = "SD-1.5-inpaint architecture, 512 px" if args.real_arch else "tiny-random model, 64 px"
     settings = f"preset {args.preset or 'default'}" + (f", {args.steps} steps" if args.steps else "")
-    print(f"DiffSP benchmark: {model}, {args.dtype}, {settings}, {args.rois} ROIs (best of "
-          f"{args.rounds} x {args.repeat}), batch {args.batch_size}, "
-          f"on {device} (torch {torch.__version__})")
-    print("| variant | ROIs/s | s/ROI | peak memory (MB) | cost vs plain |")
-    print("|---|---|---|---|---|")
+    lines = [f"DiffSP benchmark: {model}, {args.dtype}, {settings}, {args.rois} ROIs (best of "
+             f"{args.rounds} x {args.repeat}), batch {args.batch_size}, on {device} "
+             f"(torch {torch.__version__})",
+             "| variant | ROIs/s | s/ROI | peak memory (MB) | cost vs plain |", "|---|---|---|---|---|"]
     for v, r in results.items():
         rel = f"{results['b']['rois_per_s'] / r['rois_per_s']:.2f}x" if "b" in results else "-"
-        print(f"| ({v}) {VARIANTS[v]} | {r['rois_per_s']:.2f} | {1 / r['rois_per_s']:.3f} | "
-              f"{r['peak_mb']:.0f} | {rel} |")
+        lines.append(f"| ({v}) {VARIANTS[v]} | {r['rois_per_s']:.2f} | {1 / r['rois_per_s']:.3f} | "
+                     f"{r['peak_mb']:.0f} | {rel} |")
     if "a" in results and "c" in results:
-        print(f"ours vs naive: {results['c']['rois_per_s'] / results['a']['rois_per_s']:.1f}x the ROIs/s")
-
+        gain = results["c"]["rois_per_s"] / results["a"]["rois_per_s"]
+        lines.append(f"ours vs naive: {gain:.1f}x the ROIs/s")
+    print("\n".join(lines))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(record(
+            f"{device}, torch {torch.__version__}", model=model, dtype=args.dtype, settings=settings,
+            rois=args.rois, batch_size=args.batch_size, results=results, table="\n".join(lines)), indent=1))
+        print(f"written to {args.out}")
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded synthetic benchmark and the tiny model (what `make demo` runs):
 #   1. generate the synthetic amodal benchmark (train + val)        -> $DEMO_DIR/synthetic/
-#   2. precompute train priors, 2 CPU processes (accelerate launch) -> $DEMO_DIR/priors_train.zarr
+#   2. precompute train priors (accelerate launch; 2 CPU processes) -> $DEMO_DIR/priors_train.zarr
 #   3. train the synthetic AISDiff config with the cache provider    -> $DEMO_DIR/iter_$DEMO_ITERS.pth
 #   4. test on val with on-the-fly priors, print the AP table        -> $DEMO_DIR/metrics.json
 #   5. render the inspection picture of the store                    -> $DEMO_DIR/priors.png
@@ -17,6 +17,8 @@ TRAIN_IMAGES="${DEMO_TRAIN_IMAGES:-100}"
 VAL_IMAGES="${DEMO_VAL_IMAGES:-25}"
 ITERS="${DEMO_ITERS:-300}"
 VENV="${VENV:-.venv}"
+# the precompute step's Accelerate config: 2 CPU processes by default; configs/accelerate/1gpu.yaml on a GPU
+ACCELERATE_CONFIG="${DEMO_ACCELERATE_CONFIG:-configs/accelerate/cpu_2proc.yaml}"
 export PATH="$ROOT/$VENV/bin:$PATH"   # aisdiff, accelerate and mpirun (for 2 CPU processes)
 export AISDIFF_DATA="$OUT"            # the synthetic config reads $AISDIFF_DATA/synthetic/
 DATA="$OUT/synthetic"
@@ -57,9 +59,11 @@ step "1/6 synthetic benchmark ($TRAIN_IMAGES train + $VAL_IMAGES val images)"
 HINT="(a demo folder made by an older version of this script: remove $OUT and run it again)" logged demo-data '.' \
   aisdiff demo-data "$DATA" --format kins2020 --train-images "$TRAIN_IMAGES" --val-images "$VAL_IMAGES" --seed 0
 
-step "2/6 train priors with DiffSP (tiny model, 2 CPU processes)"
+where="2 CPU processes"
+[ -n "${DEMO_ACCELERATE_CONFIG:-}" ] && where="$ACCELERATE_CONFIG"
+step "2/6 train priors with DiffSP (tiny model, $where)"
 logged precompute 'DiffSP priors: +(0|25|50|75|100)%|^  [a-zA-Z]|warning|rror' \
-  accelerate launch --config_file configs/accelerate/cpu_2proc.yaml -m pipeline precompute \
+  accelerate launch --config_file "$ACCELERATE_CONFIG" -m pipeline precompute \
   --ann "$DATA/annotations/train.json" --images "$DATA/images" --out "$STORE" --model tiny --batch-size 16
 
 step "3/6 train AISDiff R18-FPN, $ITERS iterations, cached priors"

@@ -50,3 +50,15 @@ def test_demo_runs_end_to_end_and_reruns_from_what_is_there(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("reusing") == 4  # data, checkpoint, metrics, predictions
     assert "computed now     0" in again.stdout
+
+
+def test_demo_launches_precompute_with_the_chosen_accelerate_config(tmp_path):
+    """Step 2 launches precompute with DEMO_ACCELERATE_CONFIG (configs/accelerate/1gpu.yaml on a GPU)."""
+    missing = tmp_path / "no_such_config.yaml"
+    env = {**os.environ, "DEMO_DIR": str(tmp_path / "demo"), "DEMO_TRAIN_IMAGES": "2", "DEMO_VAL_IMAGES": "1",
+           "DEMO_ACCELERATE_CONFIG": str(missing), "VENV": os.path.relpath(VENV, REPO)}
+    run = subprocess.run(["bash", "scripts/demo.sh"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert run.returncode != 0
+    assert f"== 2/6 train priors with DiffSP (tiny model, {missing})" in run.stdout
+    assert "== 3/6" not in run.stdout
+    assert str(missing) in (tmp_path / "demo" / "logs" / "precompute.log").read_text()
