@@ -314,7 +314,8 @@ def environment() -> dict[str, str | None]:
             return None
 
     return {**{name: installed(name) for name in ENVIRONMENT_PACKAGES}, "cpu": cpu_model(),
-            "cpu_isa": cpu_isa(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+            "cpu_isa": cpu_isa(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
 def cpuinfo_field(name: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
@@ -665,8 +666,9 @@ def main() -> None:
         text += ("\n\n... and in training: IoU of the train prior stores' priors with the train ground truth "
                  "(in the ground-truth box):\n\n"
                  + store_ious(stores, args.work_dir / "synthetic" / "annotations" / "train.json"))
+    gpu = environment()["gpu"]  # mmengine trains and tests on the GPU when there is one
     machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads per run: default, "
-               f"CPU kernels: {args.cpu_kernels}")
+               f"CPU kernels: {args.cpu_kernels}" + (f", GPU: {gpu}" if gpu else ""))
     header = (f"Synthetic benchmark ({args.train_images} train / {args.val_images} val images, scale "
               f"{args.scale}, {args.proposals} proposals, {args.rois} sampled RoIs), "
               f"R18-FPN from a shared {args.pretrain_iters}-iteration detector ({args.detector}) + "

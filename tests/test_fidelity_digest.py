@@ -112,6 +112,7 @@ def test_the_record_names_the_cpu_and_the_kernels_torch_picks():
     assert env["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert isinstance(env["cpu"], str) and env["cpu"]
     assert env["cpu_isa"] in ("AVX512", "AVX2", "older")
+    assert env["gpu"] == (torch.cuda.get_device_name() if torch.cuda.is_available() else None)
 
 
 def test_cpuinfo_fields_are_read_exactly(tmp_path):
