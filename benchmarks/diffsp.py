@@ -180,5 +180,6 @@ def main() -> None:
             rois=args.rois, batch_size=args.batch_size, results=results, table="\n".join(lines)), indent=1))
         print(f"written to {args.out}")
 
+
 if __name__ == "__main__":
     main()

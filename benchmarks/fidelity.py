@@ -666,7 +666,8 @@ def main() -> None:
         text += ("\n\n... and in training: IoU of the train prior stores' priors with the train ground truth "
                  "(in the ground-truth box):\n\n"
                  + store_ious(stores, args.work_dir / "synthetic" / "annotations" / "train.json"))
-    gpu = environment()["gpu"]  # mmengine trains and tests on the GPU when there is one
+    env = environment()
+    gpu = env["gpu"]  # mmengine trains and tests on the GPU when there is one
     machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads per run: default, "
                f"CPU kernels: {args.cpu_kernels}" + (f", GPU: {gpu}" if gpu else ""))
     header = (f"Synthetic benchmark ({args.train_images} train / {args.val_images} val images, scale "
@@ -687,7 +688,7 @@ def main() -> None:
     record = json.dumps(
         {"command": " ".join(["python", "benchmarks/fidelity.py", *sys.argv[1:]]),
          "machine": machine, "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-         "detector_weights_sha256": weights_digest(detector), "environment": environment(),
+         "detector_weights_sha256": weights_digest(detector), "environment": env,
          "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
          "table": header + "\n\n" + text, "results": results, "run_settings": run_settings}, indent=1)
     out.with_suffix(".json").write_text(record)

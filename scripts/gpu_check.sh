@@ -13,12 +13,12 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 OUT_DIR="${1:?usage: bash scripts/gpu_check.sh OUT_DIR [diffsp] [precompute] [demo]}"
 shift
-STEPS=("${@:-diffsp precompute demo}")
+STEPS="${*:-diffsp precompute demo}"
 PY="${PYTHON:-python3}"
 mkdir -p "$OUT_DIR"
 failed=0
 
-for step in ${STEPS[*]}; do
+for step in $STEPS; do
   case "$step" in
     diffsp)
       for preset in default fast; do

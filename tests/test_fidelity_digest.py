@@ -115,6 +115,17 @@ def test_the_record_names_the_cpu_and_the_kernels_torch_picks():
     assert env["gpu"] == (torch.cuda.get_device_name() if torch.cuda.is_available() else None)
 
 
+def test_the_record_names_the_gpu_when_there_is_one(monkeypatch):
+    """mmengine runs on a GPU whenever one is there, so the record must name it (None without one)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Test GPU 80GB")
+    assert fidelity().environment()["gpu"] == "Test GPU 80GB"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert fidelity().environment()["gpu"] is None
+
+
 def test_cpuinfo_fields_are_read_exactly(tmp_path):
     """The first CPU's fields by exact name: `flags` is not taken for `vmx flags`, a missing field is None."""
     cpuinfo = tmp_path / "cpuinfo"
