@@ -56,8 +56,8 @@ plain checkpoints (tag `_test-` and 8 hex digits, on their runs only). Other siz
 RoIs, `--pretrain-iters`) change the data or the detector: use a new WORK_DIR for them. So does
 `--cpu-kernels avx2`, which caps the kernels ATen, oneDNN and MKL pick at AVX2 for every step: with the
 CPU's own (`native`, the default), a machine with AVX-512 and one without retrain the shared detector to
-different weights; pinned, they are meant to agree (each record keeps the CPU's widest extension and the
-detector's sha256, which show whether they do).
+different weights; pinned, they agree (an AMD EPYC with AVX-512 and one without retrained it to the same
+sha256, 2026-12-04; each record keeps the CPU's widest extension and the detector's sha256).
 Prints a table of mean and spread over seeds and writes WORK_DIR/fidelity[_TAG].{json,md} and
 benchmarks/results/fidelity[_TAG]_VARIANTS[_seedS-S].json (the command, machine, date, table, every run's
 metrics and settings.json, and the shared detector's weights sha256; `_seed...` unless the seeds are 0 1 2).
@@ -117,8 +117,8 @@ TRAINED_ON_DETECTIONS_OF = {"i": "d", "l": "d"}  # variants trained on priors of
 # --cfg-options of such a variant's dump of the train detections (the masks its priors are made from)
 DUMP_OPTIONS = {"l": ["model.test_cfg.rcnn.mask_thr_binary=0.3"]}
 # `--cpu-kernels avx2`: environment variables that cap the kernels ATen, oneDNN (convolutions) and MKL pick at
-# AVX2, so that an AVX-512 CPU is meant to compute the floats an AVX2 one does and any x86 machine of this
-# project retrains the shared detector bit for bit (with `native`, AVX2 and AVX-512 machines do not)
+# AVX2, so that an AVX-512 CPU computes the floats an AVX2 one does and x86 machines of this project retrain
+# the shared detector bit for bit (checked on both kinds; with `native`, AVX2 and AVX-512 machines do not)
 CPU_KERNEL_PINS = {"native": {},
                    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}}
 DIFFSP_SETTINGS = ("steps", "tau", "self_res", "cross_res")  # what both prior models are given alike
@@ -629,7 +629,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cross-res", type=int, help=tiny_default)
     parser.add_argument("--cpu-kernels", choices=list(CPU_KERNEL_PINS), default="native",
                         help="the CPU kernels every step runs with: the CPU's own (default), or capped at "
-                             "AVX2, so that AVX2 and AVX-512 machines are meant to compute alike (use a new "
+                             "AVX2, so that AVX2 and AVX-512 machines compute alike (use a new "
                              "WORK_DIR)")
     parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config options for every chosen variant (an ablation; its runs are kept apart)")
