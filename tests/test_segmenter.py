@@ -521,10 +521,38 @@ CONFIGS = {"aisdiff_r50_fpn_kins.py": 7, "aisdiff_r101_fpn_kins.py": 7,
            "aisdiff_r50_fpn_d2sa.py": 60, "aisdiff_r18_fpn_synthetic.py": 7,
            "aisdiff_r18_fpn_noprior_synthetic.py": 7, "aisdiff_r18_fpn_oracle_synthetic.py": 7,
            "aisdiff_r18_fpn_oracle-shape_synthetic.py": 7, "aisdiff_r18_fpn_oracle-input_synthetic.py": 7,
-           "aisdiff_r18_fpn_template_synthetic.py": 7, "maskrcnn_r18_fpn_amodal_synthetic.py": 7}
+           "aisdiff_r18_fpn_template_synthetic.py": 7, "aisdiff_r18_fpn_residual_synthetic.py": 7,
+           "maskrcnn_r18_fpn_amodal_synthetic.py": 7}
 # the test prior of each config, by a word of its name (first match; otherwise OnTheFlyPriors)
 TEST_PRIORS = {"noprior": "NoPriors", "oracle-input": "OracleInputPriors", "oracle": "OraclePriors",
                "template": "ClassTemplatePriors"}
+
+
+def test_recommended_config_is_the_measured_head_under_residual_fusion():
+    """The recommended config is the synthetic config with exactly the options of the committed fidelity
+    records it is recommended by (the pinned detector's tag 4142a0fa), and builds that head."""
+    import argparse
+
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config, DictAction
+
+    import segmenter  # noqa: F401
+
+    register_all_modules()
+    record = REPO / "benchmarks" / "results" / "detector-baef3b6a" / "fidelity_opts-4142a0fa_d_seed0.json"
+    options = json.loads(record.read_text())["settings"]["cfg_options"]
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction)
+    paper = Config.fromfile(str(CONFIG))
+    paper.merge_from_dict(parser.parse_args(["--cfg-options", *options]).cfg_options)
+    recommended = Config.fromfile(str(REPO / "configs" / "aisdiff" / "aisdiff_r18_fpn_residual_synthetic.py"))
+    assert recommended.model.to_dict() == paper.model.to_dict()
+    assert recommended.model.roi_head.mask_head != Config.fromfile(str(CONFIG)).model.roi_head.mask_head
+    head = MODELS.build(recommended.model.roi_head.mask_head)
+    assert head.prior_fusion == "residual" and head.attention is None
+    assert len(head.amodal_features) == 4 and head.amodal_features[-1][0].out_channels == 256
+    assert head.amodal_predictor[-1].out_channels == 7  # one mask per category
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
