@@ -530,24 +530,25 @@ TEST_PRIORS = {"noprior": "NoPriors", "oracle-input": "OracleInputPriors", "orac
 
 def test_recommended_config_is_the_measured_head_under_residual_fusion():
     """The recommended config is the synthetic config with exactly the options of the committed fidelity
-    records it is recommended by (the pinned detector's tag 4142a0fa), and builds that head."""
+    records it is recommended by (the pinned detector's tag 4142a0fa), as `aisdiff train --cfg-options`
+    applies them, and builds that head."""
     import argparse
 
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
-    from mmengine.config import Config, DictAction
+    from mmengine.config import Config
 
     import segmenter  # noqa: F401
+    from segmenter.cli import add_train_parser, load_config
 
     register_all_modules()
     record = REPO / "benchmarks" / "results" / "detector-baef3b6a" / "fidelity_opts-4142a0fa_d_seed0.json"
     options = json.loads(record.read_text())["settings"]["cfg_options"]
     parser = argparse.ArgumentParser()
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction)
-    paper = Config.fromfile(str(CONFIG))
-    paper.merge_from_dict(parser.parse_args(["--cfg-options", *options]).cfg_options)
+    add_train_parser(parser.add_subparsers())
+    measured = load_config(parser.parse_args(["train", str(CONFIG), "--cfg-options", *options]))
     recommended = Config.fromfile(str(REPO / "configs" / "aisdiff" / "aisdiff_r18_fpn_residual_synthetic.py"))
-    assert recommended.model.to_dict() == paper.model.to_dict()
+    assert recommended.model.to_dict() == measured.model.to_dict()
     assert recommended.model.roi_head.mask_head != Config.fromfile(str(CONFIG)).model.roi_head.mask_head
     head = MODELS.build(recommended.model.roi_head.mask_head)
     assert head.prior_fusion == "residual" and head.attention is None
