@@ -2,7 +2,7 @@
 
     python benchmarks/fidelity.py [--seeds 0 1 2] [--iters 300] [--pretrain-iters 2000] [--detector frozen]
                                   [--variants a b c d e] [--work-dir DIR] [--cfg-options KEY=VALUE ...]
-                                  [--cpu-kernels native|avx2]
+                                  [--head paper|recommended] [--cpu-kernels native|avx2]
 
 On the synthetic benchmark (generated into WORK_DIR/synthetic/ if absent), all variants start from one
 shared detector (variant a's Mask R-CNN R18-FPN without its mask head, trained `--pretrain-iters`
@@ -51,13 +51,17 @@ WORK_DIR.
 `--variants b d --cfg-options model.roi_head.mask_head.num_amodal_convs=4`); such runs and their tables are
 kept apart from the plain ones by a tag derived from the options, so both can share WORK_DIR and its detector;
 so are runs with an `--iters` other than the default (tag `_iters{N}`) or with `--detector trained`
-(`_trained`). `--test-options` adds config options to the test of the test-only variants (h, j, k) on the
-plain checkpoints (tag `_test-` and 8 hex digits, on their runs only). Other sizes (images, scale, proposals,
-RoIs, `--pretrain-iters`) change the data or the detector: use a new WORK_DIR for them. So does
-`--cpu-kernels avx2`, which caps the kernels ATen, oneDNN and MKL pick at AVX2 for every step: with the
-CPU's own (`native`, the default), a machine with AVX-512 and one without retrain the shared detector to
-different weights; pinned, they agree (an AMD EPYC with AVX-512 and one without retrained it to the same
-sha256, 2026-12-04; each record keeps the CPU's widest extension and the detector's sha256).
+(`_trained`). `--head recommended` gives every AISDiff variant (all but a) the recommended head
+(configs/aisdiff/aisdiff_r18_fpn_residual_synthetic.py's options over its base, RECOMMENDED_HEAD) while (a)
+stays plain Mask R-CNN: the recommended AISDiff against Mask R-CNN in one command and one record
+(`_head-recommended`); its AISDiff runs are those of `--cfg-options` with the same options (one tag), so
+either command reuses the other's runs. `--test-options` adds config options to the test of the test-only
+variants (h, j, k) on the plain checkpoints (tag `_test-` and 8 hex digits, on their runs only). Other sizes
+(images, scale, proposals, RoIs, `--pretrain-iters`) change the data or the detector: use a new WORK_DIR for
+them. So does `--cpu-kernels avx2`, which caps the kernels ATen, oneDNN and MKL pick at AVX2 for every step:
+with the CPU's own (`native`, the default), a machine with AVX-512 and one without retrain the shared
+detector to different weights; pinned, they agree (an AMD EPYC with AVX-512 and one without retrained it to
+the same sha256, 2026-12-04; each record keeps the CPU's widest extension and the detector's sha256).
 Prints a table of mean and spread over seeds and writes WORK_DIR/fidelity[_TAG].{json,md} and
 benchmarks/results/fidelity[_TAG]_VARIANTS[_seedS-S].json (the command, machine, date, table, every run's
 metrics and settings.json, and the shared detector's weights sha256; `_seed...` unless the seeds are 0 1 2).
@@ -121,6 +125,11 @@ DUMP_OPTIONS = {"l": ["model.test_cfg.rcnn.mask_thr_binary=0.3"]}
 # the shared detector bit for bit (checked on both kinds; with `native`, AVX2 and AVX-512 machines do not)
 CPU_KERNEL_PINS = {"native": {},
                    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}}
+# the recommended config's head (aisdiff_r18_fpn_residual_synthetic.py over aisdiff_r18_fpn_synthetic.py, a
+# test checks they agree) as --cfg-options, in the order the benchmark first measured them (tag 4142a0fa)
+RECOMMENDED_HEAD = [f"model.roi_head.mask_head.{option}" for option in (
+    "num_amodal_convs=4", "conv_channels=256", "class_agnostic_amodal=False", "num_attention_convs=0",
+    "prior_fusion=residual", "logits_init=kaiming")]
 DIFFSP_SETTINGS = ("steps", "tau", "self_res", "cross_res")  # what both prior models are given alike
 COLUMNS = (("amodal", "AP"), ("amodal", "AP50"), ("amodal", "AP75"), ("amodal", "AR"), ("visible", "AP"),
            ("prior", "IoU_occluded"), ("prior", "visible_IoU_occluded"))
@@ -341,15 +350,36 @@ def options_digest(options: list[str]) -> str:
     return hashlib.sha256("\n".join(options).encode()).hexdigest()[:8]
 
 
-def ablation_tag(args: argparse.Namespace) -> str:
-    """"" for the plain benchmark, else what its variants do differently on the same detector, for run and
-    table names: `_iters{N}` (another schedule), `_trained` (`--detector trained`), `_opts-` and 8 hex digits
-    of `--cfg-options`. An ablation never overwrites the plain runs."""
-    tag = f"_iters{args.iters}" if args.iters != DEFAULT_ITERS else ""
-    tag += "_trained" if args.detector == "trained" else ""
-    if args.cfg_options:
-        tag += "_opts-" + options_digest(args.cfg_options)
-    return tag
+def variant_options(args: argparse.Namespace, variant: str) -> list[str]:
+    """The config options a variant trains and tests with: with `--head recommended`, RECOMMENDED_HEAD for
+    an AISDiff variant (not for a, the Mask R-CNN baseline), then `--cfg-options`."""
+    head = RECOMMENDED_HEAD if args.head == "recommended" and variant != "a" else []
+    return [*head, *args.cfg_options]
+
+
+def schedule_tag(args: argparse.Namespace) -> str:
+    """`_iters{N}` (another schedule) and `_trained` (`--detector trained`), "" for neither."""
+    return (f"_iters{args.iters}" if args.iters != DEFAULT_ITERS else "") + (
+        "_trained" if args.detector == "trained" else "")
+
+
+def options_tag(options: list[str]) -> str:
+    """`_opts-` and 8 hex digits of a list of config options, "" for none."""
+    return "_opts-" + options_digest(options) if options else ""
+
+
+def ablation_tag(args: argparse.Namespace, variant: str) -> str:
+    """"" for a plain run, else what it does differently on the same detector, for its folder name: the
+    schedule tag and that of its config options (`variant_options`). An ablation never overwrites the plain
+    runs."""
+    return schedule_tag(args) + options_tag(variant_options(args, variant))
+
+
+def record_tag(args: argparse.Namespace) -> str:
+    """What a record's variants do differently, for its file name: the schedule tag, that of
+    `--cfg-options`, `_head-recommended` and the test tag."""
+    head = "_head-recommended" if args.head == "recommended" else ""
+    return schedule_tag(args) + options_tag(args.cfg_options) + head + test_tag(args)
 
 
 def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[str, Path],
@@ -377,8 +407,8 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[
     test_options = [*TEST_OPTIONS.get(variant, ()), *(args.test_options if variant in TESTED_WITH else ())]
     if test_options:
         settings["test_options"] = test_options
-    if args.cfg_options:
-        settings["cfg_options"] = args.cfg_options
+    if variant_options(args, variant):
+        settings["cfg_options"] = variant_options(args, variant)
     trained_by = TESTED_WITH.get(variant)
     if trained_by:  # (its own settings change with the checkpoint's: it is trained first)
         run_variant(args, trained_by, seed, stores, detector)
@@ -403,7 +433,7 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[
     if variant != "a":
         options += [f"model.roi_head.prior_labels={args.prior_labels}",
                     f"test_evaluator.prior_threshold={prior_threshold()}"]
-    options += args.cfg_options
+    options += variant_options(args, variant)
     start = time.time()
     checkpoint = work.parent / run_name(args, trained_by or variant, seed) / f"iter_{args.iters}.pth"
     if trained_by and not checkpoint.is_file():
@@ -485,7 +515,7 @@ def dump_detections(args: argparse.Namespace, of: str, seed: int, trained: Path,
     aisdiff("test", str(config), str(trained / f"iter_{args.iters}.pth"), "--work-dir", str(work),
             "--dump-proposals", str(work / "all.json"), "--cfg-options", f"randomness.seed={seed}",
             *size_options(config, args), f"model.roi_head.prior_labels={args.prior_labels}",
-            *args.cfg_options, *dump_options, log=work / "dump.log")
+            *variant_options(args, of), *dump_options, log=work / "dump.log")
     ann, records = AmodalAnnotations(train), json.loads((work / "all.json").read_text())
     kept = []
     for image_id in ann.image_ids():
@@ -517,14 +547,15 @@ def test_tag(args: argparse.Namespace) -> str:
 
 def run_name(args: argparse.Namespace, variant: str, seed: int) -> str:
     """A run's folder name; a test-only variant's carries the `--test-options` tag (its checkpoint's not)."""
-    return f"{variant}_seed{seed}{ablation_tag(args)}{test_tag(args) if variant in TESTED_WITH else ''}"
+    test = test_tag(args) if variant in TESTED_WITH else ""
+    return f"{variant}_seed{seed}{ablation_tag(args, variant)}{test}"
 
 
 def record_name(args: argparse.Namespace) -> str:
-    """The committed record's file name: the ablation tag, the variants and, unless the default three,
+    """The committed record's file name: the record tag, the variants and, unless the default three,
     the seeds (so that a run of other seeds never overwrites the record of these)."""
     seeds = "" if args.seeds == [0, 1, 2] else "_seed" + "-".join(map(str, args.seeds))
-    return f"fidelity{ablation_tag(args)}{test_tag(args)}_{'-'.join(args.variants)}{seeds}.json"
+    return f"fidelity{record_tag(args)}_{'-'.join(args.variants)}{seeds}.json"
 
 
 @functools.cache
@@ -633,6 +664,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "WORK_DIR)")
     parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config options for every chosen variant (an ablation; its runs are kept apart)")
+    parser.add_argument("--head", choices=("paper", "recommended"), default="paper",
+                        help="the AISDiff variants' head: each config's own (the paper's design, default) or "
+                             "the recommended one (RECOMMENDED_HEAD; (a) stays Mask R-CNN)")
     parser.add_argument("--test-options", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config options for the test of the test-only variants ("
                              + ", ".join(TESTED_WITH) + "), after their own: a test-time ablation on the "
@@ -675,6 +709,8 @@ def main() -> None:
               f"R18-FPN from a shared {args.pretrain_iters}-iteration detector ({args.detector}) + "
               f"{args.iters} iterations, batch 2, "
               f"seeds {args.seeds}; DiffSP {diffsp_flags(args)}; "
+              + (f"AISDiff head: recommended ({' '.join(RECOMMENDED_HEAD)}); " if args.head == "recommended"
+                 else "")
               + (f"options {' '.join(args.cfg_options)}; " if args.cfg_options else "")
               + (f"test options {' '.join(args.test_options)}; " if args.test_options else "")
               + f"{machine}; "
@@ -683,7 +719,7 @@ def main() -> None:
     # each run's settings.json (its config's sha256 among them: fidelity_table.py checks runs compare)
     run_settings = {v: [json.loads((args.work_dir / run_name(args, v, seed) / "settings.json").read_text())
                         for seed in args.seeds] for v in args.variants}
-    out = args.work_dir / f"fidelity{ablation_tag(args)}{test_tag(args)}"
+    out = args.work_dir / f"fidelity{record_tag(args)}"
     out.with_suffix(".md").write_text(header + "\n\n" + text + "\n")
     record = json.dumps(
         {"command": " ".join(["python", "benchmarks/fidelity.py", *sys.argv[1:]]),

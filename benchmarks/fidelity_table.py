@@ -33,7 +33,7 @@ from fidelity import TEST_OPTIONS, TEST_PRESET, VARIANTS, bucket_table, table  #
 PER_RECORD = ("work_dir", "variants", "seeds")
 DETECTOR_KEY = "detector_weights_sha256"
 # fidelity.py options added after records were first written, with the value every older record ran with
-OPTIONS_ADDED_LATER = {"test_options": [], "cpu_kernels": "native"}
+OPTIONS_ADDED_LATER = {"test_options": [], "cpu_kernels": "native", "head": "paper"}
 
 
 class RecordError(SystemExit):

@@ -162,3 +162,31 @@ def test_pinned_kernels_reach_every_step_and_keep_their_runs_apart(tmp_path, mon
     child = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert child.stdout.strip() == ("DEFAULT" if bench.cpu_isa() == "older" else "AVX2")
     assert {bench.os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "MKL_CBWR")} == {"AVX2"}
+
+
+def test_the_recommended_head_goes_to_the_aisdiff_variants_under_its_options_tag(tmp_path, monkeypatch):
+    """`--head recommended` gives (b) to (l) the recommended head and leaves (a) Mask R-CNN; its AISDiff runs
+    are those of `--cfg-options` with the same options (the committed records' tag 4142a0fa), so one command
+    reuses them, and its record is named apart."""
+    import json
+
+    monkeypatch.setenv("AISDIFF_DATA", str(tmp_path))
+    bench = fidelity()
+    record = REPO / "benchmarks" / "results" / "detector-baef3b6a" / "fidelity_opts-4142a0fa_d_seed0.json"
+    assert json.loads(record.read_text())["settings"]["cfg_options"] == bench.RECOMMENDED_HEAD
+    common = ["--work-dir", str(tmp_path), "--detector", "trained"]
+    args = bench.parse_args(["--variants", "a", "b", "d", "--head", "recommended", *common])
+    options = bench.parse_args(["--variants", "b", "d", "--cfg-options", *bench.RECOMMENDED_HEAD, *common])
+    assert bench.variant_options(args, "a") == [] and bench.run_name(args, "a", 2) == "a_seed2_trained"
+    for variant in "bd":
+        assert bench.variant_options(args, variant) == bench.RECOMMENDED_HEAD
+        assert bench.run_name(args, variant, 2) == bench.run_name(options, variant, 2)
+    assert bench.run_name(args, "d", 2) == "d_seed2_trained_opts-4142a0fa"
+    assert bench.record_name(args) == "fidelity_trained_head-recommended_a-b-d.json"
+    assert bench.record_name(options) == "fidelity_trained_opts-4142a0fa_b-d.json"
+    extra = bench.parse_args(["--variants", "a", "d", "--head", "recommended", "--cfg-options", "x=1",
+                              *common])
+    assert bench.variant_options(extra, "a") == ["x=1"]
+    assert bench.variant_options(extra, "d") == [*bench.RECOMMENDED_HEAD, "x=1"]
+    tag = bench.options_digest(["x=1"])
+    assert bench.record_name(extra) == f"fidelity_trained_opts-{tag}_head-recommended_a-d.json"

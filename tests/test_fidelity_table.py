@@ -55,9 +55,9 @@ def test_records_of_one_setup_combine_and_a_repeated_seed_keeps_the_later_run(tm
     assert runs[1][1] == str(new) and runs[0][1] == str(old)
     assert combined["replaced"] == [f"(d) seed 1: {old} -> {new}"]
     assert combined["detector"] == "ab" * 32
-    assert combined["setup"] == {**SETUP, "test_options": [], "cpu_kernels": "native"}
+    assert combined["setup"] == {**SETUP, "test_options": [], "cpu_kernels": "native", "head": "paper"}
     later = write(tmp_path / "later.json", "2026-12-02 09:00 UTC", {"d": [ap(0.3)]}, [3],
-                  settings={"test_options": []})  # (an option older records lack, at its default)
+                  settings={"test_options": [], "head": "paper"})  # (options older records lack, at default)
     assert sorted(table.combine([old, new, later], ["d"])["runs"]["d"]) == [0, 1, 2, 3]
     assert list(table.combine([old, new], None)["runs"]) == ["b", "d"]  # every variant found, in table order
 
