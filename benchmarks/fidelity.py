@@ -55,7 +55,8 @@ so are runs with an `--iters` other than the default (tag `_iters{N}`) or with `
 (configs/aisdiff/aisdiff_r18_fpn_residual_synthetic.py's options over its base, RECOMMENDED_HEAD) while (a)
 stays plain Mask R-CNN: the recommended AISDiff against Mask R-CNN in one command and one record
 (`_head-recommended`); its AISDiff runs are those of `--cfg-options` with the same options (one tag), so
-either command reuses the other's runs. `--test-options` adds config options to the test of the test-only
+either command reuses the other's run folders (their records differ in settings: fidelity_table.py does not
+combine the two kinds). `--test-options` adds config options to the test of the test-only
 variants (h, j, k) on the plain checkpoints (tag `_test-` and 8 hex digits, on their runs only). Other sizes
 (images, scale, proposals, RoIs, `--pretrain-iters`) change the data or the detector: use a new WORK_DIR for
 them. So does `--cpu-kernels avx2`, which caps the kernels ATen, oneDNN and MKL pick at AVX2 for every step:
