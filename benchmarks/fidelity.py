@@ -56,13 +56,13 @@ so are runs with an `--iters` other than the default (tag `_iters{N}`) or with `
 stays plain Mask R-CNN: the recommended AISDiff against Mask R-CNN in one command and one record
 (`_head-recommended`); its AISDiff runs are those of `--cfg-options` with the same options (one tag), so
 either command reuses the other's run folders (their records differ in settings: fidelity_table.py does not
-combine the two kinds). `--test-options` adds config options to the test of the test-only
-variants (h, j, k) on the plain checkpoints (tag `_test-` and 8 hex digits, on their runs only). Other sizes
-(images, scale, proposals, RoIs, `--pretrain-iters`) change the data or the detector: use a new WORK_DIR for
-them. So does `--cpu-kernels avx2`, which caps the kernels ATen, oneDNN and MKL pick at AVX2 for every step:
-with the CPU's own (`native`, the default), a machine with AVX-512 and one without retrain the shared
-detector to different weights; pinned, they agree (an AMD EPYC with AVX-512 and one without retrained it to
-the same sha256, 2026-12-04; each record keeps the CPU's widest extension and the detector's sha256).
+combine the two kinds). `--test-options` adds config options to the test of the test-only variants (h, j,
+k) on the plain checkpoints (tag `_test-` and 8 hex digits, on their runs only). Other sizes (images, scale,
+proposals, RoIs, `--pretrain-iters`) change the data or the detector: use a new WORK_DIR for them. So does
+`--cpu-kernels avx2`, which caps the kernels ATen, oneDNN and MKL pick at AVX2 for every step: with the
+CPU's own (`native`, the default), a machine with AVX-512 and one without retrain the shared detector to
+different weights; pinned, they agree (an AMD EPYC with AVX-512 and one without retrained it to the same
+sha256, 2026-12-04; each record keeps the CPU's widest extension and the detector's sha256).
 Prints a table of mean and spread over seeds and writes WORK_DIR/fidelity[_TAG].{json,md} and
 benchmarks/results/fidelity[_TAG]_VARIANTS[_seedS-S].json (the command, machine, date, table, every run's
 metrics and settings.json, and the shared detector's weights sha256; `_seed...` unless the seeds are 0 1 2).
@@ -408,8 +408,9 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[
     test_options = [*TEST_OPTIONS.get(variant, ()), *(args.test_options if variant in TESTED_WITH else ())]
     if test_options:
         settings["test_options"] = test_options
-    if variant_options(args, variant):
-        settings["cfg_options"] = variant_options(args, variant)
+    own_options = variant_options(args, variant)
+    if own_options:
+        settings["cfg_options"] = own_options
     trained_by = TESTED_WITH.get(variant)
     if trained_by:  # (its own settings change with the checkpoint's: it is trained first)
         run_variant(args, trained_by, seed, stores, detector)
@@ -434,7 +435,7 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[
     if variant != "a":
         options += [f"model.roi_head.prior_labels={args.prior_labels}",
                     f"test_evaluator.prior_threshold={prior_threshold()}"]
-    options += variant_options(args, variant)
+    options += own_options
     start = time.time()
     checkpoint = work.parent / run_name(args, trained_by or variant, seed) / f"iter_{args.iters}.pth"
     if trained_by and not checkpoint.is_file():
