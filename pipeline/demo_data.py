@@ -1,4 +1,5 @@
-"""`aisdiff demo-data`: write the synthetic amodal benchmark in one of the real datasets' formats."""
+"""`aisdiff demo-data`: write the synthetic amodal benchmark in one of the real datasets' formats, or in a
+real dataset's whole folder layout under a data root (`--layout`), so that its config runs unchanged."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +9,7 @@ from pathlib import Path
 from priors import synthetic
 from priors.annotations import FORMAT_NAMES, load_annotations, read_json
 from priors.errors import AisdiffError
+from priors.layouts import LAYOUT_NAMES, LAYOUTS, DatasetLayout
 
 SPLITS = ("train", "val")
 
@@ -19,9 +21,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     f"{len(synthetic.CATEGORIES)} categories with a depth order and exact amodal/visible "
                     "masks. Byte-identical for the same seed; rerunning with the same settings reuses what "
                     "is there.")
-    p.add_argument("out", type=Path, help="output folder")
-    p.add_argument("--format", default="kins2020", choices=FORMAT_NAMES,
-                   help="annotation format (default: kins2020)")
+    p.add_argument("out", type=Path, help="output folder; with --layout, the data root ($AISDIFF_DATA)")
+    p.add_argument("--format", choices=FORMAT_NAMES, help="annotation format (default: kins2020)")
+    p.add_argument("--layout", choices=LAYOUT_NAMES,
+                   help="write the train and val splits as that dataset's train and test splits under "
+                        "OUT/<dataset>/: its folders, file names, format and declared categories (each shape "
+                        "standing for one of them), for rehearsing the real configs offline")
     p.add_argument("--train-images", type=int, default=100, help="number of train images (default: 100)")
     p.add_argument("--val-images", type=int, default=25, help="number of val images (default: 25)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -33,31 +38,50 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _existing_infos(out: Path) -> dict[str, dict]:
+def _existing_infos(out: Path, layout: DatasetLayout | None = None) -> dict[str, dict]:
     """The `info` of each split's annotation file that exists in `out`."""
-    files = {s: out / "annotations" / f"{s}.json" for s in SPLITS}
+    files = {s: synthetic.split_paths(out, s, layout)[0] for s in SPLITS}
     return {s: (read_json(f).get("info") or {}) for s, f in files.items() if f.is_file()}
 
 
-def _stats_from_files(out: Path) -> dict[str, synthetic.SplitStats]:
-    return {s: synthetic.split_stats(load_annotations(out / "annotations" / f"{s}.json")) for s in SPLITS}
+def _stats_from_files(out: Path, layout: DatasetLayout | None = None) -> dict[str, synthetic.SplitStats]:
+    return {s: synthetic.split_stats(load_annotations(synthetic.split_paths(out, s, layout)[0]))
+            for s in SPLITS}
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.train_images < 0 or args.val_images < 0:
-        raise AisdiffError("--train-images and --val-images must be >= 0")
-    out: Path = args.out
-    wanted = synthetic.data_settings(args.format, args.seed, args.train_images, args.val_images,
-                                     args.visible_masks)
-    infos = _existing_infos(out)
-    if len(infos) == len(SPLITS) and all(info.get("settings") == wanted for info in infos.values()):
-        print(f"demo-data: {out} already holds this benchmark (same settings); reusing it")
-        print(synthetic.summary(_stats_from_files(out)))
-        return 0
+def _clear_layout(out: Path, layout: DatasetLayout, infos: dict[str, dict], overwrite: bool) -> None:
+    """Make room for a synthetic dataset in `layout` under the data root `out`: remove an earlier synthetic
+    one with --overwrite; never touch a dataset that this command did not write (the real one, say)."""
+    written = {s for s, info in infos.items() if "settings" in info}
+    folders = {s: synthetic.split_paths(out, s, layout)[1] for s in SPLITS}
+    foreign = [str(synthetic.split_paths(out, s, layout)[0]) for s in infos if s not in written]
+    ours = {folders[s] for s in written}
+    foreign += [str(folders[s]) for s in SPLITS
+                if folders[s] not in ours and folders[s].is_dir() and any(folders[s].iterdir())]
+    if foreign:
+        raise AisdiffError(
+            f"{out / layout.folder} holds data this command did not write "
+            f"({', '.join(sorted(set(foreign)))}): "
+            f"perhaps the real {layout.name} dataset. Rehearse under another data root (e.g. "
+            "AISDIFF_DATA=/tmp/rehearsal): demo-data never replaces it (if an interrupted demo-data run left "
+            "those images, delete them).")
+    if written and not overwrite:
+        raise AisdiffError(
+            f"{out / layout.folder} holds a synthetic {layout.name} dataset made with other settings; pass "
+            "--overwrite to replace it, or choose another data root.")
+    for split in written:
+        annotations, images = synthetic.split_paths(out, split, layout)
+        annotations.unlink(missing_ok=True)
+        shutil.rmtree(images, ignore_errors=True)
+
+
+def _clear_folder(out: Path, infos: dict[str, dict], wanted: dict, overwrite: bool) -> None:
+    """Make room for the benchmark in `out`: refuse other data without --overwrite, then remove images/ and
+    annotations/ (ours, or an interrupted run's)."""
     if out.exists() and any(out.iterdir()):
         foreign = sorted(p.name for p in out.iterdir() if p.name not in ("images", "annotations"))
         other = [s for s, info in infos.items() if "settings" not in info or info["settings"] != wanted]
-        if (foreign or other) and not args.overwrite:
+        if (foreign or other) and not overwrite:
             raise AisdiffError(
                 f"{out} already holds other data "
                 f"({', '.join(foreign + [f'annotations/{s}.json' for s in other])}), not a benchmark made "
@@ -65,9 +89,33 @@ def run(args: argparse.Namespace) -> int:
                 "images/ and annotations/.")
         for sub in ("images", "annotations"):  # ours, or an interrupted run: start over
             shutil.rmtree(out / sub, ignore_errors=True)
-    stats = synthetic.generate(out, fmt=args.format, train_images=args.train_images,
-                               val_images=args.val_images, seed=args.seed, settings=wanted,
-                               visible_masks=args.visible_masks)
-    print(f"demo-data: wrote {out} (format {args.format}, seed {args.seed})")
-    print(synthetic.summary(stats))
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.train_images < 0 or args.val_images < 0:
+        raise AisdiffError("--train-images and --val-images must be >= 0")
+    layout = LAYOUTS[args.layout] if args.layout else None
+    if layout and args.format not in (None, layout.format):
+        raise AisdiffError(f"--layout {layout.name} writes the {layout.format} format; drop --format "
+                           f"{args.format}.")
+    fmt = layout.format if layout else args.format or "kins2020"
+    out: Path = args.out
+    wanted = synthetic.data_settings(fmt, args.seed, args.train_images, args.val_images, args.visible_masks,
+                                     layout)
+    where = out / layout.folder if layout else out
+    infos = _existing_infos(out, layout)
+    if len(infos) == len(SPLITS) and all(info.get("settings") == wanted for info in infos.values()):
+        print(f"demo-data: {where} already holds this benchmark (same settings); reusing it")
+        print(synthetic.summary(_stats_from_files(out, layout), layout))
+        return 0
+    if layout:
+        _clear_layout(out, layout, infos, args.overwrite)
+    else:
+        _clear_folder(out, infos, wanted, args.overwrite)
+    stats = synthetic.generate(out, fmt=fmt, train_images=args.train_images, val_images=args.val_images,
+                               seed=args.seed, settings=wanted, visible_masks=args.visible_masks,
+                               layout=layout)
+    print(f"demo-data: wrote {where} (format {fmt}{f', {layout.name} layout' if layout else ''}, "
+          f"seed {args.seed})")
+    print(synthetic.summary(stats, layout))
     return 0

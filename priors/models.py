@@ -14,6 +14,11 @@ A model may have a small autoencoder, an `AutoencoderTiny` (TAESD for SD-1.x, or
 model's VAE by `aisdiff distill-encoder`) whose encoder DiffSP can use in place of the VAE's
 (`DiffSPConfig.encoder="tiny"`): its folder's `vae_tiny/`, or any AutoencoderTiny folder or hub id given as
 `tiny_vae` (e.g. "madebyollin/taesd" beside a hub id). It loads on first use (`DiffusionModel.tiny_vae`).
+
+A hub id loads through diffusers' `from_pretrained`, from the Hugging Face cache when it holds the snapshot
+(with HF_HUB_OFFLINE=1, only from there): that snapshot is then the model's folder, read for its
+`diffsp_config.json` and `vae_tiny/` like a local one. A prior store knows a model by its weights' sha256, so
+the same weights under a hub id, a local folder or a cache snapshot make and read the same store.
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TINY_MODEL_DIR = Path(__file__).resolve().parent / "weights" / "tiny-shapes"  # the trained `tiny` model
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 COMPONENTS = ("unet", "vae", "text_encoder")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # a Hugging Face repository id, "org/name"
 TINY_VAE_FOLDER = "vae_tiny"  # a model folder's optional AutoencoderTiny (diffusers layout, safetensors)
 
 
@@ -135,11 +141,49 @@ def _model_path(model: str) -> Path:
     return TINY_MODEL_DIR if model == "tiny" else Path(model).expanduser()
 
 
+def is_hub_id(model: str) -> bool:
+    """Whether a model name has the form of a Hugging Face hub id ("org/name") and is not a local path."""
+    return bool(HUB_ID.fullmatch(model)) and not Path(model).expanduser().exists()
+
+
+def hub_snapshot(model: str) -> Path | None:
+    """The folder of a hub id's snapshot in the local Hugging Face cache (HF_HOME or HF_HUB_CACHE, the
+    revision `refs/main` names, as `hf download` leaves it), or None when the cache does not hold it. Never
+    downloads."""
+    if not is_hub_id(model):
+        return None
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(model, local_files_only=True))
+    except Exception:  # (not cached: huggingface_hub raises LocalEntryNotFoundError and kin)
+        return None
+
+
 def model_folder(model: str) -> Path | None:
     """The local folder a model name (as loaded, or as a store records it) loads from: the shipped one for
-    'tiny', or the folder given; None for 'tiny-random' and hub ids."""
+    'tiny', the folder given, or a hub id's snapshot in the local cache; None for 'tiny-random' and for hub
+    ids that are not cached."""
+    if is_hub_id(model):
+        return hub_snapshot(model)
     path = _model_path(model)
     return path if model != "tiny-random" and path.is_dir() else None
+
+
+def _not_loadable(model: str, exc: Exception) -> AisdiffError:
+    """The error for a model diffusers could not load: for a hub id missing from the cache while offline,
+    where the cache is and how to fill it."""
+    from huggingface_hub import constants
+
+    if is_hub_id(model) and constants.HF_HUB_OFFLINE and hub_snapshot(model) is None:
+        return AisdiffError(
+            f"the inpainting model {model!r} is not in the Hugging Face cache {constants.HF_HUB_CACHE}, and "
+            "HF_HUB_OFFLINE=1 forbids downloading it. Fill the cache once where there is network, with the "
+            f"same HF_HOME (`hf download {model}`), or pass --model a local diffusers folder "
+            "(docs/real_data.md).")
+    return AisdiffError(
+        f"could not load the inpainting model {model!r}: {exc}. Pass a local diffusers folder, or a hub id "
+        "that is in the Hugging Face cache (HF_HOME) when there is no network.")
 
 
 def model_defaults(model: str) -> dict:
@@ -175,14 +219,14 @@ def load_model(model: str, dtype: str = "fp32", device: str | torch.device = "cp
                                + "; pass a diffusers model folder or a hub id.")
         if path.exists():
             _refuse_pickle_weights(path)
+        elif (snapshot := hub_snapshot(model)) is not None:
+            _refuse_pickle_weights(snapshot)
         try:
             pipe = StableDiffusionInpaintPipeline.from_pretrained(
                 str(path) if path.exists() else model, dtype=DTYPES[dtype], use_safetensors=True,
                 safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         except (OSError, ValueError) as exc:
-            raise AisdiffError(
-                f"could not load the inpainting model {model!r}: {exc}. Pass a local diffusers folder, or a "
-                "hub id that is in the Hugging Face cache (HF_HOME) when there is no network.") from None
+            raise _not_loadable(model, exc) from None
         name = model if model == "tiny" else str(path.resolve()) if path.exists() else model
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)

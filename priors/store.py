@@ -13,7 +13,8 @@ Rows are chunked along N. Row metadata is written when the store is created, whi
 temporary folder renamed into place, so a store that exists is never half-created. Priors are written
 a whole chunk at a time by one writer, then that chunk's `done` rows; a writer killed at any point
 leaves no row marked done whose prior was not written. The group attributes hold every setting that
-changes a prior; opening with other settings is refused with a list of the differences.
+changes a prior; opening with other settings is refused with a list of the differences. The model is
+compared by its weights (`model.weights_sha256`), not by the name it was loaded under.
 """
 from __future__ import annotations
 
@@ -78,6 +79,25 @@ def _normalize(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
+def model_difference(stored: Any, wanted: Any) -> list[str]:
+    """The line saying that two model identities ({"id", "weights_sha256"}) name different weights, or none.
+    A model is its weights: a hub id, a local folder and a cache snapshot of the same weights are one
+    model."""
+    if stored == wanted:
+        return []
+    if (isinstance(stored, dict) and isinstance(wanted, dict)
+            and stored.get("weights_sha256") is not None
+            and stored.get("weights_sha256") == wanted.get("weights_sha256")):
+        return []
+
+    def describe(identity: Any) -> str:
+        if not isinstance(identity, dict):
+            return repr(identity)
+        return f"{identity.get('id')!r} (weights sha256 {identity.get('weights_sha256')})"
+
+    return [f"model: store has {describe(stored)}, requested {describe(wanted)}: other weights"]
+
+
 def settings_differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     """One line per setting that differs between a store's attributes and the requested settings."""
     stored, wanted = _normalize(stored), _normalize(wanted)
@@ -88,7 +108,9 @@ def settings_differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list
     for key in sorted(set(stored) | set(wanted)):
         if key in STRUCTURE_ATTRS:
             continue
-        if stored.get(key, "<missing>") != wanted.get(key, "<missing>"):
+        if key == "model":
+            lines += model_difference(stored.get(key), wanted.get(key))
+        elif stored.get(key, "<missing>") != wanted.get(key, "<missing>"):
             lines.append(f"{key}: store has {stored.get(key, '<missing>')!r}, requested "
                          f"{wanted.get(key, '<missing>')!r}")
     return lines

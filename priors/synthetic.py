@@ -19,6 +19,7 @@ from PIL import Image
 
 from . import masks
 from .annotations import FORMATS, AmodalAnnotations
+from .layouts import DatasetLayout
 from .occlusion import OCCLUSION_BUCKETS, occlusion_bucket
 
 # (id, name): names are plain words so that "a photo of a {name}" reads naturally.
@@ -238,15 +239,30 @@ def split_stats(annotations: AmodalAnnotations) -> SplitStats:
     return stats
 
 
+def split_paths(out: Path, split: str, layout: DatasetLayout | None = None) -> tuple[Path, Path]:
+    """(annotation file, image folder) of a split: OUT/annotations/{split}.json and OUT/images/, or where the
+    dataset `layout` keeps that split under the data root OUT."""
+    if layout is None:
+        return out / "annotations" / f"{split}.json", out / "images"
+    files = layout.splits[split]
+    return out / layout.folder / files.annotations, out / layout.folder / files.images
+
+
 def write_split(out: Path, split: str, num_images: int, seed: int, fmt: str, first_image_id: int,
                 first_ann_id: int, settings: dict | None = None,
-                visible_masks: str | None = None) -> SplitStats:
+                visible_masks: str | None = None, layout: DatasetLayout | None = None) -> SplitStats:
     """Render `num_images` scenes into OUT/images/ and write OUT/annotations/{split}.json in format `fmt`,
-    visible masks encoded as `visible_masks` ("polygons" / "rle"; default: as the format's real files)."""
+    visible masks encoded as `visible_masks` ("polygons" / "rle"; default: as the format's real files). With a
+    dataset `layout`, into its folders and file names under the data root OUT, each shape written as the
+    category it stands for and every category of the dataset declared."""
     spec = FORMATS[fmt]
     as_polygons = (visible_masks or spec.visible_encoding) == "polygons"
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "annotations").mkdir(parents=True, exist_ok=True)
+    path, image_dir = split_paths(out, split, layout)
+    image_dir.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = dict(CATEGORIES)
+    category_id = {i: (layout.category_id(n) if layout else i) for i, n in CATEGORIES}
+    category_name = {i: (layout.stands_for[n] if layout else n) for i, n in CATEGORIES}
     images, anns = [], []
     stats = SplitStats(num_images, Counter(), Counter())
     ann_id = first_ann_id
@@ -254,8 +270,9 @@ def write_split(out: Path, split: str, num_images: int, seed: int, fmt: str, fir
         scene = make_scene(seed, split, index)
         image_id = first_image_id + index
         height, width = scene.image.shape[:2]
-        file_name = f"{split}_{index:06d}.png"
-        Image.fromarray(scene.image).save(out / "images" / file_name, optimize=False)
+        file_name = (layout.splits[split].file_name.format(index=index, image_id=image_id) if layout
+                     else f"{split}_{index:06d}.png")
+        Image.fromarray(scene.image).save(image_dir / file_name, optimize=False, quality=95)
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
         for obj, visible in zip(scene.objects, scene.visible, strict=True):
             amodal_rle, visible_rle = masks.encode(obj.amodal), masks.encode(visible)
@@ -265,19 +282,19 @@ def write_split(out: Path, split: str, num_images: int, seed: int, fmt: str, fir
             a_area, v_area = masks.area(amodal_rle), masks.area(visible_rle)
             # (as AmodalAnnotations counts it: polygons can draw a few visible pixels outside the amodal mask)
             rate = 1 - masks.area(masks.intersection(visible_rle, amodal_rle)) / a_area
-            anns.append(spec.encode(ann_id, image_id, obj.category_id, [obj.polygon],
+            anns.append(spec.encode(ann_id, image_id, category_id[obj.category_id], [obj.polygon],
                                     visible_segm, masks.bbox_xywh(amodal_rle),
                                     masks.bbox_xywh(visible_rle), a_area, v_area, rate))
-            stats.per_category[dict(CATEGORIES)[obj.category_id]] += 1
+            stats.per_category[category_name[obj.category_id]] += 1
             stats.occlusion[occlusion_bucket(rate)] += 1
             ann_id += 1
     doc = {
         "info": {"description": f"AISDiff synthetic amodal benchmark ({split})", "settings": settings or {}},
         "images": images,
         "annotations": anns,
-        "categories": [{"id": i, "name": n, "supercategory": "shape"} for i, n in CATEGORIES],
+        "categories": (layout.category_json() if layout
+                       else [{"id": i, "name": names[i], "supercategory": "shape"} for i, _ in CATEGORIES]),
     }
-    path = out / "annotations" / f"{split}.json"
     tmp = path.with_suffix(".json.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:  # written last and renamed: a killed run leaves no file
         json.dump(doc, fh, separators=(",", ":"))
@@ -289,19 +306,22 @@ VISIBLE_ENCODINGS = ("polygons", "rle")
 
 
 def data_settings(fmt: str, seed: int, train_images: int, val_images: int,
-                  visible_masks: str | None = None) -> dict:
+                  visible_masks: str | None = None, layout: DatasetLayout | None = None) -> dict:
     """What a written benchmark records in its files' `info` (a rerun with equal settings reuses it). The
     visible-mask encoding is recorded when polygons: files written before polygons existed hold RLE and
-    record none, so they stay reusable as the RLE benchmark they are."""
+    record none, so they stay reusable as the RLE benchmark they are. A dataset layout is recorded by name."""
+    fmt = layout.format if layout else fmt
     settings = {"format": fmt, "seed": seed, "images": {"train": train_images, "val": val_images}}
     if (visible_masks or FORMATS[fmt].visible_encoding) == "polygons":
         settings["visible_masks"] = "polygons"
+    if layout is not None:
+        settings["layout"] = layout.name
     return settings
 
 
 def generate(out: str | Path, *, fmt: str = "kins2020", train_images: int = 40, val_images: int = 10,
-             seed: int = 0, settings: dict | None = None,
-             visible_masks: str | None = None) -> dict[str, SplitStats]:
+             seed: int = 0, settings: dict | None = None, visible_masks: str | None = None,
+             layout: DatasetLayout | None = None) -> dict[str, SplitStats]:
     """Write the benchmark (train and val) to `out`; image and annotation ids are unique across splits.
 
     Amodal masks are polygons (every format's real files store them so); visible masks as `visible_masks`
@@ -309,7 +329,11 @@ def generate(out: str | Path, *, fmt: str = "kins2020", train_images: int = 40, 
     for COCOA-cls and D2SA). Polygons decode to the exact visible mask, holes filled (COCO polygons cannot
     hold a hole: 3 of 150 masks in a sample, 1-2 pixels each).
     `settings` is recorded in each file's `info` so that a rerun can tell whether the data is already there.
+    With a dataset `layout` (`priors.layouts`), `out` is the data root and the splits go where that dataset
+    keeps its train and test splits, in its format (`fmt` is the layout's).
     """
+    if layout is not None:
+        fmt = layout.format
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if visible_masks not in (None, *VISIBLE_ENCODINGS):
@@ -317,18 +341,20 @@ def generate(out: str | Path, *, fmt: str = "kins2020", train_images: int = 40, 
     if train_images < 0 or val_images < 0:
         raise ValueError("image counts must be >= 0")
     out = Path(out)
-    settings = settings or data_settings(fmt, seed, train_images, val_images, visible_masks)
-    train = write_split(out, "train", train_images, seed, fmt, 1, 1, settings, visible_masks)
+    settings = settings or data_settings(fmt, seed, train_images, val_images, visible_masks, layout)
+    train = write_split(out, "train", train_images, seed, fmt, 1, 1, settings, visible_masks, layout)
     val = write_split(out, "val", val_images, seed, fmt, train_images + 1, train.instances + 1, settings,
-                      visible_masks)
+                      visible_masks, layout)
     return {"train": train, "val": val}
 
 
-def summary(stats: dict[str, SplitStats]) -> str:
-    """One-paragraph summary: images, instances per category, occlusion-rate histogram."""
+def summary(stats: dict[str, SplitStats], layout: DatasetLayout | None = None) -> str:
+    """One-paragraph summary: images, instances per category (the categories a `layout` writes the shapes as),
+    occlusion-rate histogram."""
+    names = [layout.stands_for[n] if layout else n for _, n in CATEGORIES]
     lines = []
     for split, s in stats.items():
-        cats = ", ".join(f"{name} {s.per_category.get(name, 0)}" for _, name in CATEGORIES)
+        cats = ", ".join(f"{name} {s.per_category.get(name, 0)}" for name in names)
         total = max(s.instances, 1)
         occ = " | ".join(f"{b.name} {s.occlusion.get(b.name, 0)} ({s.occlusion.get(b.name, 0) / total:.0%})"
                          for b in OCCLUSION_BUCKETS)

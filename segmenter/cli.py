@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from priors.errors import AisdiffError
+
+LAUNCHERS = ("none", "pytorch", "slurm", "mpi")  # mmdet's tools/train.py and tools/test.py take the same
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -25,6 +28,10 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="load checkpoints with full unpickling, which can run code stored in the file: only "
                         "for files you made or trust (default: torch's weights-only loading, mmengine's "
                         "types allowed)")
+    p.add_argument("--launcher", choices=LAUNCHERS, default="none",
+                   help="job launcher, as mmdet's tools take it: 'pytorch' under `python -m "
+                        "torch.distributed.run --nproc_per_node N -m pipeline train|test ...` (one process "
+                        "per GPU; without CUDA, CPU processes over gloo) (default: none, one process)")
 
 
 def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -33,6 +40,10 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     _common(p)
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="resume from the latest checkpoint in the work dir, or from the given checkpoint")
+    p.add_argument("--auto-scale-lr", action="store_true",
+                   help="scale the learning rate by the total batch (processes x batch_size) over the "
+                        "config's auto_scale_lr.base_batch_size, as mmdet's tools/train.py --auto-scale-lr "
+                        "does (the real-data schedules do so already)")
     p.set_defaults(func=run_train)
 
 
@@ -64,7 +75,33 @@ def load_config(args: argparse.Namespace):
     cfg = Config.fromfile(str(args.config))
     cfg.merge_from_dict(args.cfg_options)
     cfg.work_dir = str(args.work_dir or Path("work_dirs") / args.config.stem)
+    cfg.launcher = getattr(args, "launcher", "none")
+    if cfg.launcher != "none":
+        start_cpu_processes(cfg)
     return cfg
+
+
+def start_cpu_processes(cfg) -> None:
+    """Without CUDA, make the distributed launch work on CPU processes: mmengine's launchers call
+    `torch.cuda.set_device` and wrap the model with this process's GPU, so start the gloo process group here
+    (the Runner then leaves it alone) and wrap the model without a device. With CUDA, nothing changes."""
+    import torch
+    import torch.distributed as dist
+
+    if torch.cuda.is_available():
+        return
+    if cfg.launcher != "pytorch":
+        raise AisdiffError(f"--launcher {cfg.launcher} needs GPUs; on CPU processes use --launcher pytorch "
+                           "under `python -m torch.distributed.run`.")
+    if "RANK" not in os.environ:
+        raise AisdiffError("--launcher pytorch: no RANK in the environment; start the command under `python "
+                           "-m torch.distributed.run --nproc_per_node N -m pipeline ...` (or mmdet's "
+                           "dist_*.sh).")
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    cfg.model_wrapper_cfg = {"type": "MMDistributedDataParallel", "device_ids": None,
+                             "find_unused_parameters": cfg.get("find_unused_parameters", False),
+                             **cfg.get("model_wrapper_cfg", {})}
 
 
 def run_runner(args: argparse.Namespace, cfg, action: str):
@@ -88,6 +125,12 @@ def run_train(args: argparse.Namespace) -> int:
     import segmenter  # noqa: F401  (registers the modules)
 
     cfg = load_config(args)
+    if args.auto_scale_lr:
+        if "base_batch_size" not in cfg.get("auto_scale_lr", {}):
+            raise AisdiffError(f"--auto-scale-lr: {args.config} sets no auto_scale_lr.base_batch_size (the "
+                               "total batch its learning rate is for); add auto_scale_lr = "
+                               "dict(base_batch_size=N).")
+        cfg.auto_scale_lr.enable = True
     if args.resume == "auto":
         cfg.resume, cfg.load_from = True, None
     elif args.resume:
@@ -141,6 +184,8 @@ def run_test(args: argparse.Namespace) -> int:
         show_predictions(cfg, args.show_dir)
     cfg.custom_hooks = [*cfg.get("custom_hooks", []), dict(type="TestCostHook")]
     runner, metrics = run_runner(args, cfg, "test")
+    if runner.rank != 0:  # (every process gets the metrics; the main one reports them)
+        return 0
     out = args.metrics_json or Path(cfg.work_dir) / "metrics.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(metrics, indent=2))

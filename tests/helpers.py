@@ -47,3 +47,25 @@ def trained_one_step(cfg, data_root, pipeline=None):
     batch = pseudo_collate([DATASETS.build(dataset)[i] for i in range(2)])
     data = model.data_preprocessor(batch, training=True)
     return model, data, model.loss(data["inputs"], data["data_samples"])
+
+
+def hub_cache(model_folder: Path, hub_id: str, hf_home: Path, revision: str = "0" * 39 + "1") -> Path:
+    """Lay out a diffusers model folder in `hf_home` as huggingface_hub caches a download of `hub_id`: files
+    as blobs named by their sha256, the snapshot's files as relative links to them, refs/main naming the
+    revision. Returns the snapshot folder."""
+    import hashlib
+    import os
+
+    repo = hf_home / "hub" / f"models--{hub_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / revision
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    for file in sorted(p for p in model_folder.rglob("*") if p.is_file()):
+        data = file.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        link = snapshot / file.relative_to(model_folder)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    return snapshot

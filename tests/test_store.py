@@ -74,7 +74,8 @@ def test_other_settings_are_refused_with_each_difference(tmp_path):
     text = str(err.value)
     assert "made with other settings" in text and "--overwrite" in text
     assert "steps: store has 10, requested 5" in text
-    assert "model: store has {'id': 'tiny'" in text and "'id': 'runwayml/sd-inpaint'" in text
+    assert (f"model: store has 'tiny' (weights sha256 {'ab' * 32}), requested 'runwayml/sd-inpaint' "
+            f"(weights sha256 {'ef' * 32}): other weights") in text
     assert "tau" not in text
     with pytest.raises(StoreError, match="prior size 6, requested 8"):
         PriorStore.open_or_create(tmp_path / "p.zarr", SETTINGS, store_rows(), 8, chunk_rows=4)
@@ -82,6 +83,15 @@ def test_other_settings_are_refused_with_each_difference(tmp_path):
         PriorStore.open_or_create(tmp_path / "p.zarr", SETTINGS, store_rows(9), 6, chunk_rows=4)
     with pytest.raises(StoreError, match="already exists"):
         PriorStore.create(tmp_path / "p.zarr", SETTINGS, store_rows(), prior_size=6)
+
+
+@pytest.mark.parametrize("name", ["stable-diffusion-v1-5/stable-diffusion-inpainting",
+                                  "/models/sd-inpainting", "/hf/hub/models--org--name/snapshots/0123abcd"])
+def test_the_same_weights_under_another_name_are_the_same_model(tmp_path, name):
+    PriorStore.create(tmp_path / "p.zarr", SETTINGS, store_rows(), prior_size=6, chunk_rows=4)
+    renamed = {**SETTINGS, "model": {"id": name, "weights_sha256": SETTINGS["model"]["weights_sha256"]}}
+    store, resumed = PriorStore.open_or_create(tmp_path / "p.zarr", renamed, store_rows(), 6, chunk_rows=4)
+    assert resumed and store.settings["model"] == SETTINGS["model"]  # (it keeps the name it was made with)
 
 
 def test_a_store_older_than_a_setting_counts_as_made_with_its_default(tmp_path):

@@ -8,6 +8,6 @@ _base_ = [
     '../_base_/schedules/kins_48k.py', '../_base_/iter_runtime.py'
 ]
 model = dict(roi_head=dict(
-    bbox_head=dict(num_classes=7), mask_head=dict(num_classes=7),
+    bbox_head=dict(num_classes=8), mask_head=dict(num_classes=8),
     test_prior=dict(_delete_=True, type='OnTheFlyPriors', model='stable-diffusion-v1-5/stable-diffusion-inpainting',
                     dtype='fp16', classes={{_base_.classes}}, store={{_base_.prior_store}})))

@@ -2,7 +2,9 @@
 #   annotations/update_{train,test}_2020.json, training/image_2/, testing/image_2/ (KITTI object images)
 dataset_type = 'AmodalDataset'
 data_root = '{{$AISDIFF_DATA:data}}/kins/'
-classes = ('cyclist', 'pedestrian', 'car', 'tram', 'truck', 'van', 'misc')
+# The 8 categories the KINS 2020 files declare, as aistron registers them: `rider` (id 3) has no instance in
+# either file, so it is never trained or scored (COCO evaluation skips categories without ground truth).
+classes = ('cyclist', 'pedestrian', 'rider', 'car', 'tram', 'truck', 'van', 'misc')
 prior_store = data_root + 'priors/kins_train.zarr'  # aisdiff precompute --ann .../update_train_2020.json --out THIS
 
 train_pipeline = [

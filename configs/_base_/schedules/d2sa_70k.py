@@ -7,4 +7,4 @@ param_scheduler = [
     dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=1000),
     dict(type='MultiStepLR', by_epoch=False, begin=0, end=70000, milestones=[40000, 60000], gamma=0.1),
 ]
-auto_scale_lr = dict(enable=False, base_batch_size=2)
+auto_scale_lr = dict(enable=True, base_batch_size=2)  # lr scales with the total batch (GPUs x batch_size)
