@@ -27,6 +27,8 @@ from .errors import AnnotationError
 from .masks import RLE, MaskFormatError
 
 OCCLUDER_IOU_THRESHOLD = 0.05
+# fraction of a visible mask that may lie outside its amodal mask (polygon rasterization, annotators' slack)
+VISIBLE_TOLERANCE = 0.05
 
 
 @dataclass(frozen=True)
@@ -245,7 +247,7 @@ class AmodalAnnotations:
 
     def __init__(self, path: str | Path, *, format: str | None = None, images_dir: str | Path | None = None,
                  skip_invalid: bool = False, check_masks: bool = True,
-                 visible_tolerance: float = 0.05) -> None:
+                 visible_tolerance: float = VISIBLE_TOLERANCE) -> None:
         self.path = Path(path)
         self.images_dir = Path(images_dir) if images_dir is not None else None
         self.skip_invalid = skip_invalid
@@ -416,7 +418,7 @@ class AmodalAnnotations:
                           "(a fully occluded instance has nothing to condition a prior on)",
                           "Drop the annotation or fix its mask.")
             return False
-        outside = vis_area - masks.area(masks.intersection(visible, amodal))
+        outside = masks.area_outside(visible, amodal)
         if outside > self.visible_tolerance * vis_area:
             self._invalid("visible_outside_amodal", inst.image_id, inst.ann_id,
                           f"{outside} of {vis_area} visible pixels ({outside / vis_area:.1%}) lie outside "

@@ -81,6 +81,11 @@ def intersection(a: RLE, b: RLE) -> RLE:
     return mask_utils.merge([a, b], intersect=True)
 
 
+def area_outside(rle: RLE, container: RLE) -> int:
+    """Foreground pixels of `rle` outside `container` (e.g. visible pixels outside the amodal mask)."""
+    return area(rle) - area(intersection(rle, container))
+
+
 def empty(height: int, width: int) -> RLE:
     return encode(np.zeros((height, width), dtype=bool))
 

@@ -78,11 +78,16 @@ def trusted_checkpoints(trust: bool) -> Iterator[None]:
             os.environ[TRUST_ENV] = before
 
 
+def refused_types(exc: pickle.UnpicklingError) -> str:
+    """What torch's weights-only unpickler refused, in words: the types it names."""
+    found = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+    return f"the type {', '.join(dict.fromkeys(found))}" if found else "a type outside the allow-list"
+
+
 def refused_checkpoint(exc: pickle.UnpicklingError) -> AisdiffError:
     """The error for a checkpoint that torch's weights-only unpickler refused, naming the type and the
     opt-in."""
-    found = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-    what = f"the type {', '.join(dict.fromkeys(found))}" if found else "a type outside the allow-list"
+    what = refused_types(exc)
     return AisdiffError(
         f"a checkpoint was refused: it holds {what}, which is neither a tensor nor one of the types mmengine "
         "writes, and unpickling it could run code. If you made this file or trust its source, rerun with "

@@ -153,9 +153,10 @@ def test_on_the_fly_class_names_come_from_the_config_or_the_checkpoint():
         OnTheFlyPriors().class_names(bare)
 
 
-@pytest.mark.parametrize(("name", "classes"), [("aisdiff_r50_fpn_kins.py", 7),
+@pytest.mark.parametrize(("name", "classes"), [("aisdiff_r50_fpn_kins.py", 8),
                                                ("aisdiff_r50_fpn_cocoa-cls.py", 80),
-                                               ("aisdiff_r50_fpn_d2sa.py", 60)])
+                                               ("aisdiff_r50_fpn_d2sa.py", 60),
+                                               ("aisdiff_r50_fpn_custom.py", 3)])
 def test_real_data_configs_build_without_a_dataset_on_disk(name, classes, tmp_path, monkeypatch):
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
