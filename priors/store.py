@@ -247,6 +247,20 @@ class PriorStore:
                              "\nPass --overwrite to start over with the new settings, or choose another "
                              "--out.")
 
+    def check_annotations(self, ann_file: str | Path) -> None:
+        """Refuse a store made from another annotation file than `ann_file` (the sha256 the store
+        records): its rows would be another dataset's, or the file changed since, and row ids could still
+        match."""
+        from .annotations import sha256_file
+
+        made, now = self.attrs.get("annotations"), sha256_file(ann_file)
+        if made is not None and made != now:
+            raise StoreError(
+                f"{self.path} was made from another annotation file than {ann_file} (sha256 {made[:12]}, "
+                f"this file {now[:12]}): the store belongs to another dataset, or the file changed since. "
+                f"Point prior_store at the store made from this file, or remake it: aisdiff precompute --ann "
+                f"{ann_file} --images IMAGES --out {self.path} --overwrite.")
+
     @property
     def settings(self) -> dict[str, Any]:
         return {k: v for k, v in self.attrs.items() if k not in STRUCTURE_ATTRS}

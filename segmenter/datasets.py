@@ -8,6 +8,7 @@ from mmdet.registry import DATASETS
 
 from priors.annotations import AmodalAnnotations
 from priors.masks import rle_to_json
+from priors.store import PriorStore
 
 
 @DATASETS.register_module()
@@ -17,7 +18,8 @@ class AmodalDataset(BaseDetDataset):
 
     Classes default to the file's categories in id order; `metainfo['category_ids']` gives each label's id.
     `ann_format` names the format (default: detected).
-    `prior_store` is the prior store (from `aisdiff precompute`) that `LoadCachedPriors` reads.
+    `prior_store` is the prior store (from `aisdiff precompute`) that `LoadCachedPriors` reads; one made from
+    another annotation file is refused.
     """
 
     def __init__(self, *args, ann_format: str | None = None, skip_invalid: bool = False,
@@ -29,6 +31,8 @@ class AmodalDataset(BaseDetDataset):
         images_dir = self.data_prefix.get("img", "")
         ann = AmodalAnnotations(self.ann_file, format=self.ann_format, images_dir=images_dir or None,
                                 skip_invalid=self.skip_invalid, check_masks=True)
+        if self.prior_store and osp.exists(osp.join(self.prior_store, "zarr.json")):
+            PriorStore.open(self.prior_store).check_annotations(self.ann_file)
         cat_ids = sorted(ann.categories)
         if not self._metainfo.get("classes"):
             self._metainfo["classes"] = ann.classes

@@ -20,7 +20,7 @@ def setup(make_benchmark, tmp_path_factory):
     """The synthetic train split and a store: ground-truth rows of value 0.25, and for the first image's
     first instance a detection of its class on a box shifted by 2 px (value 0.6), one of another class on
     its box (0.7) and one of its class far away (0.8)."""
-    from priors.annotations import load_annotations
+    from priors.annotations import load_annotations, sha256_file
 
     root = make_benchmark("kins2020", 3, 1, 14)
     ann = load_annotations(root / "annotations" / "train.json")
@@ -35,7 +35,8 @@ def setup(make_benchmark, tmp_path_factory):
                 ann_id=[i.ann_id for i in insts] + [-1] * 3,
                 category_id=[i.category_id for i in insts] + [d[1] for d in detections],
                 source=[SOURCE_GT] * len(insts) + [SOURCE_PROPOSAL] * 3)
-    store = PriorStore.create(tmp_path_factory.mktemp("det") / "s.zarr", STORE_SETTINGS, rows, prior_size=28,
+    settings = {**STORE_SETTINGS, "annotations": sha256_file(root / "annotations" / "train.json")}
+    store = PriorStore.create(tmp_path_factory.mktemp("det") / "s.zarr", settings, rows, prior_size=28,
                               chunk_rows=len(rows))
     values = [GT_VALUE] * len(insts) + [d[2] for d in detections]
     store.write_chunk(0, np.stack([np.full((28, 28), v, np.float32) for v in values]))
@@ -123,11 +124,11 @@ def test_detections_can_come_from_a_proposals_only_store(setup, tmp_path):
     full = PriorStore.open(store)
     rows = full.rows()
     proposal = np.flatnonzero(rows.source == SOURCE_PROPOSAL)
-    only = PriorStore.create(tmp_path / "d.zarr", {**STORE_SETTINGS, "row_sources": "proposals only"},
+    only = PriorStore.create(tmp_path / "d.zarr", {**full.settings, "row_sources": "proposals only"},
                              full.rows(proposal), prior_size=28, chunk_rows=len(proposal))
     only.write_chunk(0, full.priors(proposal))
     gt = np.flatnonzero(rows.source == SOURCE_GT)
-    gt_only = PriorStore.create(tmp_path / "g.zarr", STORE_SETTINGS, full.rows(gt), prior_size=28,
+    gt_only = PriorStore.create(tmp_path / "g.zarr", full.settings, full.rows(gt), prior_size=28,
                                 chunk_rows=len(gt))
     gt_only.write_chunk(0, full.priors(gt))
     expected = _loaded(*setup, source="detections")

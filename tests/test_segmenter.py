@@ -142,6 +142,16 @@ def test_missing_cached_prior_names_image_and_annotation(data, tmp_path):
         _prepared(cfg, [])
 
 
+def test_a_store_made_from_another_annotation_file_is_refused(data, tmp_path):
+    from priors.errors import AisdiffError
+
+    cfg = load_cfg(data, tmp_path)
+    cfg.train_dataloader.dataset.ann_file = "annotations/val.json"  # (the train split's store)
+    with pytest.raises(AisdiffError, match=r"priors_train.zarr was made from another annotation file than .*"
+                                           r"val.json \(sha256 [0-9a-f]{12}, this file [0-9a-f]{12}\)"):
+        _prepared(cfg, [])
+
+
 # -- training, prediction --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trained(data, tmp_path_factory):
