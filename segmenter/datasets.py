@@ -7,6 +7,7 @@ from mmdet.datasets import BaseDetDataset
 from mmdet.registry import DATASETS
 
 from priors.annotations import AmodalAnnotations
+from priors.errors import AisdiffError
 from priors.masks import rle_to_json
 from priors.store import PriorStore
 
@@ -29,6 +30,11 @@ class AmodalDataset(BaseDetDataset):
 
     def load_data_list(self) -> list[dict]:
         images_dir = self.data_prefix.get("img", "")
+        if images_dir and not osp.isdir(images_dir):
+            raise AisdiffError(
+                f"{self.ann_file}: its image folder {images_dir} does not exist. Put the dataset's images "
+                "there, or point the config at them: data_root (from $AISDIFF_DATA for this project's "
+                "configs) and data_prefix.img (docs/real_data.md lists each dataset's layout).")
         ann = AmodalAnnotations(self.ann_file, format=self.ann_format, images_dir=images_dir or None,
                                 skip_invalid=self.skip_invalid, check_masks=True)
         if self.prior_store and osp.exists(osp.join(self.prior_store, "zarr.json")):

@@ -73,3 +73,24 @@ def test_a_layout_is_reused_redone_with_overwrite_and_never_written_over_a_real_
     assert "did not write" in err and "training/image_2" in err
     assert (real / "kins" / "training" / "image_2" / "000000.png").read_bytes() == b"a real KITTI image"
     assert main(["demo-data", str(tmp_path), "--layout", "kins", "--format", "cocoa"]) == 2
+
+
+def test_a_data_root_without_the_image_folder_is_one_clear_error(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from mmdet.registry import DATASETS
+    from mmdet.utils import register_all_modules
+
+    import segmenter  # noqa: F401
+    from priors.errors import AisdiffError
+
+    register_all_modules()
+    assert main(["demo-data", str(tmp_path), "--layout", "kins", "--train-images", "1",
+                 "--val-images", "1"]) == 0
+    (tmp_path / "kins" / "testing" / "image_2").rename(tmp_path / "kins" / "testing" / "images")
+    monkeypatch.setenv("AISDIFF_DATA", str(tmp_path))
+    config = Path(__file__).resolve().parents[1] / "configs" / "aisdiff" / CONFIGS["kins"]
+    cfg = Config.fromfile(str(config))
+    with pytest.raises(AisdiffError, match=r"update_test_2020.json: its image folder "
+                                           r".*kins/testing/image_2/? does not exist\. .*\$AISDIFF_DATA"):
+        DATASETS.build(cfg.test_dataloader.dataset)
