@@ -49,30 +49,38 @@ def _stats_from_files(out: Path, layout: DatasetLayout | None = None) -> dict[st
             for s in SPLITS}
 
 
-def _clear_layout(out: Path, layout: DatasetLayout, infos: dict[str, dict], overwrite: bool) -> None:
-    """Make room for a synthetic dataset in `layout` under the data root `out`: remove an earlier synthetic
-    one with --overwrite; never touch a dataset that this command did not write (the real one, say)."""
+def _listed_images(out: Path, layout: DatasetLayout, split: str) -> set[Path]:
+    """The image files a synthetic split's annotation file lists (the only images demo-data may remove)."""
+    annotations, images = synthetic.split_paths(out, split, layout)
+    return {images / image["file_name"] for image in read_json(annotations).get("images", [])}
+
+
+def _clear_layout(out: Path, layout: DatasetLayout, infos: dict[str, dict], wanted: dict,
+                  overwrite: bool) -> None:
+    """Make room for a synthetic dataset in `layout` under the data root `out`: remove the files of an
+    earlier synthetic one (with --overwrite if it was made with other settings; an interrupted run with these
+    settings is redone as it is), and nothing else: a file that no synthetic annotation file lists (a real
+    image, say) is never touched, and its presence is refused."""
     written = {s for s, info in infos.items() if "settings" in info}
-    folders = {s: synthetic.split_paths(out, s, layout)[1] for s in SPLITS}
+    ours = {path for s in written for path in _listed_images(out, layout, s)}
     foreign = [str(synthetic.split_paths(out, s, layout)[0]) for s in infos if s not in written]
-    ours = {folders[s] for s in written}
-    foreign += [str(folders[s]) for s in SPLITS
-                if folders[s] not in ours and folders[s].is_dir() and any(folders[s].iterdir())]
+    for folder in {synthetic.split_paths(out, s, layout)[1] for s in SPLITS}:
+        if folder.is_dir():
+            foreign += [str(f) for f in sorted(folder.iterdir()) if f not in ours][:3]
     if foreign:
         raise AisdiffError(
-            f"{out / layout.folder} holds data this command did not write "
-            f"({', '.join(sorted(set(foreign)))}): "
-            f"perhaps the real {layout.name} dataset. Rehearse under another data root (e.g. "
-            "AISDIFF_DATA=/tmp/rehearsal): demo-data never replaces it (if an interrupted demo-data run left "
-            "those images, delete them).")
-    if written and not overwrite:
+            f"{out / layout.folder} holds files this command did not write ({', '.join(sorted(set(foreign)))}"
+            f"{', ...' if len(foreign) > 3 else ''}): perhaps the real {layout.name} dataset. Rehearse under "
+            "another data root (e.g. /tmp/rehearsal): demo-data never writes over it (if an interrupted "
+            "demo-data run left those images, delete them).")
+    if any(infos[s]["settings"] != wanted for s in written) and not overwrite:
         raise AisdiffError(
             f"{out / layout.folder} holds a synthetic {layout.name} dataset made with other settings; pass "
             "--overwrite to replace it, or choose another data root.")
     for split in written:
-        annotations, images = synthetic.split_paths(out, split, layout)
-        annotations.unlink(missing_ok=True)
-        shutil.rmtree(images, ignore_errors=True)
+        synthetic.split_paths(out, split, layout)[0].unlink()
+    for path in ours:
+        path.unlink(missing_ok=True)
 
 
 def _clear_folder(out: Path, infos: dict[str, dict], wanted: dict, overwrite: bool) -> None:
@@ -109,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         print(synthetic.summary(_stats_from_files(out, layout), layout))
         return 0
     if layout:
-        _clear_layout(out, layout, infos, args.overwrite)
+        _clear_layout(out, layout, infos, wanted, args.overwrite)
     else:
         _clear_folder(out, infos, wanted, args.overwrite)
     stats = synthetic.generate(out, fmt=fmt, train_images=args.train_images, val_images=args.val_images,

@@ -153,10 +153,11 @@ def hub_snapshot(model: str) -> Path | None:
     if not is_hub_id(model):
         return None
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
         return Path(snapshot_download(model, local_files_only=True))
-    except Exception:  # (not cached: huggingface_hub raises LocalEntryNotFoundError and kin)
+    except (LocalEntryNotFoundError, OSError, ValueError):  # (not in the cache, or no readable snapshot)
         return None
 
 
@@ -177,7 +178,8 @@ def _not_loadable(model: str, exc: Exception) -> AisdiffError:
 
     if is_hub_id(model) and constants.HF_HUB_OFFLINE and hub_snapshot(model) is None:
         return AisdiffError(
-            f"the inpainting model {model!r} is not in the Hugging Face cache {constants.HF_HUB_CACHE}, and "
+            f"the inpainting model {model!r} is neither a local folder ({Path(model).resolve()} does not "
+            f"exist) nor in the Hugging Face cache {constants.HF_HUB_CACHE}, and "
             "HF_HUB_OFFLINE=1 forbids downloading it. Fill the cache once where there is network, with the "
             f"same HF_HOME (`hf download {model}`), or pass --model a local diffusers folder "
             "(docs/real_data.md).")
@@ -187,8 +189,8 @@ def _not_loadable(model: str, exc: Exception) -> AisdiffError:
 
 
 def model_defaults(model: str) -> dict:
-    """The DiffSP defaults shipped with a model: its folder's diffsp_config.json (checked); {} for
-    'tiny-random', hub ids and folders without that file."""
+    """The DiffSP defaults shipped with a model: its folder's diffsp_config.json (checked), a hub id's from
+    its cached snapshot; {} for 'tiny-random', hub ids not in the cache and folders without that file."""
     folder = model_folder(model)
     return read_model_defaults(folder) if folder else {}
 

@@ -259,7 +259,13 @@ class PriorStore:
                 f"{self.path} was made from another annotation file than {ann_file} (sha256 {made[:12]}, "
                 f"this file {now[:12]}): the store belongs to another dataset, or the file changed since. "
                 f"Point prior_store at the store made from this file, or remake it: aisdiff precompute --ann "
-                f"{ann_file} --images IMAGES --out {self.path} --overwrite.")
+                f"{ann_file} --images IMAGES --out {self.path} --model {self._model_id()} --dtype "
+                f"{self.attrs.get('dtype', 'fp32')} --overwrite (and the store's other settings).")
+
+    def _model_id(self) -> str:
+        """The name the store's model was loaded under (for commands in messages)."""
+        model = self.attrs.get("model")
+        return str(model.get("id")) if isinstance(model, dict) else "MODEL"
 
     @property
     def settings(self) -> dict[str, Any]:

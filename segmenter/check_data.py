@@ -4,9 +4,10 @@ Reads the file as training does (every record validated) and prints its format, 
 instances), the occlusion-rate histogram and every invalid record. With `--config`, refuses file categories
 the config does not declare and heads whose `num_classes` differs from the number of classes. With
 `--checkpoint` (read weights-only), refuses classes, category ids or a classifier size that differ from the
-checkpoint's: a file numbered otherwise than the training file scores every prediction as another class
-(AP 0) without any other sign. Exit status: 0 consistent, 1 invalid records, 2 a disagreement (printed
-as one paragraph).
+checkpoint's: training and testing here match classes by name, but the checkpoint's ids are the ones
+`aisdiff predict` writes, so another tool scoring them against a file numbered otherwise counts every
+prediction as another class (AP 0). Exit status: 0 consistent, 1 invalid records, 2 a disagreement
+(printed as one paragraph).
 """
 from __future__ import annotations
 
@@ -205,9 +206,9 @@ def _check_category_ids(meta: dict, trained: tuple[str, ...], path: Path, ann: A
         found.problems.append(
             f"wrong category ids: checkpoint {path} was trained with "
             f"{', '.join(f'{n} = {c}' for n, c, _ in wrong)} (meta.dataset_meta.category_ids), but file "
-            f"{ann.path} numbers {', '.join(f'{n} = {f}' for n, _, f in wrong)}; its predictions would be "
-            "scored as other classes (AP 0). Renumber the file's categories (and their annotations) to the "
-            "training file's ids.")
+            f"{ann.path} numbers {', '.join(f'{n} = {f}' for n, _, f in wrong)}; the ids `aisdiff "
+            "predict` writes would be scored as other classes against this file (AP 0). Renumber the file's "
+            "categories (and their annotations) to the training file's ids.")
 
 
 def _check_classifier(ckpt: dict, path: Path, classes: Sequence[str], found: Findings) -> None:

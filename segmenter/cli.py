@@ -100,8 +100,9 @@ def start_cpu_processes(cfg) -> None:
     if not dist.is_initialized():
         dist.init_process_group("gloo")
     cfg.model_wrapper_cfg = {"type": "MMDistributedDataParallel", "device_ids": None,
+                             "broadcast_buffers": False,  # (as mmengine wraps a model on GPUs)
                              "find_unused_parameters": cfg.get("find_unused_parameters", False),
-                             **cfg.get("model_wrapper_cfg", {})}
+                             **(cfg.get("model_wrapper_cfg") or {})}
 
 
 def run_runner(args: argparse.Namespace, cfg, action: str):

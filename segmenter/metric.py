@@ -102,14 +102,16 @@ class AmodalMetric(BaseMetric):
         return [{"image_id": r["img_id"], "category_id": label2cat[int(label)], "score": float(score),
                  "segmentation": masks.rle_to_json(rle)}
                 for r in results if key in r
-                for label, score, rle in zip(r["labels"], r["scores"], r[key], strict=True)]
+                for label, score, rle in zip(r["labels"], r["scores"], r[key], strict=True)
+                if int(label) in label2cat]
 
     def compute_metrics(self, results: list[dict]) -> dict[str, float]:
         logger = MMLogger.get_current_instance()
         ann = AmodalAnnotations(self.ann_file, format=self.ann_format, skip_invalid=self.skip_invalid)
         names = list(self.dataset_meta["classes"] if self.dataset_meta else ann.classes)
         by_name = {n: c for c, n in ann.categories.items()}
-        label2cat = {i: by_name[n] for i, n in enumerate(names)}
+        # (a configured class the file does not declare has no ground truth: its detections are left out)
+        label2cat = {i: by_name[n] for i, n in enumerate(names) if n in by_name}
         metrics: dict[str, float] = {}
         for kind in KINDS:
             if kind == "visible" and not any("visible_masks" in r for r in results):
@@ -142,7 +144,7 @@ class AmodalMetric(BaseMetric):
         for r in results:
             gts = ann.by_image(r["img_id"])
             total += len(gts)
-            cats = [label2cat[int(label)] for label in r["labels"]]
+            cats = [label2cat.get(int(label), -1) for label in r["labels"]]  # (-1: a class the file lacks)
             found = match_ground_truths([g.amodal_box for g in gts], [g.category_id for g in gts],
                                         r["bboxes"], cats, r["scores"])
             for gt, d in zip(gts, found.tolist(), strict=True):
@@ -175,6 +177,8 @@ class AmodalMetric(BaseMetric):
                                                    r["visible_masks"], r["occluder_masks"], strict=True):
                 if masks.area(vis) == 0:
                     empty += 1
+                    continue
+                if int(label) not in label2cat:  # (a class the file does not declare)
                     continue
                 records.append(proposal_record(r["img_id"], box, label2cat[int(label)], score, vis, occ))
         if empty:

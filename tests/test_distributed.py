@@ -27,7 +27,8 @@ def _run(args: list[str], data: Path, processes: int = 1) -> subprocess.Complete
                  f"--nproc_per_node={processes}", "-m", "pipeline"] if processes > 1
                 else [str(BIN / "aisdiff")])
     extra = ["--launcher", "pytorch"] if processes > 1 else []
-    env = {**os.environ, "AISDIFF_DATA": str(data), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "AISDIFF_DATA": str(data), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1",
+           "CUDA_VISIBLE_DEVICES": ""}  # (CPU processes over gloo, also on a machine with one GPU)
     return subprocess.run([*launcher, *args, *extra, "--cfg-options", *FAST], capture_output=True, text=True,
                           env=env, cwd=REPO)
 

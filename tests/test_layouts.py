@@ -70,8 +70,19 @@ def test_a_layout_is_reused_redone_with_overwrite_and_never_written_over_a_real_
     (real / "kins" / "training" / "image_2" / "000000.png").write_bytes(b"a real KITTI image")
     assert main(["demo-data", str(real), "--layout", "kins", "--overwrite"]) == 2
     err = capsys.readouterr().err
-    assert "did not write" in err and "training/image_2" in err
+    assert "did not write" in err and "training/image_2/000000.png" in err
     assert (real / "kins" / "training" / "image_2" / "000000.png").read_bytes() == b"a real KITTI image"
+    # a real image beside synthetic ones (D2SA's splits share one folder): refused, even with --overwrite
+    (tmp_path / "d2sa" / "images" / "D2S_real.jpg").write_bytes(b"a real D2S image")
+    assert main([*args[:-1], "3", "--overwrite"]) == 2 and "D2S_real.jpg" in capsys.readouterr().err
+    assert (tmp_path / "d2sa" / "images" / "D2S_real.jpg").read_bytes() == b"a real D2S image"
+    (tmp_path / "d2sa" / "images" / "D2S_real.jpg").unlink()
+    # a run interrupted before the val split: redone as it is, without --overwrite
+    val = tmp_path / "d2sa" / "annotations" / "D2S_amodal_validation.json"
+    for image in json.loads(val.read_text())["images"]:
+        (tmp_path / "d2sa" / "images" / image["file_name"]).unlink()
+    val.unlink()
+    assert main([*args[:-1], "2"]) == 0 and "wrote" in capsys.readouterr().out
     assert main(["demo-data", str(tmp_path), "--layout", "kins", "--format", "cocoa"]) == 2
 
 
@@ -94,3 +105,37 @@ def test_a_data_root_without_the_image_folder_is_one_clear_error(tmp_path, monke
     with pytest.raises(AisdiffError, match=r"update_test_2020.json: its image folder "
                                            r".*kins/testing/image_2/? does not exist\. .*\$AISDIFF_DATA"):
         DATASETS.build(cfg.test_dataloader.dataset)
+
+
+def test_the_metric_scores_a_file_that_lacks_a_configured_class(tmp_path):
+    """KINS 2020 declares `rider` without instances; a test file may not declare a configured class at all:
+    detections of it are left out (no ground truth to match), the others are scored as usual."""
+    import numpy as np
+
+    from segmenter.metric import AmodalMetric
+
+    assert main(["demo-data", str(tmp_path), "--layout", "kins", "--train-images", "0",
+                 "--val-images", "2"]) == 0
+    ann_file = tmp_path / "kins" / "annotations" / "update_test_2020.json"
+    ann = AmodalAnnotations(ann_file)
+    classes = [n for _, n, _ in LAYOUTS["kins"].categories]
+
+    def results(extra: bool) -> list[dict]:
+        out = []
+        for image_id in ann.image_ids():
+            insts = ann.by_image(image_id)
+            labels = [classes.index(i.category) for i in insts] + ([2] if extra else [])  # 2: rider
+            rles = [i.amodal_rle for i in insts] + ([insts[0].amodal_rle] if extra else [])
+            out.append({"img_id": image_id, "labels": np.array(labels), "scores": np.ones(len(labels)),
+                        "bboxes": np.array([i.amodal_box for i in insts] + ([insts[0].amodal_box] if extra
+                                                                           else []), np.float32),
+                        "masks": rles, "visible_masks": rles})
+        return out
+
+    doc = json.loads(ann_file.read_text())
+    doc["categories"] = [c for c in doc["categories"] if c["name"] != "rider"]  # (declared nowhere)
+    ann_file.write_text(json.dumps(doc))
+    metric = AmodalMetric(str(ann_file))
+    metric.dataset_meta = {"classes": tuple(classes)}
+    with_rider, without = metric.compute_metrics(results(True)), metric.compute_metrics(results(False))
+    assert with_rider == without and with_rider["amodal/AP"] == 1.0

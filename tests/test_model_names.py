@@ -61,7 +61,8 @@ def test_a_hub_id_missing_from_the_offline_cache_says_where_the_cache_is_and_how
     bench, _, _, env = names
     proc = _precompute(bench, tmp_path / "s.zarr", HUB_ID, {**env, "HF_HOME": str(tmp_path / "empty")})
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert f"{HUB_ID!r} is not in the Hugging Face cache {tmp_path / 'empty' / 'hub'}" in proc.stderr
+    assert f"{HUB_ID!r} is neither a local folder" in proc.stderr
+    assert f"nor in the Hugging Face cache {tmp_path / 'empty' / 'hub'}" in proc.stderr
     assert f"hf download {HUB_ID}" in proc.stderr
     assert not (tmp_path / "s.zarr").exists()
 
