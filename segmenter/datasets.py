@@ -37,7 +37,7 @@ class AmodalDataset(BaseDetDataset):
                 "configs) and data_prefix.img (docs/real_data.md lists each dataset's layout).")
         ann = AmodalAnnotations(self.ann_file, format=self.ann_format, images_dir=images_dir or None,
                                 skip_invalid=self.skip_invalid, check_masks=True)
-        if self.prior_store and osp.exists(osp.join(self.prior_store, "zarr.json")):
+        if self.reads_prior_store() and osp.exists(osp.join(self.prior_store, "zarr.json")):
             PriorStore.open(self.prior_store).check_annotations(self.ann_file)
         cat_ids = sorted(ann.categories)
         if not self._metainfo.get("classes"):
@@ -67,6 +67,14 @@ class AmodalDataset(BaseDetDataset):
                 } for i in insts],
             })
         return data
+
+    def reads_prior_store(self) -> bool:
+        """Whether this dataset's pipeline reads `prior_store` (a LoadCachedPriors step; configs set the store
+        in their base, also for pipelines that do not read it)."""
+        from .transforms import LoadCachedPriors
+
+        steps = getattr(self.pipeline, "transforms", [])
+        return bool(self.prior_store) and any(isinstance(step, LoadCachedPriors) for step in steps)
 
     def filter_data(self) -> list[dict]:
         """Drop images without instances when `filter_cfg.filter_empty_gt` (training), and small images."""
