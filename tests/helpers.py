@@ -69,3 +69,17 @@ def hub_cache(model_folder: Path, hub_id: str, hf_home: Path, revision: str = "0
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / "main").write_text(revision)
     return snapshot
+
+
+def synthetic_data_root(root: Path, val_images: int, seed: int, *precompute_flags: str) -> Path:
+    """`root` as an $AISDIFF_DATA: synthetic/ (6 train images, `val_images` val) and its train prior store
+    (`aisdiff precompute` with the tiny model and `precompute_flags`). Returns `root`."""
+    from priors import synthetic
+
+    syn = root / "synthetic"
+    synthetic.generate(syn, train_images=6, val_images=val_images, seed=seed)
+    proc = aisdiff("precompute", "--ann", str(syn / "annotations" / "train.json"),
+                   "--images", str(syn / "images"), "--out", str(syn / "priors_train.zarr"),
+                   *precompute_flags)
+    assert proc.returncode == 0, proc.stderr
+    return root

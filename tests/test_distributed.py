@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import BIN
-
-from priors import synthetic
+from helpers import BIN, synthetic_data_root
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "aisdiff" / "aisdiff_r18_fpn_synthetic.py"
@@ -36,14 +34,7 @@ def _run(args: list[str], data: Path, processes: int = 1) -> subprocess.Complete
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Synthetic data (6 train, 3 val images), its train store, and 2 iterations trained on 2 processes."""
-    data = tmp_path_factory.mktemp("dist-data")
-    syn = data / "synthetic"
-    synthetic.generate(syn, train_images=6, val_images=3, seed=7)
-    proc = subprocess.run([str(BIN / "aisdiff"), "precompute",
-                           "--ann", str(syn / "annotations" / "train.json"), "--images", str(syn / "images"),
-                           "--out", str(syn / "priors_train.zarr"), "--workers", "0"],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    data = synthetic_data_root(tmp_path_factory.mktemp("dist-data"), 3, 7, "--workers", "0")
     work = data / "work"
     proc = _run(["train", str(CONFIG), "--work-dir", str(work), "--auto-scale-lr"], data, processes=2)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import synthetic_data_root
 
 from priors import geometry, masks, synthetic
 from priors.errors import AisdiffError
@@ -38,16 +39,7 @@ def config_diffsp_flags() -> list[str]:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """$AISDIFF_DATA with synthetic/ (6 train, 2 val images) and its train prior store."""
-    root = tmp_path_factory.mktemp("aisdiff-data")
-    syn = root / "synthetic"
-    synthetic.generate(syn, train_images=6, val_images=2, seed=5)
-    proc = subprocess.run([str(BIN / "aisdiff"), "precompute",
-                           "--ann", str(syn / "annotations" / "train.json"),
-                           "--images", str(syn / "images"), "--out", str(syn / "priors_train.zarr"),
-                           *config_diffsp_flags()],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    return root
+    return synthetic_data_root(tmp_path_factory.mktemp("aisdiff-data"), 2, 5, *config_diffsp_flags())
 
 
 def load_cfg(data_root: Path, work_dir: Path, config: Path = CONFIG, iters: int = 2):
