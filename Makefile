@@ -25,11 +25,11 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check priors pipeline segmenter tests benchmarks
 
-# Speed and memory tables (printed; not tests). See README "Benchmarks".
+# Speed and memory tables (printed; not tests). See benchmarks/results/README.md.
 bench: setup
-	$(PY) benchmarks/diffsp.py
-	$(PY) benchmarks/pipeline.py
-	$(PY) benchmarks/segmenter.py
+	$(PY) -m benchmarks.diffsp_speed
+	$(PY) -m benchmarks.precompute_speed
+	$(PY) -m benchmarks.segmenter_speed
 
 clean:
 	rm -rf $(VENV) work_dirs .pytest_cache .ruff_cache

@@ -1,6 +1,7 @@
 """Which attention layers of an inpainting model carry the object's shape? A per-layer DiffSP diagnostic.
 
-    python benchmarks/attention_layers.py --ann VAL.json --images DIR [--model tiny] [--limit 60]
+    python -m benchmarks.attention_layers --ann VAL.json --images DIR [--model tiny] [--limit 60]
+    ... --out benchmarks/results/attention_layers/MODEL.json   # also write the table as a JSON record
 
 For occluded ground-truth ROIs, DiffSP runs as configured with every self- and cross-attention layer
 captured on its own (averaged over heads and the T steps), and each layer is scored on the ROI's pixels
@@ -13,19 +14,22 @@ should average, and why a model's priors do or do not follow the amodal shape.
 """
 from __future__ import annotations
 
-import argparse
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks.records import argument_parser, cpu_machine, record, write_record
 from priors import geometry
 from priors.annotations import AmodalAnnotations
 from priors.attention import AttentionSums, CaptureAttnProcessor, layer_resolutions
 from priors.diffsp import DiffSP, DiffSPConfig
 from priors.models import load_model
 from priors.training.tune import roi_batches, sample_instances
+
+SCORES = ("self lift", "cross hidden/bg", "cross visible/bg")  # a layer's scores, in table order
 
 
 class PerLayerCapture:
@@ -93,7 +97,7 @@ def score_layer(kind: str, attn: torch.Tensor, amodal: torch.Tensor, visible: to
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argument_parser(__doc__, __spec__.name)
     parser.add_argument("--ann", required=True,
                         help="annotation file (val, to diagnose; train, to choose layers)")
     parser.add_argument("--images", required=True)
@@ -103,6 +107,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="also write the table as a JSON record here")
     args = parser.parse_args()
 
     ann = AmodalAnnotations(args.ann, images_dir=args.images)
@@ -123,15 +128,21 @@ def main() -> None:
                     scores[name][key] += values
         layers = capture.layers
 
-    print(f"{len(instances)} ROIs of {args.ann} with occlusion > {args.min_occlusion:.0%}; model "
-          f"{args.model}, T {args.steps}; mean over ROIs (1.00 = no preference)")
+    rows = [{"layer": name.removesuffix(".processor").replace(".transformer_blocks.0", ""), "grid": side,
+             **{k: float(np.mean(v)) for k, v in scores[name].items() if v}}
+            for name, (_, side) in layers.items()]
+    title = (f"{len(instances)} ROIs of {args.ann} with occlusion > {args.min_occlusion:.0%}; model "
+             f"{args.model}, T {args.steps}; mean over ROIs (1.00 = no preference)")
+    print(title)
     print(f"{'layer':<58} {'grid':>5} {'self lift':>10} {'cross hidden/bg':>16} {'cross visible/bg':>17}")
-    for name, (_, side) in layers.items():
-        row = scores[name]
-        cells = [f"{np.mean(row[k]):.2f}" if row.get(k) else "-"
-                 for k in ("self lift", "cross hidden/bg", "cross visible/bg")]
-        label = name.removesuffix(".processor").replace(".transformer_blocks.0", "")
-        print(f"{label:<58} {side:>5} {cells[0]:>10} {cells[1]:>16} {cells[2]:>17}")
+    for row in rows:
+        cells = [f"{row[k]:.2f}" if k in row else "-" for k in SCORES]
+        print(f"{row['layer']:<58} {row['grid']:>5} {cells[0]:>10} {cells[1]:>16} {cells[2]:>17}")
+    if args.out:
+        machine = cpu_machine()
+        write_record(args.out, record(machine, model=args.model, steps=args.steps, rois=len(instances),
+                                      min_occlusion=args.min_occlusion, seed=args.seed, title=title,
+                                      layers=rows))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """How few DiffSP steps are enough: prior quality against cost, for the fast preset.
 
-    python benchmarks/diffsp_steps.py --data work_dirs/fidelity/synthetic     # the synthetic benchmark
+    python -m benchmarks.diffsp_steps --data work_dirs/fidelity/synthetic     # the synthetic benchmark
 
 For each setting (DDIM steps T, `strength` < 1 = the last strength x T steps of that schedule started from
 the visible crop's noised latent, attention grids, the encoder: the model's VAE or its small autoencoder)
@@ -10,30 +10,26 @@ mask reported on val (every occluded instance), overall and by occlusion bucket.
 ROI on SD-1.5 inpainting's architecture at 512 px (with TAESD for the small autoencoder), counted
 (`priors.cost`: FLOPs on the meta device, same on every machine) as a ratio to T = 10. The fast preset is
 the cheapest setting whose val IoU is within `--tolerance` of T = 10's overall and in every bucket. Writes
-benchmarks/results/diffsp_steps.json (command, machine, date, every row, the choice).
+benchmarks/results/diffsp_steps/diffsp_steps.json (command, machine, date, every row, the choice).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import torch
 
-import torch  # noqa: E402
-from records import record  # noqa: E402
-
-from priors.annotations import AmodalAnnotations  # noqa: E402
-from priors.cost import diffsp_tflops, on_sd15  # noqa: E402
-from priors.diffsp import ENCODERS, TIMESTEP_SPACINGS, DiffSP, DiffSPConfig  # noqa: E402
-from priors.models import load_model  # noqa: E402
-from priors.occlusion import OCCLUDED, OCCLUSION_BUCKETS  # noqa: E402
-from priors.training.tune import sample_instances, score, visible_baseline  # noqa: E402
+from benchmarks.records import RESULTS, argument_parser, record
+from priors.annotations import AmodalAnnotations
+from priors.cost import diffsp_tflops, on_sd15
+from priors.diffsp import ENCODERS, TIMESTEP_SPACINGS, DiffSP, DiffSPConfig
+from priors.models import load_model
+from priors.occlusion import OCCLUDED, OCCLUSION_BUCKETS
+from priors.training.tune import sample_instances, score, visible_baseline
 
 THRESHOLDS = [round(0.05 * i, 2) for i in range(2, 19)]
 # (steps, strength, self_res, cross_res, resolution, timestep_spacing, encoder); None takes the model's
@@ -125,7 +121,7 @@ def table(rows: list[dict], reference: dict, buckets: list[str], chosen: dict | 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argument_parser(__doc__, __spec__.name)
     parser.add_argument("--data", type=Path, required=True,
                         help="a synthetic benchmark folder (annotations/{train,val}.json, images/)")
     parser.add_argument("--model", default="tiny")
@@ -136,7 +132,7 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=0.01)
     parser.add_argument("--settings", type=parse_setting, nargs="+", default=DEFAULT_GRID,
                         help=f"{SETTING} each ('-': the model's default)")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "diffsp_steps.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "diffsp_steps" / "diffsp_steps.json")
     args = parser.parse_args()
 
     model = load_model(args.model, device="cpu")

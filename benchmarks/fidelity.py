@@ -1,6 +1,6 @@
 """Fidelity benchmark: does the diffusion shape prior help the amodal head?
 
-    python benchmarks/fidelity.py [--seeds 0 1 2] [--iters 300] [--pretrain-iters 2000] [--detector frozen]
+    python -m benchmarks.fidelity [--seeds 0 1 2] [--iters 300] [--pretrain-iters 2000] [--detector frozen]
                                   [--variants a b c d e] [--work-dir DIR] [--cfg-options KEY=VALUE ...]
                                   [--head paper|recommended] [--cpu-kernels native|avx2]
 
@@ -12,26 +12,8 @@ then trains `--iters` more with the same schedule and seed, its mask head from s
 start), and is tested on val. With `--detector frozen` (the default) the shared detector stays fixed
 (`FreezeModulesHook` on backbone, neck, RPN and box head): every variant detects the same boxes and only the
 mask heads, where the variants differ, train; `--detector trained` fine-tunes it with the mask head.
-  (a) plain mmdet Mask R-CNN trained on amodal masks          maskrcnn_r18_fpn_amodal_synthetic.py
-  (b) the AISDiff head with the `none` prior                   aisdiff_r18_fpn_noprior_synthetic.py
-  (c) AISDiff, priors from the random tiny model (tiny-random) aisdiff_r18_fpn_synthetic.py
-  (d) AISDiff, priors from the trained tiny model (tiny)       aisdiff_r18_fpn_synthetic.py
-  (e) AISDiff, the ground-truth amodal mask as the prior       aisdiff_r18_fpn_oracle_synthetic.py
-  (f) AISDiff, the class template (mean train amodal mask)     aisdiff_r18_fpn_template_synthetic.py
-  (g) AISDiff, the oracle that knows only the shape            aisdiff_r18_fpn_oracle-shape_synthetic.py
-  (h) (d)'s model tested with DiffSP fed the ground truth's visible and occluder masks on the detected box
-      (no training of its own: it splits (d) to (e) into what the visible branch, DiffSP and the box cost)
-  (i) (d) trained as it is tested: its train priors are DiffSP on the predicted visible and occluder masks
-      of (d)'s own detections of the train split (same seed), a second round (`aisdiff test
-      --dump-proposals` on train, the detection that finds each ground truth kept, `precompute --proposals
-      --proposals-only`, `LoadCachedPriors(source='detections')`); ground truths (d) missed keep theirs
-  (j) (d)'s model tested with the fast DiffSP preset's on-the-fly priors (`priors.diffsp.PRESETS['fast']`;
-      no training of its own: does the cheap prior cost AP?)
-  (k) (d)'s model tested with DiffSP fed its predicted visible and occluder masks binarized at 0.3 instead
-      of 0.5 (`test_cfg.rcnn.prior_mask_thr`; no training of its own: does DiffSP want more of the weak
-      visible branch's pixels?)
-  (l) (i) at (k)'s threshold: trained on DiffSP of (d)'s train detections with their visible and occluder
-      masks binarized at 0.3 (the dump's `mask_thr_binary`), tested as (k) (train as you test, at 0.3)
+The variants, (a) to (l), are the registry benchmarks/fidelity_variants.py (VARIANTS: each one's
+config, priors and how it trains and tests; `--help` lists them).
 (c) and (d) train on cached priors (`aisdiff precompute` on train) and test with on-the-fly DiffSP, with the
 DiffSP settings given here; those not given are the trained model's defaults (tuned on train, shipped in
 priors/weights/tiny-shapes/diffsp_config.json, see the README), for both models. Every AISDiff variant takes
@@ -64,9 +46,10 @@ CPU's own (`native`, the default), a machine with AVX-512 and one without retrai
 different weights; pinned, they agree (an AMD EPYC with AVX-512 and one without retrained it to the same
 sha256, 2026-12-04; each record keeps the CPU's widest extension and the detector's sha256).
 Prints a table of mean and spread over seeds and writes WORK_DIR/fidelity[_TAG].{json,md} and
-benchmarks/results/fidelity[_TAG]_VARIANTS[_seedS-S].json (the command, machine, date, table, every run's
-metrics and settings.json, and the shared detector's weights sha256; `_seed...` unless the seeds are 0 1 2).
-Records of several sessions combine into one table with benchmarks/fidelity_table.py.
+benchmarks/results/fidelity/fidelity[_TAG]_VARIANTS[_seedS-S].json (the command, machine, date, table, every
+run's metrics and settings.json, and the shared detector's weights sha256; `_seed...` unless the seeds are 0 1
+2; benchmarks/results/README.md indexes the committed ones).
+Records of several sessions combine into one table with `python -m benchmarks.fidelity_table`.
 """
 from __future__ import annotations
 
@@ -86,41 +69,15 @@ from pathlib import Path
 
 import numpy as np
 
-# benchmarks/pipeline.py and benchmarks/segmenter.py are named like the packages: keep this folder off the
-# import path, so that `pipeline.inspection`, `segmenter` and the configs' custom_imports are the packages
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-from priors.occlusion import OCCLUSION_BUCKETS  # noqa: E402
+from benchmarks.fidelity_variants import TEST_ONLY, VARIANTS, listing
+from benchmarks.records import RESULTS, argument_parser, command
+from priors.occlusion import OCCLUSION_BUCKETS
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CONFIGS = REPO / "configs" / "aisdiff"
-RESULTS = REPO / "benchmarks" / "results"
 DETECTOR = ("backbone", "neck", "rpn_head", "roi_head.bbox_head")  # what `--detector frozen` keeps fixed
 DEFAULT_ITERS = 300  # each variant's schedule; runs of another length are kept apart (`ablation_tag`)
-VARIANTS = {
-    "a": ("Mask R-CNN (amodal masks)", "maskrcnn_r18_fpn_amodal_synthetic.py", None),
-    "b": ("AISDiff, no prior", "aisdiff_r18_fpn_noprior_synthetic.py", None),
-    "c": ("AISDiff, random-model prior", "aisdiff_r18_fpn_synthetic.py", "tiny-random"),
-    "d": ("AISDiff, trained-model prior", "aisdiff_r18_fpn_synthetic.py", "tiny"),
-    "e": ("AISDiff, oracle prior (GT amodal)", "aisdiff_r18_fpn_oracle_synthetic.py", None),
-    "f": ("AISDiff, class-template prior", "aisdiff_r18_fpn_template_synthetic.py", None),
-    "g": ("AISDiff, oracle shape only", "aisdiff_r18_fpn_oracle-shape_synthetic.py", None),
-    "h": ("(d) tested on GT visible + occluder", "aisdiff_r18_fpn_oracle-input_synthetic.py", "tiny"),
-    "i": ("AISDiff, trained on priors of its own detections", "aisdiff_r18_fpn_synthetic.py", "tiny"),
-    "j": ("(d) tested with the fast DiffSP preset", "aisdiff_r18_fpn_synthetic.py", "tiny"),
-    "k": ("(d) tested with DiffSP fed masks at 0.3", "aisdiff_r18_fpn_synthetic.py", "tiny"),
-    "l": ("(i) with masks at 0.3 in training and test", "aisdiff_r18_fpn_synthetic.py", "tiny"),
-}
-TESTED_WITH = {"h": "d", "j": "d", "k": "d"}  # variants that only test another variant's checkpoint
-MASKS_AT_03 = "model.test_cfg.rcnn.prior_mask_thr=0.3"
-TEST_OPTIONS = {"k": [MASKS_AT_03], "l": [MASKS_AT_03]}  # --cfg-options of a variant's test
-# variants whose test priors take a DiffSP preset (priors.diffsp.PRESETS) for its settings: trained at the
-# benchmark's settings, so their test priors do not check against the training store
-TEST_PRESET = {"j": "fast"}
-TRAINED_ON_DETECTIONS_OF = {"i": "d", "l": "d"}  # variants trained on priors of another's train detections
-# --cfg-options of such a variant's dump of the train detections (the masks its priors are made from)
-DUMP_OPTIONS = {"l": ["model.test_cfg.rcnn.mask_thr_binary=0.3"]}
 # `--cpu-kernels avx2`: environment variables that cap the kernels ATen, oneDNN (convolutions) and MKL pick at
 # AVX2, so that an AVX-512 CPU computes the floats an AVX2 one does and x86 machines of this project retrain
 # the shared detector bit for bit (checked on both kinds; with `native`, AVX2 and AVX-512 machines do not)
@@ -172,7 +129,7 @@ def prepare(args: argparse.Namespace) -> dict[str, Path]:
             "--val-images", str(args.val_images), "--seed", "0", "--visible-masks", "rle",
             log=args.work_dir / "demo-data.log")
     stores = {}
-    for model in sorted({VARIANTS[v][2] for v in args.variants} - {None}):
+    for model in sorted({VARIANTS[v].prior_model for v in args.variants} - {None}):
         # one folder per model, emptied when the model's weights or the settings change (as runs are), so a
         # store of an earlier benchmark is resumed when it matches and never refused when it does not
         folder = args.work_dir / f"priors_{model}"
@@ -254,7 +211,7 @@ def shared_settings(args: argparse.Namespace) -> dict:
 def variant_config(args: argparse.Namespace, variant: str) -> Path:
     """A variant's config; with `--detector frozen`, its child (in WORK_DIR/configs/) that adds the
     FreezeModulesHook on the detector, so that only the mask head trains."""
-    config = CONFIGS / VARIANTS[variant][1]
+    config = CONFIGS / VARIANTS[variant].config
     if args.detector == "trained":
         return config
     child = args.work_dir / "configs" / f"frozen_{config.name}"
@@ -276,7 +233,7 @@ def pretrain_detector(args: argparse.Namespace) -> Path:
     variant's mask head starts ahead) trained `--pretrain-iters` iterations."""
     work = args.work_dir / "detector"
     ckpt = work / f"iter_{args.pretrain_iters}.pth"
-    config = CONFIGS / VARIANTS["a"][1]
+    config = CONFIGS / VARIANTS["a"].config
     settings = {"config_sha256": config_digest(config), "iters": args.pretrain_iters, "mask_head": None,
                 **shared_settings(args)}
     if not reuse(work, settings) or not ckpt.is_file():
@@ -354,7 +311,7 @@ def options_digest(options: list[str]) -> str:
 def variant_options(args: argparse.Namespace, variant: str) -> list[str]:
     """The config options a variant trains and tests with: with `--head recommended`, RECOMMENDED_HEAD for
     an AISDiff variant (not for a, the Mask R-CNN baseline), then `--cfg-options`."""
-    head = RECOMMENDED_HEAD if args.head == "recommended" and variant != "a" else []
+    head = RECOMMENDED_HEAD if args.head == "recommended" and VARIANTS[variant].aisdiff else []
     return [*head, *args.cfg_options]
 
 
@@ -383,59 +340,89 @@ def record_tag(args: argparse.Namespace) -> str:
     return schedule_tag(args) + options_tag(args.cfg_options) + head + test_tag(args)
 
 
-def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[str, Path],
-                detector: Path) -> dict:
-    """Train and test one variant with one seed (or read the metrics of an earlier run); a variant of
-    TESTED_WITH tests the checkpoint of the variant it names, trained (or reused) first."""
-    model = VARIANTS[variant][2]
-    config = variant_config(args, variant)
-    work = args.work_dir / run_name(args, variant, seed)
-    metrics = work / "metrics.json"
+def variant_test_options(args: argparse.Namespace, variant: str) -> list[str]:
+    """The config options a variant's test adds to its training's: its own, then, for a test-only variant,
+    `--test-options`."""
+    v = VARIANTS[variant]
+    return [*v.test_options, *(args.test_options if v.test_only_of else ())]
+
+
+def variant_settings(args: argparse.Namespace, variant: str, config: Path, stores: dict[str, Path],
+                     detector: Path) -> dict:
+    """What a run's numbers depend on (its settings.json, but for the checkpoint or detections it takes from
+    another variant's run): an edit of any of them makes the stored run stale."""
+    v = VARIANTS[variant]
     # the detector by its settings, not its path: a detector retrained differently makes every run stale
     settings = {"config": config.name, "config_sha256": config_digest(config), "iters": args.iters,
                 "detector": json.loads((detector.parent / "settings.json").read_text()),
                 "detector_mode": args.detector, **shared_settings(args)}
-    if model is not None:  # the priors' model (its weights' sha256) and DiffSP settings, from the store
+    if v.prior_model is not None:  # its prior model's weights sha256 and DiffSP settings, from its store
         from priors.store import PriorStore
 
-        settings["priors"] = PriorStore.open(stores[model]).settings
-    if variant != "a":
+        settings["priors"] = PriorStore.open(stores[v.prior_model]).settings
+    if v.aisdiff:
         settings["prior_labels"] = args.prior_labels
-    if variant in TEST_PRESET:
+    if v.test_preset:
         from priors.diffsp import PRESETS
 
-        settings["test_preset"] = PRESETS[TEST_PRESET[variant]]
-    test_options = [*TEST_OPTIONS.get(variant, ()), *(args.test_options if variant in TESTED_WITH else ())]
+        settings["test_preset"] = PRESETS[v.test_preset]
+    test_options, own_options = variant_test_options(args, variant), variant_options(args, variant)
     if test_options:
         settings["test_options"] = test_options
-    own_options = variant_options(args, variant)
     if own_options:
         settings["cfg_options"] = own_options
-    trained_by = TESTED_WITH.get(variant)
-    if trained_by:  # (its own settings change with the checkpoint's: it is trained first)
-        run_variant(args, trained_by, seed, stores, detector)
-        settings["checkpoint_of"] = json.loads((work.parent / run_name(args, trained_by, seed)
-                                                / "settings.json").read_text())
-    detections = None
-    if variant in TRAINED_ON_DETECTIONS_OF:
-        detections = detection_store(args, TRAINED_ON_DETECTIONS_OF[variant], seed, stores, detector,
-                                     DUMP_OPTIONS.get(variant, []))
-        settings["detections"] = json.loads((detections.parent / "settings.json").read_text())
-    if reuse(work, settings) and metrics.is_file():
-        return json.loads(metrics.read_text())
-    options = [f"randomness.seed={seed}", *size_options(config, args)]  # for training and testing
+    return settings
+
+
+def run_options(args: argparse.Namespace, variant: str, seed: int, config: Path, stores: dict[str, Path],
+                detections: Path | None) -> list[str]:
+    """The config options of a run's training and test: seed, sizes, its priors, prior labels, then the
+    variant's own options."""
+    v = VARIANTS[variant]
+    options = [f"randomness.seed={seed}", *size_options(config, args)]
     if detections is not None:
         load = pipeline_index(config, "train_dataloader", "LoadCachedPriors")
         options += [f"train_dataloader.dataset.pipeline.{load}.source=detections",
                     f"train_dataloader.dataset.pipeline.{load}.detections={detections}"]
-    if model is not None:
-        options += [f"train_dataloader.dataset.prior_store={stores[model]}",
-                    f"model.roi_head.test_prior.model={model}"]
-        options += test_prior_options(args, variant, stores[model])
-    if variant != "a":
+    if v.prior_model is not None:
+        options += [f"train_dataloader.dataset.prior_store={stores[v.prior_model]}",
+                    f"model.roi_head.test_prior.model={v.prior_model}"]
+        options += test_prior_options(args, variant, stores[v.prior_model])
+    if v.aisdiff:
         options += [f"model.roi_head.prior_labels={args.prior_labels}",
                     f"test_evaluator.prior_threshold={prior_threshold()}"]
-    options += own_options
+    return options + variant_options(args, variant)
+
+
+def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[str, Path],
+                detector: Path) -> dict:
+    """Train and test one variant with one seed (or read the metrics of an earlier run); a test-only variant
+    tests the checkpoint of the variant it names, trained (or reused) first."""
+    v = VARIANTS[variant]
+    config = variant_config(args, variant)
+    work = args.work_dir / run_name(args, variant, seed)
+    settings = variant_settings(args, variant, config, stores, detector)
+    if v.test_only_of:  # (its own settings change with the checkpoint's: it is trained first)
+        run_variant(args, v.test_only_of, seed, stores, detector)
+        settings["checkpoint_of"] = json.loads((work.parent / run_name(args, v.test_only_of, seed)
+                                                / "settings.json").read_text())
+    detections = None
+    if v.trained_on_detections_of:
+        detections = detection_store(args, v.trained_on_detections_of, seed, stores, detector,
+                                     list(v.dump_options))
+        settings["detections"] = json.loads((detections.parent / "settings.json").read_text())
+    if reuse(work, settings) and (work / "metrics.json").is_file():
+        return json.loads((work / "metrics.json").read_text())
+    options = run_options(args, variant, seed, config, stores, detections)
+    return train_and_test(args, variant, seed, config, work, options, detector)
+
+
+def train_and_test(args: argparse.Namespace, variant: str, seed: int, config: Path, work: Path,
+                   options: list[str], detector: Path) -> dict:
+    """Train a run in `work` from the shared detector (a test-only variant: take its checkpoint) and test it;
+    its metrics."""
+    trained_by = VARIANTS[variant].test_only_of
+    metrics = work / "metrics.json"
     start = time.time()
     checkpoint = work.parent / run_name(args, trained_by or variant, seed) / f"iter_{args.iters}.pth"
     if trained_by and not checkpoint.is_file():
@@ -448,16 +435,17 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int, stores: dict[
                 *options, log=work.with_suffix(".train.log"))
     print(f"({variant}) seed {seed}: testing {checkpoint}", flush=True)
     aisdiff("test", str(config), str(checkpoint), "--work-dir", str(work), "--metrics-json", str(metrics),
-            "--cfg-options", *options, *test_options, log=work.with_suffix(".test.log"))
+            "--cfg-options", *options, *variant_test_options(args, variant),
+            log=work.with_suffix(".test.log"))
     print(f"({variant}) seed {seed}: done in {time.time() - start:.0f} s", flush=True)
     return json.loads(metrics.read_text())
 
 
 def test_prior_options(args: argparse.Namespace, variant: str, store: Path) -> list[str]:
     """--cfg-options for the test priors' DiffSP: the benchmark's settings, checked against the training
-    store; for a TEST_PRESET variant, the preset's settings in place of those, unchecked."""
+    store; for a variant with a test preset, the preset's settings in place of those, unchecked."""
     flags = diffsp_flags(args)
-    preset = TEST_PRESET.get(variant)
+    preset = VARIANTS[variant].test_preset
     if preset is None:
         return [f"model.roi_head.test_prior.store={store}",
                 *(f"model.roi_head.test_prior.{k}={v}" for k, v in flags.items())]
@@ -491,7 +479,7 @@ def detection_store(args: argparse.Namespace, of: str, seed: int, stores: dict[s
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in diffsp_flags(args).items()]
     aisdiff("precompute", "--ann", str(train), "--images", str(data / "images"), "--proposals",
             str(work / "detections.json"), "--proposals-only", "--out", str(store), "--model",
-            VARIANTS[of][2], "--batch-size", "32", *flags, log=work / "precompute.log")
+            VARIANTS[of].prior_model, "--batch-size", "32", *flags, log=work / "precompute.log")
     (work / "done").touch()
     return store
 
@@ -549,7 +537,7 @@ def test_tag(args: argparse.Namespace) -> str:
 
 def run_name(args: argparse.Namespace, variant: str, seed: int) -> str:
     """A run's folder name; a test-only variant's carries the `--test-options` tag (its checkpoint's not)."""
-    test = test_tag(args) if variant in TESTED_WITH else ""
+    test = test_tag(args) if VARIANTS[variant].test_only_of else ""
     return f"{variant}_seed{seed}{ablation_tag(args, variant)}{test}"
 
 
@@ -608,7 +596,7 @@ def table(results: dict[str, list[dict]], seeds: list[int]) -> str:
                 cells.append(f"{100 * np.mean(vals):.1f} ± {100 * np.std(vals, ddof=1):.1f}")
             else:
                 cells.append(f"{100 * vals[0]:.1f}")
-        lines.append(f"| ({variant}) {VARIANTS[variant][0]} | " + " | ".join(cells) + " |")
+        lines.append(f"| ({variant}) {VARIANTS[variant].name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -636,7 +624,8 @@ def bucket_table(results: dict[str, list[dict]], prefix: str = "amodal/AP_occ_")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line, with the DiffSP settings filled in and the work folder made."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argument_parser(__doc__, __spec__.name, epilog="variants:\n" + listing(),
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", type=Path, default=REPO / "work_dirs" / "fidelity")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -671,14 +660,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "the recommended one (RECOMMENDED_HEAD; (a) stays Mask R-CNN)")
     parser.add_argument("--test-options", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config options for the test of the test-only variants ("
-                             + ", ".join(TESTED_WITH) + "), after their own: a test-time ablation on the "
+                             + ", ".join(TEST_ONLY) + "), after their own: a test-time ablation on the "
                              "plain checkpoints (its runs and records are kept apart)")
     args = parser.parse_args(argv)
     # before any kernel runs here (torch reads them at its first) and for every `aisdiff` step it starts
     os.environ.update(CPU_KERNEL_PINS[args.cpu_kernels])
-    trained = [v for v in args.variants if v not in TESTED_WITH]
+    trained = [v for v in args.variants if v not in TEST_ONLY]
     if args.test_options and trained:
-        parser.error(f"--test-options applies to the test-only variants ({', '.join(TESTED_WITH)}), not to "
+        parser.error(f"--test-options applies to the test-only variants ({', '.join(TEST_ONLY)}), not to "
                      f"{', '.join(trained)}: use --cfg-options for an ablation of those")
     fill_diffsp_flags(args)
     args.work_dir = args.work_dir.resolve()
@@ -724,15 +713,15 @@ def main() -> None:
     out = args.work_dir / f"fidelity{record_tag(args)}"
     out.with_suffix(".md").write_text(header + "\n\n" + text + "\n")
     record = json.dumps(
-        {"command": " ".join(["python", "benchmarks/fidelity.py", *sys.argv[1:]]),
+        {"command": command(),
          "machine": machine, "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
          "detector_weights_sha256": weights_digest(detector), "environment": env,
          "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
          "table": header + "\n\n" + text, "results": results, "run_settings": run_settings}, indent=1)
     out.with_suffix(".json").write_text(record)
     # (the committed copy, what the README's numbers come from)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / record_name(args)).write_text(record)
+    (RESULTS / "fidelity").mkdir(parents=True, exist_ok=True)
+    (RESULTS / "fidelity" / record_name(args)).write_text(record)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""One fidelity table from the records of several `benchmarks/fidelity.py` runs (e.g. seeds run in different
+"""One fidelity table from the records of several `benchmarks.fidelity` runs (e.g. seeds run in different
 sessions, each with its own work folder), checked to share every setting but the variants and seeds.
 
-    cd benchmarks/results && python ../fidelity_table.py fidelity_d-b.json fidelity_d.json ... \
-        --variants a b d j --out fidelity_three_seeds.json
+    R=benchmarks/results/fidelity/detector-baef3b6a
+    python -m benchmarks.fidelity_table $R/fidelity_a_seed0.json $R/fidelity_a_seed1.json ... \
+        --variants a --out $R/fidelity_a.json
 
 Each record holds, per variant, the metrics of each seed it ran (`results`, in `settings.seeds` order). A
 variant's seed found in two records keeps the later record's run (by date; both are listed). Records whose
@@ -16,18 +17,13 @@ seeds and source records of each variant.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from records import record  # noqa: E402
-
-# isort: split
-# (after records: importing fidelity takes this folder off the import path, see there)
-from fidelity import TEST_OPTIONS, TEST_PRESET, VARIANTS, bucket_table, table  # noqa: E402
+from benchmarks.fidelity import bucket_table, table
+from benchmarks.fidelity_variants import VARIANTS
+from benchmarks.records import argument_parser, record
 
 # settings that say which runs a record holds, not how they were made
 PER_RECORD = ("work_dir", "variants", "seeds")
@@ -46,7 +42,7 @@ def read_record(path: Path) -> dict:
         _ = data["settings"]["seeds"], data["results"], data["date"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise RecordError(f"{path}: not a fidelity record ({type(exc).__name__}: {exc}); give the JSON files "
-                          "benchmarks/fidelity.py writes under benchmarks/results/") from None
+                          "benchmarks.fidelity writes under benchmarks/results/fidelity/") from None
     seeds = data["settings"]["seeds"]
     for variant, runs in data["results"].items():
         if len(runs) != len(seeds):
@@ -70,7 +66,7 @@ def check_config(variant: str, run_settings: list[dict], path: Path,
     digests = [json.dumps([s.get("config_sha256"), s.get("checkpoint_of", {}).get("config_sha256"),
                            (s.get("priors") or {}).get("model"), s.get("test_preset"), s.get("test_options")])
                for s in run_settings]
-    if not digests and (variant in TEST_PRESET or variant in TEST_OPTIONS):
+    if not digests and variant in VARIANTS and VARIANTS[variant].tests_differently:
         digests = [None]
     for digest in digests:
         first, where = seen.setdefault(variant, (digest, str(path)))
@@ -136,7 +132,7 @@ def combine(paths: list[Path], variants: list[str] | None, take: dict[str, Path]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argument_parser(__doc__, __spec__.name)
     parser.add_argument("records", type=Path, nargs="+", help="fidelity.py's JSON records")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="(default: every one found)")
     parser.add_argument("--out", type=Path, help="write the combined record here (JSON)")

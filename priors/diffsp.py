@@ -48,7 +48,7 @@ PAPER_DEFAULTS = {"steps": 10, "tau": 4, "context": 1.2, "prompt": PROMPT, "guid
 # Named settings (`--preset`, `preset=` in configs): a preset fills the settings the caller leaves unset,
 # before the model's and the paper's defaults. "fast" is the cheapest setting of benchmarks/diffsp_steps.py
 # whose val prior IoU (trained tiny model, synthetic benchmark) is within 0.01 of T = 10's, overall and in
-# every occlusion bucket (benchmarks/results/diffsp_steps.json).
+# every occlusion bucket (benchmarks/results/diffsp_steps/diffsp_steps.json).
 # It needs the model's small autoencoder (`encoder="tiny"`: a `vae_tiny/` folder); add `encoder="vae"`
 # for a model without one (T = 2 trailing alone: 3.4x cheaper on SD-1.5 instead of 5.3x).
 PRESETS = {"default": {}, "fast": {"steps": 2, "timestep_spacing": "trailing", "encoder": "tiny"}}

@@ -25,7 +25,7 @@ for step in $STEPS; do
         suffix=""
         [ "$preset" = fast ] && suffix="_fast"
         echo "== $(date -u +%T) DiffSP on SD-1.5's architecture, fp16, preset $preset"
-        "$PY" benchmarks/diffsp.py --real-arch --device cuda --dtype fp16 --preset "$preset" --rois 64 \
+        "$PY" -m benchmarks.diffsp_speed --real-arch --device cuda --dtype fp16 --preset "$preset" --rois 64 \
           --batch-size 16 --rounds 1 --repeat 3 --out "$OUT_DIR/diffsp_sd15_fp16$suffix.json" || failed=1
       done ;;
     precompute)

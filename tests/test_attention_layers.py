@@ -1,7 +1,6 @@
-"""The per-layer attention diagnostic (benchmarks/attention_layers.py): its scores and its table."""
+"""The per-layer attention diagnostic (benchmarks.attention_layers): its scores and its table."""
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -9,18 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "attention_layers.py"
+from benchmarks import attention_layers as diag
+
+REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def diag():
-    spec = importlib.util.spec_from_file_location("attention_layers", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_scores_on_a_hand_made_grid(diag):
+def test_scores_on_a_hand_made_grid():
     """2x2 grid: pixel 0 visible, pixel 1 hidden, pixels 2-3 background; exact lifts and ratios."""
     amodal = torch.tensor([[True, True, False, False]])
     visible = torch.tensor([[True, False, False, False]])
@@ -40,9 +33,10 @@ def test_scores_on_a_hand_made_grid(diag):
 
 def test_table_lists_every_attention_layer(make_benchmark):
     root = make_benchmark("kins2020", train_images=6, val_images=2, seed=0)
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--ann", str(root / "annotations" / "train.json"),
-                           "--images", str(root / "images"), "--model", "tiny-random", "--steps", "2",
-                           "--min-occlusion", "0.1", "--limit", "4"], capture_output=True, text=True)
+    args = ["--ann", str(root / "annotations" / "train.json"), "--images", str(root / "images"), "--model",
+            "tiny-random", "--steps", "2", "--min-occlusion", "0.1", "--limit", "4"]
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.attention_layers", *args], capture_output=True,
+                          text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("4 ROIs of") and "self lift" in lines[1]

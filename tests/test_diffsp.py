@@ -238,12 +238,12 @@ def test_a_preset_fills_the_settings_not_given():
 
 
 def test_the_fast_preset_is_the_setting_the_steps_sweep_chose():
-    """PRESETS['fast'] resolves, on the trained tiny model, to the row benchmarks/diffsp_steps.py marked (its
+    """PRESETS['fast'] resolves, on the trained tiny model, to the row benchmarks.diffsp_steps marked (its
     committed record): cheapest within 0.01 prior IoU of T = 10, overall and in every bucket."""
     from priors.diffsp import preset_config
     from priors.models import load_model
 
-    record = json.loads((REPO / "benchmarks" / "results" / "diffsp_steps.json").read_text())
+    record = json.loads((REPO / "benchmarks" / "results" / "diffsp_steps" / "diffsp_steps.json").read_text())
     keys = ("steps", "strength", "self_res", "cross_res", "resolution", "timestep_spacing", "encoder")
     resolved = preset_config("fast").resolved(load_model("tiny"))
     assert {k: getattr(resolved, k) for k in keys} == {k: record["fast"][k] for k in keys}

@@ -3,24 +3,17 @@ changes the numbers, not with the visualizer or the ContentImageId transform."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 from pathlib import Path
 
 import pytest
+
+from benchmarks import fidelity as bench
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "aisdiff" / "aisdiff_r18_fpn_synthetic.py"
 
 
-def fidelity():
-    spec = importlib.util.spec_from_file_location("fidelity", REPO / "benchmarks" / "fidelity.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_digest_ignores_visualizer_and_content_ids_but_not_the_pipeline(tmp_path):
-    bench = fidelity()
     cfg = bench.load_config(CONFIG)
     assert cfg.visualizer.type == "AmodalLocalVisualizer"
     assert any(step.type == "ContentImageId" for step in cfg.test_dataloader.dataset.pipeline)
@@ -50,7 +43,6 @@ def test_digest_ignores_visualizer_and_content_ids_but_not_the_pipeline(tmp_path
 def test_digest_leaves_the_parsed_config_as_training_reads_it():
     """The digest's normalization works on a copy: the benchmark's --cfg-options indices (found in the same
     cached config) must still see ContentImageId, or they would set the image scale on the wrong transform."""
-    bench = fidelity()
     resize = bench.pipeline_index(CONFIG, "test_dataloader", "AmodalResize")
     bench.config_digest(CONFIG)
     assert bench.pipeline_index(CONFIG, "test_dataloader", "AmodalResize") == resize == 2
@@ -62,7 +54,6 @@ def test_a_test_preset_variant_gives_its_priors_the_preset_unchecked():
 
     from priors.diffsp import PRESETS
 
-    bench = fidelity()
     args = argparse.Namespace(steps=10, tau=0, self_res=16, cross_res=16)
     prefix = "model.roi_head.test_prior."
     assert bench.test_prior_options(args, "d", Path("s.zarr")) == [
@@ -76,7 +67,6 @@ def test_a_test_preset_variant_gives_its_priors_the_preset_unchecked():
 
 def test_test_options_tag_the_test_only_runs_and_not_their_checkpoint(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("AISDIFF_DATA", str(tmp_path))  # (parse_args sets it: restored after the test)
-    bench = fidelity()
     options = ["--work-dir", str(tmp_path), "--test-options", "model.test_cfg.rcnn.prior_mask_thr=0.2"]
     args = bench.parse_args(["--variants", "k", "h", "--seeds", "1", *options])
     tag = bench.test_tag(args)
@@ -94,20 +84,21 @@ def test_a_dump_with_options_gets_its_own_detections_folder(tmp_path, monkeypatc
     """(l) dumps (d)'s train detections with their masks at 0.3: a folder apart from (i)'s, whose name (and
     so its stored detections and priors) stays as it was."""
     monkeypatch.setenv("AISDIFF_DATA", str(tmp_path))
-    bench = fidelity()
     args = bench.parse_args(["--variants", "i", "l", "--work-dir", str(tmp_path)])
-    assert bench.TRAINED_ON_DETECTIONS_OF["l"] == bench.TRAINED_ON_DETECTIONS_OF["i"] == "d"
-    assert bench.detections_name(args, "d", 2, bench.DUMP_OPTIONS.get("i", [])) == "detections_d_seed2"
-    dumped = bench.detections_name(args, "d", 2, bench.DUMP_OPTIONS["l"])
+    at_05, at_03 = bench.VARIANTS["i"], bench.VARIANTS["l"]  # (the masks their train priors are made from)
+    assert at_03.trained_on_detections_of == at_05.trained_on_detections_of == "d"
+    assert bench.detections_name(args, "d", 2, list(at_05.dump_options)) == "detections_d_seed2"
+    dumped = bench.detections_name(args, "d", 2, list(at_03.dump_options))
     options = ["model.test_cfg.rcnn.mask_thr_binary=0.3"]
     assert dumped == "detections_d_seed2_dump-" + bench.options_digest(options)
-    assert bench.TEST_OPTIONS["l"] == bench.TEST_OPTIONS["k"] == ["model.test_cfg.rcnn.prior_mask_thr=0.3"]
+    masks_at_03 = ("model.test_cfg.rcnn.prior_mask_thr=0.3",)
+    assert at_03.test_options == bench.VARIANTS["k"].test_options == masks_at_03
 
 
 def test_the_record_names_the_cpu_and_the_kernels_torch_picks():
     import torch
 
-    env = fidelity().environment()
+    env = bench.environment()
     assert env["torch"] == torch.__version__
     assert env["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert isinstance(env["cpu"], str) and env["cpu"]
@@ -121,9 +112,9 @@ def test_the_record_names_the_gpu_when_there_is_one(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Test GPU 80GB")
-    assert fidelity().environment()["gpu"] == "Test GPU 80GB"
+    assert bench.environment()["gpu"] == "Test GPU 80GB"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert fidelity().environment()["gpu"] is None
+    assert bench.environment()["gpu"] is None
 
 
 def test_cpuinfo_fields_are_read_exactly(tmp_path):
@@ -132,7 +123,6 @@ def test_cpuinfo_fields_are_read_exactly(tmp_path):
     cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nvmx flags\t: ept\n"
                        "flags\t\t: fpu avx2 sse4_1\n\n"
                        "processor\t: 1\nmodel name\t: Other\nflags\t\t: avx512f\n")
-    bench = fidelity()
     assert bench.cpuinfo_field("model name", cpuinfo) == "Test CPU 9000"
     assert bench.cpuinfo_field("flags", cpuinfo) == "fpu avx2 sse4_1"
     assert bench.cpuinfo_field("bogomips", cpuinfo) is None
@@ -152,7 +142,6 @@ def test_pinned_kernels_reach_every_step_and_keep_their_runs_apart(tmp_path, mon
         # monkeypatch restore (unset) it after the test and the pins cannot leak into later tests.
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
-    bench = fidelity()
     native = bench.parse_args(["--variants", "a", "--work-dir", str(tmp_path)])
     assert "ATEN_CPU_CAPABILITY" not in bench.os.environ
     assert "cpu_kernels" not in bench.shared_settings(native)
@@ -171,8 +160,7 @@ def test_the_recommended_head_goes_to_the_aisdiff_variants_under_its_options_tag
     import json
 
     monkeypatch.setenv("AISDIFF_DATA", str(tmp_path))
-    bench = fidelity()
-    record = REPO / "benchmarks" / "results" / "detector-baef3b6a" / "fidelity_opts-4142a0fa_d_seed0.json"
+    record = bench.RESULTS / "fidelity" / "detector-baef3b6a" / "fidelity_opts-4142a0fa_d_seed0.json"
     assert json.loads(record.read_text())["settings"]["cfg_options"] == bench.RECOMMENDED_HEAD
     common = ["--work-dir", str(tmp_path), "--detector", "trained"]
     args = bench.parse_args(["--variants", "a", "b", "d", "--head", "recommended", *common])

@@ -1,29 +1,16 @@
-"""benchmarks/fidelity_table.py: records of several fidelity runs combine into one table only when their runs
+"""benchmarks.fidelity_table: records of several fidelity runs combine into one table only when their runs
 compare (same setup, detector and configs); a seed run twice keeps the later run."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks import fidelity_table as table
+
 SETUP = {"iters": 300, "detector": "frozen", "pretrain_iters": 2000, "scale": 256, "steps": 10, "tau": 0,
          "cfg_options": []}
-
-
-def fidelity_table():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location("fidelity_table",
-                                                      REPO / "benchmarks" / "fidelity_table.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:  # (fidelity.py takes its folder off the path itself: benchmarks/segmenter.py shadows a package)
-        sys.path[:] = [p for p in sys.path if p != str(REPO / "benchmarks")]
-    return module
 
 
 def write(path: Path, date: str, results: dict, seeds: list[int], config: str = "c1", run: dict | None = None,
@@ -43,7 +30,6 @@ def ap(value: float) -> dict:
 
 
 def test_records_of_one_setup_combine_and_a_repeated_seed_keeps_the_later_run(tmp_path):
-    table = fidelity_table()
     old = write(tmp_path / "old.json", "2026-11-30 10:00 UTC", {"d": [ap(0.34), ap(0.35)],
                                                                  "b": [ap(0.3), ap(0.31)]}, [0, 1])
     new = write(tmp_path / "new.json", "2026-12-01 09:00 UTC", {"d": [ap(0.36), ap(0.33)]}, [1, 2],
@@ -63,7 +49,6 @@ def test_records_of_one_setup_combine_and_a_repeated_seed_keeps_the_later_run(tm
 
 
 def test_records_that_do_not_compare_are_refused(tmp_path):
-    table = fidelity_table()
     base = write(tmp_path / "base.json", "2026-11-30 10:00 UTC", {"d": [ap(0.34)]}, [0],
                  detector_weights_sha256="ab" * 32)
     schedule = write(tmp_path / "iters.json", "2026-12-01 10:00 UTC", {"d": [ap(0.3)]}, [1],
@@ -109,7 +94,6 @@ def test_records_that_do_not_compare_are_refused(tmp_path):
 
 def test_a_test_only_variant_combines_only_records_that_all_keep_or_all_lack_its_settings(tmp_path):
     """(j)'s preset is what it measures: an old record (no run settings) may have used another preset."""
-    table = fidelity_table()
     old = [write(tmp_path / f"j{seed}.json", f"2026-11-30 1{seed}:00 UTC", {"j": [ap(0.34)], "d": [ap(0.35)]},
                  [seed], old=True) for seed in (0, 1)]
     new = write(tmp_path / "new.json", "2026-12-01 10:00 UTC", {"j": [ap(0.33)], "d": [ap(0.35)]}, [2],
@@ -124,7 +108,6 @@ def test_a_test_only_variant_combines_only_records_that_all_keep_or_all_lack_its
 
 def test_take_gives_a_variant_from_one_record_alone(tmp_path):
     """A test-only variant rerun with a new preset does not combine with its older runs; --take picks it."""
-    table = fidelity_table()
     old = write(tmp_path / "d-j.json", "2026-11-30 10:00 UTC", {"d": [ap(0.32)], "j": [ap(0.33)]}, [0],
                 run={"test_preset": {"steps": 2}})
     new = write(tmp_path / "j.json", "2026-12-01 10:00 UTC", {"j": [ap(0.34)]}, [0],

@@ -1,7 +1,8 @@
 """Prior-precompute job: peak memory for N and 4N ROIs (it must stay flat: the job streams), and ROIs/s
 for 1 and 2 processes.
 
-    python benchmarks/pipeline.py [--images 16] [--model tiny-random] [--batch-size 16]
+    python -m benchmarks.precompute_speed [--images 16] [--model tiny-random] [--batch-size 16]
+    ... --out benchmarks/results/precompute_speed/MACHINE/NAME.json   # also write the table as a JSON record
 
 Generates synthetic benchmarks of `--images` and 4x that many train images, runs `aisdiff precompute`
 on each (and `accelerate launch` with 2 CPU processes on the larger one), and prints a table. Peak RSS is
@@ -9,14 +10,14 @@ the largest process of each run (the job, a DataLoader worker or an MPI rank), r
 """
 from __future__ import annotations
 
-import argparse
 import os
-import platform
 import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from benchmarks.records import argument_parser, cpu_machine, record, write_record
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -39,10 +40,11 @@ def timed_run(cmd: list[str]) -> tuple[float, float, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argument_parser(__doc__, __spec__.name)
     parser.add_argument("--images", type=int, default=16, help="train images of the small run (default 16)")
     parser.add_argument("--model", default="tiny-random")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--out", type=Path, help="also write the table as a JSON record here")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="aisdiff-bench-"))
     rows = []
@@ -63,14 +65,19 @@ def main() -> None:
             seconds, rss, stdout = timed_run([*launcher, *job, "--out", str(out)])
             rois = int(re.search(r"computed now\s+(\d+)", stdout).group(1))
             job_rate = float(re.search(r"ROIs/s\s+(\S+)", stdout).group(1))
-            rows.append((f"{'N' if scale == 1 else '4N'} = {rois} ROIs", label, rois / seconds, job_rate,
-                         rss))
-    print(f"precompute benchmark: model {args.model}, batch {args.batch_size}, synthetic benchmark, on "
-          f"{platform.machine()} CPU, {os.cpu_count()} cores (start-up included in the wall-clock rate)")
-    print("| ROIs | launch | ROIs/s (wall clock) | ROIs/s (job's summary) | peak RSS of a process (MB) |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]:.1f} | {r[3]:.1f} | {r[4]:.0f} |")
+            rows.append({"scale": "N" if scale == 1 else "4N", "rois": rois, "launch": label,
+                         "wall_rois_per_s": rois / seconds, "job_rois_per_s": job_rate, "peak_rss_mb": rss})
+    machine = cpu_machine()
+    lines = [f"precompute benchmark: model {args.model}, batch {args.batch_size}, synthetic benchmark, on "
+             f"{machine} (start-up included in the wall-clock rate)",
+             "| ROIs | launch | ROIs/s (wall clock) | ROIs/s (job's summary) | peak RSS of a process (MB) |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['scale']} = {r['rois']} ROIs | {r['launch']} | {r['wall_rois_per_s']:.1f} | "
+              f"{r['job_rois_per_s']:.1f} | {r['peak_rss_mb']:.0f} |" for r in rows]
+    print("\n".join(lines))
+    if args.out:
+        write_record(args.out, record(machine, model=args.model, images=args.images,
+                                      batch_size=args.batch_size, rows=rows, table="\n".join(lines)))
 
 
 if __name__ == "__main__":

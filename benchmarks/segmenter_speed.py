@@ -1,6 +1,7 @@
 """AISDiff head speed, and what the cached priors cost a training iteration.
 
-    python benchmarks/segmenter.py [--rois 64] [--iters 6]
+    python -m benchmarks.segmenter_speed [--rois 64] [--iters 6]
+    ... --out benchmarks/results/segmenter_speed/MACHINE/NAME.json   # also write the tables as a JSON record
 
 Prints (1) the mask head's forward pass for a batch of RoIs with cached priors and with the `none` prior
 (ms per RoI batch), and (2) the share of a training iteration (synthetic R18 config, batch 2, CPU) spent
@@ -9,9 +10,7 @@ fetching priors from the store (`LoadCachedPriors`) and warping them to the posi
 """
 from __future__ import annotations
 
-import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -20,10 +19,10 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.records import argument_parser, cpu_machine, record, write_record
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-# This script is named like the package it measures: keep its own folder off the import path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 
 def best_ms(fn, repeat: int = 10) -> float:
@@ -103,33 +102,42 @@ def training_share(root: Path, iters: int) -> dict[str, float]:
     return {"iteration": iteration, "fetch": fetch_ms * batch, "warp": warp_ms}
 
 
+def tables(rois: int, iters: int, head: dict[str, float], share: dict[str, float]) -> str:
+    """The two printed tables: the head's forward pass, and the parts of a training iteration."""
+    total = share["fetch"] + share["warp"]
+    percent = {k: 100 * v / share["iteration"] for k, v in {**share, "total": total}.items()}
+    return "\n".join([
+        f"AISDiff mask head forward, {rois} RoIs of 256x14x14:", "| priors | ms per RoI batch |", "|---|---|",
+        f"| cached priors (M_sp given) | {head['with_prior']:.1f} |",
+        f"| none (prior = 1) | {head['without']:.1f} |", "",
+        f"Training iteration (synthetic R18-FPN, batch 2, {iters} timed iterations):",
+        "| part | ms | share of an iteration |", "|---|---|---|",
+        f"| whole iteration | {share['iteration']:.0f} | 100% |",
+        f"| fetch cached priors (LoadCachedPriors, 2 images) | {share['fetch']:.2f} | "
+        f"{percent['fetch']:.2f}% |",
+        f"| warp to 2 x 128 positive proposals (CachedPriors) | {share['warp']:.2f} | "
+        f"{percent['warp']:.2f}% |",
+        f"| fetch + warp | {total:.2f} | {percent['total']:.2f}% (target <= 3%) |"])
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argument_parser(__doc__, __spec__.name)
     parser.add_argument("--rois", type=int, default=64)
     parser.add_argument("--iters", type=int, default=6)
+    parser.add_argument("--out", type=Path, help="also write the tables as a JSON record here")
     args = parser.parse_args()
     torch.manual_seed(0)
     with_prior, without = head_forward(args.rois)
+    head = {"with_prior": with_prior, "without": without}
     root = Path(tempfile.mkdtemp(prefix="aisdiff-seg-bench-"))
     prepare_data(root)
     share = training_share(root, args.iters)
-    machine = f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
-    print(f"AISDiff mask head forward, {args.rois} RoIs of 256x14x14, on {machine}:")
-    print("| priors | ms per RoI batch |")
-    print("|---|---|")
-    print(f"| cached priors (M_sp given) | {with_prior:.1f} |")
-    print(f"| none (prior = 1) | {without:.1f} |")
-    total = share["fetch"] + share["warp"]
-    print(f"\nTraining iteration (synthetic R18-FPN, batch 2, {args.iters} timed iterations):")
-    print("| part | ms | share of an iteration |")
-    print("|---|---|---|")
-    print(f"| whole iteration | {share['iteration']:.0f} | 100% |")
-    print(f"| fetch cached priors (LoadCachedPriors, 2 images) | {share['fetch']:.2f} | "
-          f"{100 * share['fetch'] / share['iteration']:.2f}% |")
-    print(f"| warp to 2 x 128 positive proposals (CachedPriors) | {share['warp']:.2f} | "
-          f"{100 * share['warp'] / share['iteration']:.2f}% |")
-    print(f"| fetch + warp | {total:.2f} | {100 * total / share['iteration']:.2f}% (target <= 3%) |")
-
+    machine = cpu_machine()
+    text = tables(args.rois, args.iters, head, share)
+    print(f"on {machine}:\n{text}")
+    if args.out:
+        write_record(args.out, record(machine, rois=args.rois, iters=args.iters, head_ms=head,
+                                      iteration_ms=share, table=text))
 
 if __name__ == "__main__":
     main()

@@ -1,14 +1,14 @@
 """What testing costs with on-the-fly DiffSP priors, per preset: seconds per image and DiffSP's share.
 
-    python benchmarks/test_cost.py --checkpoint work_dirs/demo/iter_300.pth --data work_dirs/demo
-    python benchmarks/test_cost.py --checkpoint work_dirs/fidelity/d_seed2/iter_300.pth \
+    python -m benchmarks.preset_cost --checkpoint work_dirs/demo/iter_300.pth --data work_dirs/demo
+    python -m benchmarks.preset_cost --checkpoint work_dirs/fidelity/d_seed2/iter_300.pth \
         --data work_dirs/fidelity --cfg-options ...   # a fidelity run, at the benchmark's test settings
 
 Runs `aisdiff test` on the synthetic config's val split (the `make demo` data and checkpoint) once per preset
 (`priors.diffsp.PRESETS`), one after the other, and reads each run's `test cost:` line and amodal AP. The
 test priors skip the check against the training store (its settings are the default preset's). Writes
-benchmarks/results/test_cost.json (command, machine, date, rows). Times are this machine's: compare the
-presets' ratio, measured in one run, across machines.
+benchmarks/results/preset_cost/preset_cost.json (command, machine, date, rows). Times are this machine's:
+compare the presets' ratio, measured in one run, across machines.
 """
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
+from benchmarks.records import RESULTS, argument_parser, record
+from priors.diffsp import PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "aisdiff" / "aisdiff_r18_fpn_synthetic.py"
@@ -45,16 +48,12 @@ def run_preset(args: argparse.Namespace, preset: str) -> dict:
 
 
 def main() -> None:
-    from records import record
-
-    from priors.diffsp import PRESETS
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argument_parser(__doc__, __spec__.name)
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True,
                         help="the folder holding synthetic/ ($AISDIFF_DATA)")
-    parser.add_argument("--work-dir", type=Path, default=REPO / "work_dirs" / "test_cost")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "test_cost.json")
+    parser.add_argument("--work-dir", type=Path, default=REPO / "work_dirs" / "preset_cost")
+    parser.add_argument("--out", type=Path, default=RESULTS / "preset_cost" / "preset_cost.json")
     parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
                         help="more config overrides for both runs (e.g. a fidelity run's test settings)")
     args = parser.parse_args()
@@ -67,6 +66,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, aisdiff test's default device"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record(machine, checkpoint=str(args.checkpoint), rows=rows, table=table),
                                    indent=1))
     print(f"written to {args.out}")

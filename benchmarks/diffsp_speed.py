@@ -1,10 +1,10 @@
 """DiffSP throughput and peak memory: a naive baseline, plain denoising, and ours, side by side.
 
-    python benchmarks/diffsp.py                       # tiny-random model, CPU, batch 16
-    python benchmarks/diffsp.py --real-arch --rois 2 --batch-size 1     # SD-1.5-inpaint architecture
-    python benchmarks/diffsp.py --real-arch --device cuda --dtype fp16  # on a GPU
-    python benchmarks/diffsp.py --real-arch --device cuda --dtype fp16 --preset fast  # the fast preset
-    ... --out benchmarks/results/diffsp_gpu.json   # also write the table as a JSON record
+    python -m benchmarks.diffsp_speed                       # tiny-random model, CPU, batch 16
+    python -m benchmarks.diffsp_speed --real-arch --rois 2 --batch-size 1     # SD-1.5-inpaint architecture
+    python -m benchmarks.diffsp_speed --real-arch --device cuda --dtype fp16  # on a GPU
+    python -m benchmarks.diffsp_speed --real-arch --device cuda --dtype fp16 --preset fast  # the fast preset
+    ... --out benchmarks/results/diffsp_speed/MACHINE/NAME.json   # also write the table as a JSON record
 
 (a) naive: one ROI at a time, every attention layer's processor replaced by one that stores every
     probability map of every layer at every step; the maps are aggregated afterwards.
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -25,8 +24,10 @@ import time
 from pathlib import Path
 
 import torch
-from records import record
 
+from benchmarks.records import argument_parser, cpu_machine, record, write_record
+
+REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {"a": "naive (1 ROI at a time, every map kept)", "b": "plain denoising (SDPA, no capture)",
             "c": "ours (batched DiffSP)"}
 
@@ -125,7 +126,7 @@ def run_variant(args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argument_parser(__doc__, __spec__.name)
     parser.add_argument("--real-arch", action="store_true",
                         help="SD-1.5-inpainting architecture (random weights)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -149,21 +150,20 @@ def main() -> None:
     results: dict[str, dict] = {}
     for _ in range(args.rounds):  # variants interleaved, so that a slow spell of the machine hits all of them
         for v in chosen:
-            cmd = [sys.executable, __file__, "--variant", v, *sys.argv[1:]]
-            out = subprocess.run(cmd, capture_output=True, text=True,
+            cmd = [sys.executable, "-m", __spec__.name, "--variant", v, *sys.argv[1:]]
+            out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
                                  env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
             if out.returncode:
                 sys.exit(f"variant {v} failed:\n{out.stderr}")
             r = json.loads(out.stdout.strip().splitlines()[-1])
             if v not in results or r["rois_per_s"] > results[v]["rois_per_s"]:
                 results[v] = {**r, "peak_mb": max(r["peak_mb"], results.get(v, {}).get("peak_mb", 0))}
-    device = (torch.cuda.get_device_name() if args.device.startswith("cuda")
-              else f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores")
+    device = (f"{torch.cuda.get_device_name()}, torch {torch.__version__}" if args.device.startswith("cuda")
+              else cpu_machine())
     model = "SD-1.5-inpaint architecture, 512 px" if args.real_arch else "tiny-random model, 64 px"
     settings = f"preset {args.preset or 'default'}" + (f", {args.steps} steps" if args.steps else "")
     lines = [f"DiffSP benchmark: {model}, {args.dtype}, {settings}, {args.rois} ROIs (best of "
-             f"{args.rounds} x {args.repeat}), batch {args.batch_size}, on {device} "
-             f"(torch {torch.__version__})",
+             f"{args.rounds} x {args.repeat}), batch {args.batch_size}, on {device}",
              "| variant | ROIs/s | s/ROI | peak memory (MB) | cost vs plain |", "|---|---|---|---|---|"]
     for v, r in results.items():
         rel = f"{results['b']['rois_per_s'] / r['rois_per_s']:.2f}x" if "b" in results else "-"
@@ -174,11 +174,9 @@ def main() -> None:
         lines.append(f"ours vs naive: {gain:.1f}x the ROIs/s")
     print("\n".join(lines))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(record(
-            f"{device}, torch {torch.__version__}", model=model, dtype=args.dtype, settings=settings,
-            rois=args.rois, batch_size=args.batch_size, results=results, table="\n".join(lines)), indent=1))
-        print(f"written to {args.out}")
+        write_record(args.out, record(device, model=model, dtype=args.dtype, settings=settings,
+                                      rois=args.rois, batch_size=args.batch_size, results=results,
+                                      table="\n".join(lines)))
 
 
 if __name__ == "__main__":
