@@ -64,7 +64,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--images", required=True, type=Path, help="folder of the annotation file's images")
     p.add_argument("--out", required=True, type=Path, help="prior store to create or resume (a .zarr folder)")
     p.add_argument("--proposals", type=Path,
-                   help="COCO results JSON of detector proposals (README, section 'Computing priors')")
+                   help="COCO results JSON of detector proposals (docs/precompute.md, 'Proposals')")
     p.add_argument("--proposals-only", action="store_true",
                    help="with --proposals, no ground-truth rows: e.g. a model's detections of its train "
                         "split, for LoadCachedPriors(source='detections', detections=STORE)")
@@ -74,7 +74,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="'tiny', a local diffusers folder or a hub id (default: tiny)")
     p.add_argument("--preset", choices=list(PRESETS),
                    help="named DiffSP settings for those not given: 'fast' = " + json.dumps(PRESETS["fast"])
-                        + " (cheapest within 0.01 prior IoU of T = 10; README: A fast DiffSP)")
+                        + " (cheapest within 0.01 prior IoU of T = 10; docs/diffusion_weights.md)")
     p.add_argument("--steps", type=int, help="DDIM steps T " + _model_default(PAPER_DEFAULTS["steps"]))
     p.add_argument("--tau", type=int, help="self-attention power " + _model_default(PAPER_DEFAULTS["tau"]))
     p.add_argument("--strength", type=float,

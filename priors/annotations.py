@@ -2,7 +2,7 @@
 instance.
 
 All formats are COCO-style JSON that differ only in the annotation keys for the amodal/visible masks and
-boxes (README, section 'Annotation formats'). Records keep the raw segmentations and decode them lazily,
+boxes (docs/datasets.md, 'Annotation formats'). Records keep the raw segmentations and decode them lazily,
 so a 100k-instance file loads without decoding every mask; validation runs in the run-length domain.
 
 Occluder masks follow the BCNet/AISFormer rule: the union of the visible masks of the other instances of
@@ -204,8 +204,8 @@ def detect_format(annotations: Sequence[dict[str, Any]], path: str = "<annotatio
     raise AnnotationError(
         f"{path}: unknown annotation format: none of the keys that mark a known format "
         f"({', '.join(k for k, _ in _SIGNATURES)}) is in the annotations (keys found: "
-        f"{', '.join(sorted(seen)) or 'none'}). Supported formats: {', '.join(FORMAT_NAMES)} (README, "
-        "section 'Annotation formats'); convert the file or name its format explicitly."
+        f"{', '.join(sorted(seen)) or 'none'}). Supported formats: {', '.join(FORMAT_NAMES)} "
+        "(docs/datasets.md, 'Annotation formats'); convert the file or name its format explicitly."
     )
 
 

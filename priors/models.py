@@ -182,7 +182,7 @@ def _not_loadable(model: str, exc: Exception) -> AisdiffError:
             f"exist) nor in the Hugging Face cache {constants.HF_HUB_CACHE}, and "
             "HF_HUB_OFFLINE=1 forbids downloading it. Fill the cache once where there is network, with the "
             f"same HF_HOME (`hf download {model}`), or pass --model a local diffusers folder "
-            "(docs/real_data.md).")
+            "(docs/diffusion_weights.md).")
     return AisdiffError(
         f"could not load the inpainting model {model!r}: {exc}. Pass a local diffusers folder, or a hub id "
         "that is in the Hugging Face cache (HF_HOME) when there is no network.")

@@ -1,4 +1,4 @@
-"""Detector proposals (README, section 'Computing priors'): a COCO results JSON list with visible masks.
+"""Detector proposals (docs/precompute.md, 'Proposals'): a COCO results JSON list with visible masks.
 
 Each record: `image_id`, `bbox` [x, y, w, h] (the amodal box), `category_id`, `score`, `segmentation`
 (RLE of the predicted visible mask) and optionally `occluder_segmentation` (RLE). Without it, a
@@ -73,7 +73,7 @@ class Proposals:
             self._invalid("missing_key", index, record.get("image_id") if isinstance(record, dict) else None,
                           f"missing key(s) {', '.join(missing)}",
                           f"Proposals need the keys {', '.join(REQUIRED_KEYS)} "
-                          "(README, section 'Computing priors').")
+                          "(docs/precompute.md, 'Proposals').")
             return None
         image_id, category_id = int(record["image_id"]), int(record["category_id"])
         image = annotations.images.get(image_id)

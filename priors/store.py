@@ -1,4 +1,4 @@
-"""The prior store: a Zarr v3 group with one row per ROI (schema: README, section 'The prior store').
+"""The prior store: a Zarr v3 group with one row per ROI (schema: docs/precompute.md, 'The store').
 
 | array       | dtype   | shape     | meaning                                    |
 | prior       | float16 | [N, S, S] | prior in [0, 1], covering exactly the box  |

@@ -56,7 +56,7 @@ def add_test_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", type=Path,
                    help="checkpoint file (.pth), loaded weights-only (see --trust-checkpoint)")
     p.add_argument("--dump-proposals", type=Path,
-                   help="write the detections as a proposals file (README: Computing priors)")
+                   help="write the detections as a proposals file (docs/precompute.md, 'Proposals')")
     p.add_argument("--out-prefix", type=Path,
                    help="also write COCO results JSON: PREFIX.{amodal,visible}.segm.json")
     p.add_argument("--metrics-json", type=Path,

@@ -34,7 +34,7 @@ class AmodalDataset(BaseDetDataset):
             raise AisdiffError(
                 f"{self.ann_file}: its image folder {images_dir} does not exist. Put the dataset's images "
                 "there, or point the config at them: data_root (from $AISDIFF_DATA for this project's "
-                "configs) and data_prefix.img (docs/real_data.md lists each dataset's layout).")
+                "configs) and data_prefix.img (docs/datasets.md lists each dataset's layout).")
         ann = AmodalAnnotations(self.ann_file, format=self.ann_format, images_dir=images_dir or None,
                                 skip_invalid=self.skip_invalid, check_masks=True)
         if self.reads_prior_store() and osp.exists(osp.join(self.prior_store, "zarr.json")):

@@ -119,8 +119,8 @@ class AISDiffMaskHead(BaseModule):
         concat_masks: with "concat", also feed the predicted visible and occluder probabilities (detached:
             the amodal loss does not train the visible branch through them).
         logits_init: how the three mask predictors' 1x1 logit convs start: "normal" (default; N(0, 0.001),
-            Detectron2's) or "kaiming" (mmdet's FCNMaskHead's). The README's `init_cfg` override gives only
-            the amodal predictor mmdet's.
+            Detectron2's) or "kaiming" (mmdet's FCNMaskHead's). The fidelity screens' `init_cfg` override
+            gives only the amodal predictor mmdet's.
         init_cfg: mmengine's init config (the layers initialize themselves as mmdet's mask heads do).
     """
 

@@ -4,7 +4,7 @@ Reports `amodal/AP`, `amodal/AP50`, `amodal/AP75`, `amodal/AR` (the headline) an
 plus amodal AP per occlusion-rate bucket (`amodal/AP_occ_none`, `amodal/AP_occ_10-30%`, ...; the buckets of
 `priors.occlusion`): ground truths outside the bucket are marked crowd, so detections matching them are
 neither true nor false positives. Results can be written as COCO results JSON (`outfile_prefix`) and as a
-proposals file (`proposals_file`, README: Computing priors).
+proposals file (`proposals_file`, docs/precompute.md, 'Proposals').
 For a model whose results carry `shape_priors` (the AISDiff head), also what the amodal path was given:
 for each ground truth found by a detection of its class (box IoU >= 0.5, the highest-scoring one), the IoU
 with its amodal mask, in the detection's box, of the thresholded test prior (`prior/IoU`), of the predicted

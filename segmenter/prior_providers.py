@@ -72,7 +72,7 @@ class PriorProvider:
     def _refusal(self, role: str) -> AisdiffError:
         can = " and ".join(f"{r}_prior" for r in ROLES if self.serves(r)) or "nothing"
         return AisdiffError(f"{type(self).__name__} gives no {role} priors (it serves as {can}); set "
-                            f"{role}_prior in the config to a provider that does (README: prior providers)")
+                            f"{role}_prior in the config to a provider that does (docs/train_test.md)")
 
     def training_priors(self, sampling_results, batch_gt_instances, context: PriorContext) -> Tensor:
         """Priors [P, S, S] of the positive proposals of every image in the batch, in sampling order."""

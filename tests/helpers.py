@@ -1,6 +1,8 @@
 """Helpers shared by tests (importable: pytest puts this folder on sys.path)."""
 from __future__ import annotations
 
+import copy
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +85,18 @@ def synthetic_data_root(root: Path, val_images: int, seed: int, *precompute_flag
                    *precompute_flags)
     assert proc.returncode == 0, proc.stderr
     return root
+
+
+def coco_pair_files(source: Path, folder: Path) -> tuple[Path, Path]:
+    """The aistron file `source` as two plain COCO files in `folder`, amodal.json and visible.json (their
+    segmentation and bbox: the amodal, and the visible, ones): what `aisdiff convert-coco-amodal` merges."""
+    doc = json.loads(source.read_text())
+    paths = []
+    for name in ("amodal", "visible"):
+        part = copy.deepcopy(doc)
+        part["annotations"] = [{"id": a["id"], "image_id": a["image_id"], "category_id": a["category_id"],
+                                "iscrowd": 0, "segmentation": a[f"{name}_segm"], "bbox": a[f"{name}_bbox"]}
+                               for a in doc["annotations"]]
+        paths.append(folder / f"{name}.json")
+        paths[-1].write_text(json.dumps(part))
+    return paths[0], paths[1]

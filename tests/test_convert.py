@@ -1,30 +1,16 @@
 """`aisdiff convert-coco-amodal`: an amodal COCO file + a visible COCO file -> the aistron format."""
 from __future__ import annotations
 
-import copy
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import aisdiff
+from helpers import aisdiff, coco_pair_files
 
 from priors.annotations import AmodalAnnotations
 from priors.convert import merge_amodal_visible
 from priors.errors import AnnotationError
-
-
-def _split(source: Path, folder: Path) -> tuple[Path, Path]:
-    """The aistron file `source` as two plain COCO files: segmentation/bbox = amodal, and = visible."""
-    doc = json.loads(source.read_text())
-    amodal, visible = copy.deepcopy(doc), copy.deepcopy(doc)
-    amodal["annotations"] = [{"id": a["id"], "image_id": a["image_id"], "category_id": a["category_id"],
-                              "iscrowd": 0, "segmentation": a["amodal_segm"], "bbox": a["amodal_bbox"]}
-                             for a in doc["annotations"]]
-    visible["annotations"] = [{"id": a["id"], "image_id": a["image_id"], "category_id": a["category_id"],
-                               "iscrowd": 0, "segmentation": a["visible_segm"], "bbox": a["visible_bbox"]}
-                              for a in doc["annotations"]]
-    return _write(folder / "amodal.json", amodal), _write(folder / "visible.json", visible)
 
 
 def _write(path: Path, doc: dict) -> Path:
@@ -42,7 +28,7 @@ def _convert(amodal: Path, visible: Path, out: Path) -> subprocess.CompletedProc
 def coco_pair(make_benchmark, tmp_path) -> tuple[Path, Path, Path]:
     """(the original aistron file, its amodal COCO file, its visible COCO file)."""
     source = make_benchmark("aistron", 2, 1) / "annotations" / "train.json"
-    return (source, *_split(source, tmp_path))
+    return (source, *coco_pair_files(source, tmp_path))
 
 
 def test_converted_file_reads_back_to_the_original_instances(coco_pair, tmp_path):

@@ -30,7 +30,7 @@ STORE_TOLERANCE = 1e-4 + 2**-10
 def precompute_cmd(*args: str, processes: int = 1) -> list[str]:
     """The job's command line. These tests check the job (processes, kills, resume), not a model, so they use
     `tiny-random`, well-conditioned at any settings: a trained model's maps can be near-flat at untuned
-    settings, and min-max normalization then amplifies float rounding across batch compositions (README)."""
+    settings, and min-max normalization then amplifies float rounding across batch compositions."""
     if "--model" not in args:
         args = (*args, "--model", "tiny-random")
     if processes == 1:

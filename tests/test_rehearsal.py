@@ -1,4 +1,4 @@
-"""The real path, rehearsed offline: docs/real_data.md's command block, run verbatim on the synthetic
+"""The real path, rehearsed offline: docs/train_test.md's command block, run verbatim on the synthetic
 benchmark written in the KINS layout, with the trained `tiny` model in a Hugging Face cache under the real
 hub id."""
 from __future__ import annotations
@@ -17,7 +17,7 @@ from priors.layouts import LAYOUTS
 from priors.models import TINY_MODEL_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-DOC = REPO / "docs" / "real_data.md"
+DOC = REPO / "docs" / "train_test.md"
 HUB_ID = "stable-diffusion-v1-5/stable-diffusion-inpainting"
 # what a CPU needs, as --cfg-options (the page says so): 2 iterations, no backbone download, fp32 test priors,
 # small images, no dataloader workers

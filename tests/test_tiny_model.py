@@ -12,9 +12,9 @@ from priors.models import TINY_MODEL_DIR, load_model, model_defaults
 from priors.store import settings_differences
 
 # The figures the trained model's shipped DiffSP settings (tuned on the synthetic train split with `aisdiff
-# tune-diffsp`, see the README) give on a fixed val set (the first 10 val images of seed 0, its 17 instances
-# occluded > 10%), and `tiny-random`'s at the same settings, recorded from a run of this test:
-# (prior IoU, visible-mask IoU).
+# tune-diffsp`, see docs/research/prior_quality.md) give on a fixed val set (the first 10 val images of
+# seed 0, its 17 instances occluded > 10%), and `tiny-random`'s at the same settings, recorded from a run of
+# this test: (prior IoU, visible-mask IoU).
 RECORDED = {"tiny": (0.9154, 0.5475), "tiny-random": (0.3240, 0.5475)}
 TOLERANCE = 0.01  # float summation order may differ across CPUs; the figures are means over 17 ROIs
 # What a store of the tiny model recorded when its tuned settings were given as flags (`--tau 0 --self-res 16

@@ -1,13 +1,13 @@
 """`aisdiff distill-encoder`: a model's small autoencoder (`vae_tiny/`), distilled from its VAE.
 
 DiffSP encodes one visible-only crop per ROI; on Stable Diffusion 1.5 that VAE encode costs as much as 1.4
-UNet steps, so with few steps it is the largest share left (`--encoder tiny`, README: A fast
-DiffSP). The stand-in is diffusers' `AutoencoderTiny` (TAESD's class and layout, latents already scaled):
-its encoder learns the VAE's scaled latents (posterior mode, MSE) on the inputs DiffSP encodes, the
-visible-only crops of a train split's objects with occluders and Stable Diffusion inpainting's random
-masks laid over them (`crops.sample_batch`); its decoder learns the crop back from the VAE's latents
-(L1 + MSE), so that the saved autoencoder is a whole one, as TAESD is (DiffSP never decodes). For SD-1.x
-TAESD itself (madebyollin/taesd) can be saved into `vae_tiny/` instead.
+UNet steps, so with few steps it is the largest share left (`--encoder tiny`,
+docs/research/diffsp_steps.md). The stand-in is diffusers' `AutoencoderTiny` (TAESD's class and layout,
+latents already scaled): its encoder learns the VAE's scaled latents (posterior mode, MSE) on the inputs
+DiffSP encodes, the visible-only crops of a train split's objects with occluders and Stable Diffusion
+inpainting's random masks laid over them (`crops.sample_batch`); its decoder learns the crop back from the
+VAE's latents (L1 + MSE), so that the saved autoencoder is a whole one, as TAESD is (DiffSP never decodes).
+For SD-1.x TAESD itself (madebyollin/taesd) can be saved into `vae_tiny/` instead.
 """
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ class TrainConfig:
     unet_lr: float = 5e-4
     kl_weight: float = 1e-6
     uncond_probability: float = 0.1
-    full_mask_probability: float = 0.0  # Stable Diffusion inpainting's recipe: 0.25 (README: tried, no help)
+    full_mask_probability: float = 0.0  # SD inpainting's recipe: 0.25 (tried, no help)
     random_mask_probability: float = 0.25  # SD inpainting's random rectangles, on top of the occluders
     # a second object behind, named in the prompt: token-specific attention
     companion_probability: float = 0.5
