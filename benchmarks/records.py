@@ -41,9 +41,11 @@ def write_record(path: Path, data: dict) -> None:
 
 
 def cpu_machine() -> str:
-    """A CPU benchmark's `machine`: CPU model, cores and torch version (what its times depend on)."""
+    """A CPU benchmark's `machine`: CPU model, cores, torch version and the load average when it ends (what
+    its times depend on; a shared machine's other jobs show in the load)."""
     import torch
 
     from benchmarks.fidelity import cpu_model
 
-    return f"{cpu_model()} ({platform.machine()}), {os.cpu_count()} cores, torch {torch.__version__}"
+    return (f"{cpu_model()} ({platform.machine()}), {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"load average {os.getloadavg()[0]:.1f}")
