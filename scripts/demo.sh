@@ -10,34 +10,17 @@
 # and tables; every command's full output is in $DEMO_DIR/logs/<step>.log.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
-OUT="${DEMO_DIR:-work_dirs/demo}"
-TRAIN_IMAGES="${DEMO_TRAIN_IMAGES:-100}"
-VAL_IMAGES="${DEMO_VAL_IMAGES:-25}"
-ITERS="${DEMO_ITERS:-300}"
-VENV="${VENV:-.venv}"
-# the precompute step's Accelerate config: 2 CPU processes by default; configs/accelerate/1gpu.yaml on a GPU
-ACCELERATE_CONFIG="${DEMO_ACCELERATE_CONFIG:-configs/accelerate/cpu_2proc.yaml}"
-export PATH="$ROOT/$VENV/bin:$PATH"   # aisdiff, accelerate and mpirun (for 2 CPU processes)
-export AISDIFF_DATA="$OUT"            # the synthetic config reads $AISDIFF_DATA/synthetic/
-DATA="$OUT/synthetic"
-STORE="$OUT/priors_train.zarr"
-CONFIG=configs/aisdiff/aisdiff_r18_fpn_synthetic.py
-CKPT="$OUT/iter_$ITERS.pth"
-SETTINGS=(train_cfg.max_iters="$ITERS" train_dataloader.dataset.prior_store="$STORE"
-          model.roi_head.test_prior.store="$STORE" default_hooks.checkpoint.interval="$ITERS")
-LOGS="$OUT/logs"
-PREDICT_IMAGES="${DEMO_PREDICT_IMAGES:-4}"
-mkdir -p "$LOGS"
 step() { printf '\n== %s\n' "$*"; }
 # logged NAME PATTERN CMD...: CMD's whole output to $LOGS/NAME.log; its lines matching PATTERN (progress bars
-# split at their carriage returns) on the terminal. On failure, the log's last lines and its path.
+# split at their carriage returns) on the terminal as they come. On failure, the log's last lines and its path.
+# Every stage passes each line on at once: tee writes unbuffered, tr goes line-buffered through stdbuf (into a
+# pipe it would hold its output until a block of kilobytes fills: a step's progress only at its end), grep and
+# sed flush each line.
 logged() {
   local log="$LOGS/$1.log" pattern="$2" rc
   shift 2
   set +e
-  "$@" 2>&1 | tee "$log" | tr '\r' '\n' | grep --line-buffered -E "$pattern"
+  "$@" 2>&1 | tee "$log" | stdbuf -oL tr '\r' '\n' | grep --line-buffered -E "$pattern"
   rc=${PIPESTATUS[0]}
   set -e
   if [ "$rc" -ne 0 ]; then
@@ -53,6 +36,30 @@ iterations() {
             -e 's/.*Iter\(test\) *\[ *([0-9]+)\/([0-9]+)\].*eta: ([0-9:]+).*/  test image \1\/\2  eta \3/' \
             -e 's/.*Iter\(test\) *\[ *([0-9]+)\/([0-9]+)\].*/  test image \1\/\2/'
 }
+# sourced (as tests/test_demo.py does), the script only defines the functions above
+[ "${BASH_SOURCE[0]}" != "$0" ] && return 0
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+OUT="${DEMO_DIR:-work_dirs/demo}"
+TRAIN_IMAGES="${DEMO_TRAIN_IMAGES:-100}"
+VAL_IMAGES="${DEMO_VAL_IMAGES:-25}"
+ITERS="${DEMO_ITERS:-300}"
+VENV="${VENV:-.venv}"
+# the precompute step's Accelerate config: 2 CPU processes by default; configs/accelerate/1gpu.yaml on a GPU
+ACCELERATE_CONFIG="${DEMO_ACCELERATE_CONFIG:-configs/accelerate/cpu_2proc.yaml}"
+export PATH="$ROOT/$VENV/bin:$PATH"   # aisdiff, accelerate and mpirun (for 2 CPU processes)
+export AISDIFF_DATA="$OUT"            # the synthetic config reads $AISDIFF_DATA/synthetic/
+export PYTHONUNBUFFERED=1             # the commands' prints into the pipes of `logged` as they happen, in order
+DATA="$OUT/synthetic"
+STORE="$OUT/priors_train.zarr"
+CONFIG=configs/aisdiff/aisdiff_r18_fpn_synthetic.py
+CKPT="$OUT/iter_$ITERS.pth"
+SETTINGS=(train_cfg.max_iters="$ITERS" train_dataloader.dataset.prior_store="$STORE"
+          model.roi_head.test_prior.store="$STORE" default_hooks.checkpoint.interval="$ITERS")
+LOGS="$OUT/logs"
+PREDICT_IMAGES="${DEMO_PREDICT_IMAGES:-4}"
+mkdir -p "$LOGS"
 start=$(date +%s)
 
 step "1/6 synthetic benchmark ($TRAIN_IMAGES train + $VAL_IMAGES val images)"

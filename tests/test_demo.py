@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,28 @@ def test_demo_launches_precompute_with_the_chosen_accelerate_config(tmp_path):
     assert f"== 2/6 train priors with DiffSP (tiny model, {missing})" in run.stdout
     assert "== 3/6" not in run.stdout
     assert str(missing) in (tmp_path / "demo" / "logs" / "precompute.log").read_text()
+
+
+def test_the_terminal_gets_each_progress_line_as_it_happens(tmp_path):
+    """`logged ... | iterations` passes each matching line (and each piece of a progress bar up to its
+    carriage return) on as the command prints it, even into a pipe: the first lines come while the command
+    still runs, not all at its end (as they did while `tr` block-buffered its output)."""
+    producer = ("echo '05/01 12:00:00 - mmengine - INFO - Iter(train) [ 50/300]  lr: 2.0e-02  eta: 0:07:10  "
+                "time: 1.4  loss: 3.1000  loss_rpn_cls: 0.6'; echo 'not shown'; "
+                "printf 'DiffSP priors:  25%%|##  | 1/4 [00:01<00:03]\\r'; sleep 3; "
+                "echo 'Iter(train) [100/300]  eta: 0:05:00  loss: 2.5000'")
+    script = 'source scripts/demo.sh; LOGS="$1"; logged slow "$2" bash -c "$3" | iterations'
+    run = subprocess.Popen(["timeout", "30", "bash", "-c", script, "bash", str(tmp_path),
+                            r"Iter\(train\)|DiffSP priors: +[0-9]+%", producer],
+                           cwd=REPO, stdout=subprocess.PIPE)
+    lines = []
+    for line in iter(run.stdout.readline, b""):
+        lines.append((time.monotonic(), line.decode().rstrip("\n")))
+    assert run.wait() == 0
+    assert [text for _, text in lines] == ["  train iteration 50/300  loss 3.1000  eta 0:07:10",
+                                           "DiffSP priors:  25%|##  | 1/4 [00:01<00:03]",
+                                           "  train iteration 100/300  loss 2.5000  eta 0:05:00"]
+    end = lines[-1][0]
+    assert end - lines[0][0] > 1.5 and end - lines[1][0] > 1.5  # (the command sleeps 3 s before the last)
+    log = (tmp_path / "slow.log").read_bytes().decode()  # everything, as printed
+    assert "not shown\nDiffSP priors:  25%|##  | 1/4 [00:01<00:03]\rIter(train) [100/300]" in log

@@ -54,8 +54,7 @@ def load_cfg(data_root: Path, work_dir: Path, config: Path = CONFIG, iters: int 
     cfg.default_hooks.logger.interval = 1
     for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
         cfg[loader].num_workers, cfg[loader].persistent_workers = 0, False
-    cfg.randomness = dict(seed=0)
-    return cfg
+    return cfg  # (seed 0: every config's, from configs/_base_/iter_runtime.py)
 
 
 def build_dataset(cfg, transforms):
@@ -170,6 +169,38 @@ def test_training_with_cached_priors_has_every_loss_and_resumes(trained):
     assert (work / "iter_2.pth").is_file() and resumed.iter == 3
     for k in LOSSES:
         assert np.isfinite(resumed.message_hub.get_scalar(f"train/{k}").current())
+
+
+def test_the_config_seeds_training_so_that_a_rerun_trains_the_same_model(data, trained, tmp_path):
+    """configs/_base_/iter_runtime.py seeds the Runner (seed 0): a second training of the same iterations
+    gives the same losses and weights as the `trained` fixture's first two."""
+    from mmengine.runner import Runner
+
+    cfg = load_cfg(data, tmp_path, iters=2)
+    assert cfg.randomness == {"seed": 0}
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    assert runner.seed == 0
+    work, losses, _ = trained
+    assert {k: runner.message_hub.get_scalar(f"train/{k}").current() for k in LOSSES} == losses
+    first = torch.load(work / "iter_2.pth", map_location="cpu", weights_only=True)["state_dict"]
+    again = runner.model.state_dict()
+    assert first.keys() == again.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+
+
+def test_cfg_options_reseed_aisdiff_train(tmp_path):
+    """`aisdiff train ... --cfg-options randomness.seed=N` (as benchmarks/fidelity.py passes it) trains from
+    N; without it, from the config's seed 0."""
+    from pipeline.cli import build_parser
+    from segmenter.cli import load_config
+
+    parser = build_parser()
+    plain = load_config(parser.parse_args(["train", str(CONFIG), "--work-dir", str(tmp_path)]))
+    assert plain.randomness == {"seed": 0}
+    seeded = load_config(parser.parse_args(["train", str(CONFIG), "--work-dir", str(tmp_path),
+                                            "--cfg-options", "randomness.seed=3"]))
+    assert seeded.randomness == {"seed": 3}
 
 
 def _predict(cfg, checkpoint: Path):
@@ -544,7 +575,8 @@ def test_recommended_config_is_the_measured_head_under_residual_fusion():
     from segmenter.cli import add_train_parser, load_config
 
     register_all_modules()
-    record = REPO / "benchmarks" / "results" / "detector-baef3b6a" / "fidelity_opts-4142a0fa_d_seed0.json"
+    record = (REPO / "benchmarks" / "results" / "fidelity" / "detector-baef3b6a"
+              / "fidelity_opts-4142a0fa_d_seed0.json")
     options = json.loads(record.read_text())["settings"]["cfg_options"]
     parser = argparse.ArgumentParser()
     add_train_parser(parser.add_subparsers())
@@ -575,6 +607,7 @@ def test_every_config_builds_its_model_and_reads_data_roots_from_the_environment
     monkeypatch.setenv("AISDIFF_DATA", "/datasets")
     cfg = Config.fromfile(str(REPO / "configs" / "aisdiff" / name))
     assert cfg.custom_imports.imports == ["segmenter"]
+    assert cfg.randomness == {"seed": 0}  # (configs/_base_/iter_runtime.py): a rerun trains the same model
     assert cfg.train_dataloader.dataset.data_root.startswith("/datasets/")
     assert cfg.val_evaluator.type == "AmodalMetric" and cfg.val_evaluator.ann_file.startswith("/datasets/")
     head = cfg.model.roi_head
@@ -627,7 +660,7 @@ def test_mask_head_starts_from_mmdet_initialization():
 
 
 def test_init_cfg_gives_the_amodal_predictor_mmdet_kaiming_logits():
-    """The README's `init_cfg` override (the fidelity screens' Kaiming logits) re-initializes the whole amodal
+    """The fidelity screens' `init_cfg` override (Kaiming logits) re-initializes the whole amodal
     predictor as mmdet's FCNMaskHead does (Kaiming-normal, fan_out, zero bias: logits of std sqrt(2 / 7) for 7
     per-category channels instead of 0.001) and nothing else: the other logits and the gate keep theirs."""
     from segmenter.mask_head import AISDiffMaskHead
