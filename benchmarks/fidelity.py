@@ -79,8 +79,9 @@ CONFIGS = REPO / "configs" / "aisdiff"
 DETECTOR = ("backbone", "neck", "rpn_head", "roi_head.bbox_head")  # what `--detector frozen` keeps fixed
 DEFAULT_ITERS = 300  # each variant's schedule; runs of another length are kept apart (`ablation_tag`)
 # `--cpu-kernels avx2`: environment variables that cap the kernels ATen, oneDNN (convolutions) and MKL pick at
-# AVX2, so that an AVX-512 CPU computes the floats an AVX2 one does and x86 machines of this project retrain
-# the shared detector bit for bit (checked on both kinds; with `native`, AVX2 and AVX-512 machines do not)
+# AVX2, so that an AVX-512 CPU computes the floats an AVX2 one does (with `native`, AVX2 and AVX-512 machines
+# retrain the shared detector to other weights). They do not carry it across CPU vendors: an Intel Xeon and an
+# AMD EPYC retrain it to other weights at the same pins (benchmarks/results/README.md, detector-61ac3e65)
 CPU_KERNEL_PINS = {"native": {},
                    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}}
 # the recommended config's head (aisdiff_r18_fpn_residual_synthetic.py over aisdiff_r18_fpn_synthetic.py, a
@@ -552,9 +553,8 @@ def record_name(args: argparse.Namespace) -> str:
 def prior_threshold() -> float:
     """The threshold at which a test prior counts as "in the object" (prior/IoU): the trained tiny model's
     tuned one, as `aisdiff inspect` uses for its store."""
-    from pipeline.inspection import DEFAULT_THRESHOLD
-    from priors.diffsp import THRESHOLD_KEY
-    from priors.models import model_defaults
+    from priors.models import THRESHOLD_KEY, model_defaults
+    from priors.prior_quality import DEFAULT_THRESHOLD
 
     return float(model_defaults("tiny").get(THRESHOLD_KEY, DEFAULT_THRESHOLD))
 
@@ -562,9 +562,8 @@ def prior_threshold() -> float:
 def store_ious(stores: dict[str, Path], ann: Path) -> str:
     """Markdown table: IoU of each train prior store's priors (thresholded) with the train ground truth, by
     occlusion rate: what training gives the head, beside what it meets at test (prior/IoU)."""
-    from pipeline.inspection import gt_ious
     from priors.annotations import AmodalAnnotations
-    from priors.prior_quality import iou_table
+    from priors.prior_quality import gt_ious, iou_table
     from priors.store import PriorStore
 
     groups = ("all", "occluded > 10%", *(b.name for b in OCCLUSION_BUCKETS))

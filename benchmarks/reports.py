@@ -64,6 +64,8 @@ RECORDS = {
     "pinned_bd": f"{BAEF}/fidelity_opts-4142a0fa_b-d.json",
     "pinned_f": f"{BAEF}/fidelity_opts-4142a0fa_f.json",
     "pinned_d0": f"{BAEF}/fidelity_opts-4142a0fa_d_seed0.json",
+    "trained_d0": f"{BAEF}/fidelity_trained_opts-4142a0fa_d_seed0.json",
+    "picture": "fidelity/detector-61ac3e65/fidelity_trained_head-recommended_d_seed0.json",
     "paper": f"{FID}/fidelity_three_seeds.json",
     "paper_djkh": f"{FID}/fidelity_d-j-k-h.json",
     "residual": f"{FID}/fidelity_opts-e7d9afa6_d-c-b.json",

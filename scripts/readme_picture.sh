@@ -4,8 +4,9 @@
 # jointly"): variant (d), the trained tiny model's DiffSP priors, with the recommended head
 # (configs/aisdiff/aisdiff_r18_fpn_residual_synthetic.py, `--head recommended`), the detector fine-tuned with
 # the mask head (`--detector trained`), seed 0, 300 iterations on 200 train images after the shared
-# 2000-iteration detector, CPU kernels pinned at AVX2 as that record's runs were (so the shared detector
-# retrains to the record's weights, sha256 baef3b6a...).
+# 2000-iteration detector, CPU kernels pinned at AVX2 as that record's runs were. The shared detector's weights
+# depend on the CPU's vendor all the same (AMD EPYC: baef3b6a..., Intel Xeon: 61ac3e65...; the picture's run is
+# benchmarks/results/fidelity/detector-61ac3e65/fidelity_trained_head-recommended_d_seed0.json).
 #   1. python -m benchmarks.fidelity --cpu-kernels avx2 --work-dir $WORK --detector trained --head recommended
 #        --variants d --seeds 0
 #      -> $WORK/synthetic/ (the data), $WORK/priors_tiny/ (train priors), $WORK/detector/iter_2000.pth,
@@ -56,14 +57,14 @@ main() {
   # (the tiny model's defaults), and its CPU kernels (CPU_KERNEL_PINS['avx2'])
   rm -rf "$out"
   ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_CBWR=AVX2 \
-  aisdiff predict "$config" "$ckpt" "$work/synthetic/images/$image" --out "$out" --save-priors \
+  aisdiff predict "$config" "$ckpt" "$work/synthetic/images/$image" --out "$out" --save-priors --score-thr 0.5 \
       --cfg-options "test_dataloader.dataset.pipeline.2.scale=(256,256)" model.test_cfg.rpn.max_per_img=300 \
       model.roi_head.prior_labels=detector "model.roi_head.test_prior.store=$work/priors_tiny/train.zarr"
 
-  echo "== 3/3 $out/vis/$image.png -> $picture"
+  echo "== 3/3 $out/vis/$image -> $picture"
   # predict's picture is a full-colour PNG of two panels (prediction, priors): an adaptive 256-colour palette
   # keeps every pixel's place and the README light
-  python - "$out/vis/$image.png" "$picture" <<'EOF'
+  python - "$out/vis/$image" "$picture" <<'EOF'
 import sys
 from PIL import Image
 
