@@ -6,7 +6,7 @@ occlusion bucket, beside the visible mask's (the number a prior must beat).
 Generates the synthetic benchmark the trained `tiny` model came from (`aisdiff demo-data`, seed 0, 500 train
 / 100 val images; its val split is held out), runs `aisdiff precompute` on val once per setting (SETTINGS:
 the tuned `tiny`, `tiny` at tau 1, `tiny-random` at the tuned settings) and scores each store as
-`aisdiff inspect --ann` does (`pipeline.inspection.gt_ious`, `priors.prior_quality.iou_table`).
+`aisdiff inspect --ann` does (`priors.prior_quality.gt_ious` and `iou_table`).
 """
 from __future__ import annotations
 
@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from benchmarks.records import RESULTS, argument_parser, cpu_machine, record, write_record
-from pipeline.inspection import gt_ious
 from priors.annotations import AmodalAnnotations
-from priors.prior_quality import iou_table
+from priors.prior_quality import gt_ious, iou_table
 from priors.store import PriorStore
 
 BIN = Path(sys.executable).parent

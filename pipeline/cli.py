@@ -3,7 +3,8 @@
 Subcommands come from the `aisdiff.commands` entry-point group, so that each package (this one and the
 mmdet plugin) registers its own without the two importing each other. An entry point names a function
 `add_parser(subparsers)` that adds one subparser and sets its `run(args) -> int` as the default `func`.
-Errors caused by the user's input (`AisdiffError`) print as one paragraph and exit with status 2.
+Errors caused by the user's input or its environment (`AisdiffError`: a bad file, a full disk) print as one
+paragraph and exit with status 2; `--debug` (on any subcommand) shows their traceback instead.
 """
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         ep.load()(subparsers)
+    for subparser in subparsers.choices.values():
+        subparser.add_argument("--debug", action="store_true",
+                               help="show the traceback of an error instead of its one paragraph")
     return parser
 
 
@@ -35,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except AisdiffError as exc:
+        if args.debug:
+            raise
         if process_rank() == 0:  # one of many processes: the main one speaks (the others' failures reach it)
             print(f"aisdiff {args.command}: error: {exc}", file=sys.stderr)
         return 2

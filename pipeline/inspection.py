@@ -10,7 +10,10 @@
   best-overlapping one), in the proposal's box: what the amodal head meets at test.
 - `--png`: one row per sampled ROI: the image inside the box, visible mask, occluder mask, prior heat map
   and amodal ground truth; sampled by category or occlusion rate, deterministic with `--seed`.
-Works on a store that is still being written (reports progress); a damaged store is an error.
+- `--verify`: read every chunk of every array and list the damaged ones (checksum mismatch, unreadable
+  bytes) by rows, with the command that recomputes them; exit status 1 when there are any.
+Works on a store that is still being written (reports progress); a damaged store is an error. The store may
+be a local folder or a URL (`s3://...`).
 """
 from __future__ import annotations
 
@@ -23,24 +26,22 @@ import numpy as np
 import torch
 
 from priors import geometry, masks
-from priors.annotations import AmodalAnnotations, Instance
-from priors.diffsp import MODEL_DEFAULTS_FILE, THRESHOLD_KEY
+from priors.annotations import AmodalAnnotations
 from priors.errors import AisdiffError
 from priors.images import read_image
-from priors.models import model_defaults
+from priors.models import MODEL_DEFAULTS_FILE, THRESHOLD_KEY, model_defaults
 from priors.occlusion import occlusion_bucket
-from priors.prior_quality import iou_table, match_ground_truths
-from priors.store import SETTINGS_ADDED_LATER, SOURCE_GT, SOURCE_PROPOSAL, PriorStore
+from priors.prior_quality import DEFAULT_THRESHOLD, gt_ious, iou_table, match_ground_truths
+from priors.store import ARRAYS, RECOMPUTE_FLAG, SETTINGS_ADDED_LATER, SOURCE_GT, SOURCE_PROPOSAL, PriorStore
 
 EPS = 1e-6
-DEFAULT_THRESHOLD = 0.5  # for models that ship no threshold of their own
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("inspect",
                               help="summarize a prior store: settings, counts, statistics, pictures",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("store", type=Path, help="a prior store (.zarr folder) made by `aisdiff precompute`")
+    p.add_argument("store", help="a prior store made by `aisdiff precompute` (a .zarr folder or a URL)")
     p.add_argument("--ann", type=Path, help="the annotation file the store was made from (IoU, pictures)")
     p.add_argument("--images", type=Path, help="its image folder (needed for the pictures' image crops)")
     p.add_argument("--png", type=Path, help="write a picture grid of sampled ROIs here")
@@ -49,6 +50,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sample-by", choices=["category", "occlusion", "random"], default="category",
                    help="how to pick the pictured ROIs (occlusion needs --ann; default: category)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--verify", action="store_true",
+                   help="read every chunk and list the damaged ones (exit status 1 if any)")
     p.add_argument("--threshold", type=float,
                    help=f"prior threshold for IoU (default: the store's model's {THRESHOLD_KEY!r} in its "
                         f"{MODEL_DEFAULTS_FILE}, else {DEFAULT_THRESHOLD})")
@@ -97,28 +100,6 @@ def category_statistics(store: PriorStore, names: dict[int, str], stats: dict[st
 
 
 # -- IoU against the ground truth ------------------------------------------------------------------
-def gt_ious(store: PriorStore, ann: AmodalAnnotations, threshold: float) -> list[dict]:
-    """For every done ground-truth row: occlusion rate, IoU(prior > t, amodal), IoU(visible, amodal)."""
-    rows, done = store.rows(), store.done()
-    out = []
-    for chunk in range(store.num_chunks):
-        sl = store.chunk_slice(chunk)
-        idx = [r for r in range(sl.start, sl.stop) if done[r] and rows.source[r] == SOURCE_GT]
-        if not idx:
-            continue
-        priors = torch.from_numpy(store.priors(idx))
-        for prior, r in zip(priors, idx, strict=True):
-            inst = _instance(ann, int(rows.ann_id[r]), store)
-            amodal, visible = geometry.masks_in_box(np.stack([inst.amodal_mask(), inst.visible_mask()]),
-                                                    rows.box[r],
-                                        store.prior_size)
-            out.append({"row": r, "ann_id": inst.ann_id, "category": inst.category,
-                        "occlusion": inst.occlusion_rate,
-                        "prior_iou": geometry.mask_iou(prior > threshold, amodal),
-                        "visible_iou": geometry.mask_iou(visible, amodal)})
-    return out
-
-
 def proposal_ious(store: PriorStore, ann: AmodalAnnotations, threshold: float) -> list[dict]:
     """For every ground truth found by a done proposal row of its class: occlusion rate and
     IoU(prior > t, amodal) in the proposal's box."""
@@ -138,14 +119,6 @@ def proposal_ious(store: PriorStore, ann: AmodalAnnotations, threshold: float) -
             out.append({"row": int(idx[k]), "ann_id": gt.ann_id, "occlusion": gt.occlusion_rate,
                         "prior_iou": geometry.mask_iou(prior > threshold, amodal)})
     return out
-
-
-def _instance(ann: AmodalAnnotations, ann_id: int, store: PriorStore) -> Instance:
-    try:
-        return ann.instance(ann_id)
-    except KeyError:
-        raise AisdiffError(f"{store.path}: ground-truth row for annotation {ann_id}, which {ann.path} does "
-                           "not have (valid): is this the annotation file the store was made from?") from None
 
 
 # -- pictures --------------------------------------------------------------------------------------
@@ -248,6 +221,9 @@ def _text(report: dict) -> str:
              f"  chunking     {s['chunking']['chunks']} chunks of {s['chunking']['chunk_rows']} rows, "
              f"{s['chunking']['chunks_done']} done",
              f"  on disk      {s['bytes'] / 2**20:.2f} MB ({s['bytes_per_row']:.0f} B/row)",
+             *([f"  verified     {report['verify']['chunks']} chunks, none damaged ("
+                + ("crc32c checksums" if report["verify"]["checksums"] else "no checksums") + ")"]
+               if "verify" in report else []),
              "  by category  " + ", ".join(f"{k} {v}" for k, v in s["by_category"].items()),
              "", "per-category statistics of done rows (dask):",
              "| category | rows | mean prior | entropy (bits) | sharpness |", "|---|---|---|---|---|"]
@@ -272,8 +248,38 @@ def _text(report: dict) -> str:
     return "\n".join(lines)
 
 
+def verification(store: PriorStore) -> dict:
+    """Every chunk of the store read back: how many, whether they carry checksums, the damaged ones."""
+    from tqdm import tqdm
+
+    chunks = tqdm(range(store.num_chunks), desc="verifying chunks", unit="chunk", leave=False,
+                  disable=store.num_chunks < 8)
+    damaged = [{"chunk": c, "rows": [store.chunk_slice(c).start, store.chunk_slice(c).stop - 1],
+                "problems": problems} for c, problems in store.verify(list(chunks))]
+    return {"chunks": store.num_chunks, "arrays": len(ARRAYS), "checksums": store.has_checksums,
+            "damaged": damaged}
+
+
+def _verification_text(store: PriorStore, report: dict) -> str:
+    how = "crc32c checksums" if report["checksums"] else "no checksums (made before they were added): " \
+        "only undecodable chunks show"
+    head = f"verified {report['chunks']} chunks x {report['arrays']} arrays of {store.path} ({how}): "
+    if not report["damaged"]:
+        return head + "no damaged chunk"
+    lines = [head + f"{len(report['damaged'])} damaged chunk(s)"]
+    lines += [f"  chunk {d['chunk']} (rows {d['rows'][0]}-{d['rows'][1]}): " + "; ".join(d["problems"])
+              for d in report["damaged"]]
+    return "\n".join(lines + [f"Recompute them: {store.precompute_command(RECOMPUTE_FLAG)}."])
+
+
 def run(args: argparse.Namespace) -> int:
     store = PriorStore.open(args.store)  # a damaged store raises StoreError: reported, exit status 2
+    if args.verify:
+        checked = verification(store)
+        if checked["damaged"]:  # nothing else can be read safely: the list, and exit status 1
+            print(json.dumps({"verify": checked}, indent=2) if args.json
+                  else _verification_text(store, checked))
+            return 1
     if args.images and not args.ann:
         raise AisdiffError("--images needs --ann (the annotation file names the images)")
     if args.sample_by == "occlusion" and not args.ann:
@@ -284,6 +290,8 @@ def run(args: argparse.Namespace) -> int:
     if threshold is None:  # the threshold tuned with the store's model, if its folder records one
         threshold = model_defaults(store.settings["model"]["id"]).get(THRESHOLD_KEY, DEFAULT_THRESHOLD)
     report = {"summary": summary(store, names), "prior_size": store.prior_size, "threshold": threshold}
+    if args.verify:
+        report["verify"] = checked
     report["categories"] = category_statistics(store, names, row_statistics(store))
     if ann is not None:
         report["iou"] = iou_table(gt_ious(store, ann, threshold))

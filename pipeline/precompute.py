@@ -21,11 +21,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from priors.annotations import AmodalAnnotations, sha256_file
+from priors.annotations import AmodalAnnotations
 from priors.diffsp import (
     ENCODERS,
     MASK_MODES,
-    MODEL_DEFAULTS_FILE,
     PAPER_DEFAULTS,
     PRESETS,
     TIMESTEP_SPACINGS,
@@ -33,12 +32,14 @@ from priors.diffsp import (
     preset_config,
 )
 from priors.errors import AisdiffError
-from priors.models import DTYPES, load_model
+from priors.location import Location
+from priors.models import DTYPES, MODEL_DEFAULTS_FILE, load_model
 from priors.proposals import Proposals
-from priors.store import PriorStore
+from priors.store import RECOMPUTE_FLAG, PriorStore, StoreFullError, human_bytes, row_bytes
+from priors.store_settings import dataset_settings
 
 from .loader import ChunkRois, roi_loader
-from .ranks import clear_failures, failure_recorded, launched_as_many, wait_for_ranks
+from .ranks import agreed, clear_failures, failure_recorded, launched_as_many, wait_for_ranks
 from .rois import RoiTable, enumerate_rois
 
 if TYPE_CHECKING:  # imported when the command runs: `aisdiff --help` stays fast
@@ -62,7 +63,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ann", required=True, type=Path,
                    help="annotation file (KINS 2020 / KINS / COCOA-cls / D2SA / aistron)")
     p.add_argument("--images", required=True, type=Path, help="folder of the annotation file's images")
-    p.add_argument("--out", required=True, type=Path, help="prior store to create or resume (a .zarr folder)")
+    p.add_argument("--out", required=True,
+                   help="prior store to create or resume: a .zarr folder, or a URL such as "
+                        "s3://BUCKET/PATH.zarr (credentials from the standard AWS environment; "
+                        "docs/precompute.md)")
     p.add_argument("--proposals", type=Path,
                    help="COCO results JSON of detector proposals (docs/precompute.md, 'Proposals')")
     p.add_argument("--proposals-only", action="store_true",
@@ -117,6 +121,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="skip and count invalid records instead of stopping")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing store instead of resuming it")
+    p.add_argument(RECOMPUTE_FLAG, action="store_true",
+                   help="read every chunk of the store being resumed and recompute the rows of those that "
+                        "are damaged (`aisdiff inspect --verify` lists them)")
+    p.add_argument("--ignore-free-space", action="store_true",
+                   help="start even where the store's file system seems to have too little free space")
     p.add_argument("--limit", type=int, help="only the first N ROIs (in row order)")
     p.add_argument("--wait-timeout", type=float, default=1800,
                    help="seconds the main process waits for the others without any chunk finishing before it "
@@ -138,14 +147,19 @@ def _check_args(args: argparse.Namespace) -> None:
         raise AisdiffError("--proposals-only needs --proposals (the proposals file whose rows to compute)")
     if not args.images.is_dir():
         raise AisdiffError(f"--images {args.images} is not a folder; point it at the dataset's image folder.")
+    Location(args.out)  # a URL whose protocol cannot be opened: said now, not after the model loaded
 
 
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} GB"
+def check_free_space(where: Location, rows: int, per_row: float) -> None:
+    """Stop before computing when `rows` rows of `per_row` bytes will not fit on the file system that holds
+    the store `where` (where it says: object stores do not)."""
+    free, need = where.free_bytes(), rows * per_row
+    if free is not None and need > free:
+        raise StoreFullError(
+            f"{where}: the store will not fit: its {rows} rows left need about {human_bytes(need)}, and its "
+            f"file system has {human_bytes(free)} free. Free space or choose another --out (pass "
+            "--ignore-free-space to start all the same; a full disk stops the job, and rerunning it "
+            "resumes).")
 
 
 def _warn_single_cpu_process() -> None:
@@ -176,16 +190,23 @@ def _diffsp(args: argparse.Namespace, device: torch.device) -> DiffSP:
 
 def open_store(args: argparse.Namespace, settings: dict, table: RoiTable,
                accelerator: Accelerator) -> tuple[PriorStore, bool]:
-    """The main process creates or resumes the store and clears stale failure markers; the others open it
-    after the barrier. Returns (store, resumed)."""
+    """The main process creates or resumes the store (recomputing damaged chunks if asked), clears stale
+    failure markers and checks the free space; the others open the store once it exists. A failure on any
+    rank ends every rank (`agreed`). Returns (store, resumed)."""
     resumed = False
-    if accelerator.is_main_process:
-        store, resumed = PriorStore.open_or_create(args.out, settings, table.rows, args.prior_size,
-                                                   args.chunk_rows, overwrite=args.overwrite)
-        clear_failures(args.out)
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        with failure_recorded(args.out, accelerator.process_index):
+    with agreed(accelerator, f"creating {Location(args.out)}"):
+        if accelerator.is_main_process:
+            out = Location(args.out)
+            if not args.ignore_free_space and (args.overwrite or not out.exists()):
+                check_free_space(out, len(table.rows), row_bytes(args.prior_size))
+            store, resumed = PriorStore.open_or_create(
+                out, settings, table.rows, args.prior_size, args.chunk_rows, overwrite=args.overwrite,
+                recompute_damaged=args.recompute_damaged)
+            clear_failures(out)
+            if not args.ignore_free_space:
+                check_free_space(out, int((~store.done()).sum()), store.bytes_per_row())
+    with agreed(accelerator, f"opening {Location(args.out)}"):
+        if not accelerator.is_main_process:
             store = PriorStore.open(args.out, settings, mode="r+")
     return store, resumed
 
@@ -202,6 +223,13 @@ class Progress:
         self.bar = tqdm(total=self.to_compute, unit="ROI", disable=not main or self.to_compute == 0,
                         desc="DiffSP priors", dynamic_ncols=True)
         self.unwritten, self.last_poll = 0, 0.0
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Close the bar before any error is said, so the error is the last thing on the terminal."""
+        self.bar.close()
 
     def poll(self) -> None:
         """Show the store's progress if the last look is older than PROGRESS_POLL_SECONDS."""
@@ -246,22 +274,39 @@ def summary(store: PriorStore, resumed: bool, processes: int, done_at_start: int
                                             if invalid else "")
     rows = [("store", f"{store.path} ({'resumed' if resumed else 'new'}, {len(store)} rows, "
                       f"{store.num_chunks} chunks of {store.chunk_rows}, {processes} process(es))"),
+            *([("damaged, recomputed", f"{len(store.reset)} chunk(s): {', '.join(map(str, store.reset))}")]
+              if store.reset else []),
             ("computed now", str(done_now - done_at_start)),
             ("already done", str(done_at_start)),
             ("skipped invalid", skipped),
             ("time", f"{seconds:.1f} s"),
             ("ROIs/s", f"{(done_now - done_at_start) / seconds:.2f}"),
-            ("store size", f"{_human_bytes(size)} ({_human_bytes(size / max(len(store), 1))}/row)")]
+            ("store size", f"{human_bytes(size)} ({human_bytes(size / max(len(store), 1))}/row)")]
     width = max(len(k) for k, _ in rows)
     return "\n".join(["precompute summary:"] + [f"  {k.ljust(width)}  {v}" for k, v in rows])
 
 
 def run(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
     from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
 
     _check_args(args)
     _warn_single_cpu_process()
-    accelerator = Accelerator()
+    # collectives give up after --wait-timeout (a rank that died without a word)
+    timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=args.wait_timeout))
+    # processes started by torch.distributed.run (or Slurm's srun) on machines without a GPU: Accelerate joins
+    # them (over gloo) only when told that the job runs on CPUs; unjoined, each would compute the whole store
+    cpu = launched_as_many() and not torch.cuda.is_available()
+    accelerator = Accelerator(cpu=cpu, kwargs_handlers=[timeout])
+    try:
+        return _run(args, accelerator)
+    finally:
+        accelerator.end_training()
+
+
+def _run(args: argparse.Namespace, accelerator: Accelerator) -> int:
     rank, main = accelerator.process_index, accelerator.is_main_process
     # share the cores, don't oversubscribe
     if accelerator.device.type == "cpu" and accelerator.num_processes > 1:
@@ -269,17 +314,17 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     started = time.perf_counter()
 
-    annotations = AmodalAnnotations(args.ann, format=args.format, images_dir=args.images,
-                                    skip_invalid=args.skip_invalid)
-    proposals = Proposals(args.proposals, annotations, args.skip_invalid) if args.proposals else None
-    table = enumerate_rois(annotations, proposals, args.seed, args.limit,
-                           ground_truth=not args.proposals_only)
-    if len(table) == 0:
-        raise AisdiffError(f"{args.ann}: no valid ROI to compute (all records invalid, or an empty file).")
-    diffsp = _diffsp(args, accelerator.device)
-    settings = {**diffsp.attrs, "annotations": annotations.sha256(), "annotation_format": annotations.format,
-                "proposals": sha256_file(args.proposals) if args.proposals else None,
-                **({"row_sources": "proposals only"} if args.proposals_only else {})}
+    with agreed(accelerator, "loading the annotations and the model"):
+        annotations = AmodalAnnotations(args.ann, format=args.format, images_dir=args.images,
+                                        skip_invalid=args.skip_invalid)
+        proposals = Proposals(args.proposals, annotations, args.skip_invalid) if args.proposals else None
+        table = enumerate_rois(annotations, proposals, args.seed, args.limit,
+                               ground_truth=not args.proposals_only)
+        if len(table) == 0:
+            raise AisdiffError(f"{args.ann}: no valid ROI to compute (all records invalid, or an empty "
+                               "file).")
+        diffsp = _diffsp(args, accelerator.device)
+    settings = {**diffsp.attrs, **dataset_settings(annotations, args.proposals, args.proposals_only)}
     store, resumed = open_store(args, settings, table, accelerator)
 
     done_at_start, pending = int(store.done().sum()), store.pending_chunks()
@@ -288,12 +333,11 @@ def run(args: argparse.Namespace) -> int:
     mine = [(chunk, store.chunk_slice(chunk)) for chunk, owner in owners.items() if owner == rank]
     dataset = ChunkRois(annotations, proposals, table, mine, diffsp.config.resolution, diffsp.config.context,
                         args.batch_size)
-    progress = Progress(store, done_at_start, main)
-    with failure_recorded(args.out, rank):
-        compute_chunks(store, diffsp, dataset, args.workers, progress)
-    if main:  # keep the bar moving while the other processes finish; stop if one of them failed or stalled
-        wait_for_ranks(store, owners, args.wait_timeout, on_poll=progress.show)
-        progress.bar.close()
+    with Progress(store, done_at_start, main) as progress:
+        with failure_recorded(args.out, rank):
+            compute_chunks(store, diffsp, dataset, args.workers, progress)
+        if main:  # keep the bar moving while the other processes finish; stop if one failed or stalled
+            wait_for_ranks(store, owners, args.wait_timeout, on_poll=progress.show)
     accelerator.wait_for_everyone()
     if main:
         invalid = Counter(annotations.invalid_counts())
@@ -301,5 +345,4 @@ def run(args: argparse.Namespace) -> int:
             invalid.update(r.reason for r in proposals.invalid)
         print(summary(store, resumed, accelerator.num_processes, done_at_start, time.perf_counter() - started,
                       invalid))
-    accelerator.end_training()
     return 0

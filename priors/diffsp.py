@@ -15,10 +15,8 @@ the batch it is computed in, on the device, or on how many processes share the j
 """
 from __future__ import annotations
 
-import json
 import typing
 from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +25,7 @@ from . import geometry
 from .attention import capture_attention, layer_resolutions
 from .errors import AisdiffError
 
-if typing.TYPE_CHECKING:  # (models imports this module)
+if typing.TYPE_CHECKING:  # (for annotations only: models imports this module)
     from .models import DiffusionModel
 
 MASK_MODES = ("occluder", "invisible")
@@ -40,9 +38,9 @@ ENCODERS = ("vae", "tiny")
 # Flawed"). Not diffusers' "linspace": DDIMScheduler.step assumes steps 1000 // T apart, which it is not.
 TIMESTEP_SPACINGS = ("leading", "trailing")
 PROMPT = "a photo of a {category}"  # the paper's prompt template; the tiny model was trained with it
-# The paper's settings, for those that neither the caller nor the model's MODEL_DEFAULTS_FILE sets; besides
-# these, `resolution` defaults to the model's native size, `self_res` to latent / 2 and `cross_res` to
-# latent / 4 (`paper_defaults`) and `timestep_spacing` to the model's scheduler's.
+# The paper's settings, for those that neither the caller nor the model's `models.MODEL_DEFAULTS_FILE`
+# sets; besides these, `resolution` defaults to the model's native size, `self_res` to latent / 2 and
+# `cross_res` to latent / 4 (`paper_defaults`) and `timestep_spacing` to the model's scheduler's.
 PAPER_DEFAULTS = {"steps": 10, "tau": 4, "context": 1.2, "prompt": PROMPT, "guidance_scale": 1.0,
                   "mask_mode": "occluder", "strength": 1.0, "encoder": "vae"}
 # Named settings (`--preset`, `preset=` in configs): a preset fills the settings the caller leaves unset,
@@ -52,10 +50,6 @@ PAPER_DEFAULTS = {"steps": 10, "tau": 4, "context": 1.2, "prompt": PROMPT, "guid
 # It needs the model's small autoencoder (`encoder="tiny"`: a `vae_tiny/` folder); add `encoder="vae"`
 # for a model without one (T = 2 trailing alone: 3.4x cheaper on SD-1.5 instead of 5.3x).
 PRESETS = {"default": {}, "fast": {"steps": 2, "timestep_spacing": "trailing", "encoder": "tiny"}}
-# A model folder's own DiffSP defaults (`read_model_defaults`): the settings tuned for it that differ from
-# the paper's, plus THRESHOLD_KEY, the prior threshold tuning chose (what `aisdiff inspect` uses).
-MODEL_DEFAULTS_FILE = "diffsp_config.json"
-THRESHOLD_KEY = "threshold"
 
 
 def paper_defaults(latent: int) -> dict:
@@ -67,9 +61,9 @@ def paper_defaults(latent: int) -> dict:
 class DiffSPConfig:
     """Every setting that changes a prior (all recorded in a prior store's attributes).
 
-    A setting left None takes the model's default (its folder's MODEL_DEFAULTS_FILE), else the paper's
-    (`paper_defaults`): see `resolved`. `prior_size` and `seed` are never None, since callers read them
-    before a model is loaded.
+    A setting left None takes the model's default (its folder's `models.MODEL_DEFAULTS_FILE`), else the
+    paper's (`paper_defaults`): see `resolved`. `prior_size` and `seed` are never None, since callers read
+    them before a model is loaded.
     """
 
     steps: int | None = None  # DDIM steps T
@@ -139,7 +133,7 @@ class DiffSPConfig:
 
     def differences_from_paper(self, model: DiffusionModel) -> dict:
         """This config's settings that differ from the paper's for `model`, in field order: what the model's
-        MODEL_DEFAULTS_FILE holds (with THRESHOLD_KEY) to make this config its default."""
+        `models.MODEL_DEFAULTS_FILE` holds (with `models.THRESHOLD_KEY`) to make this config its default."""
         cfg = self.resolved(model)
         latent = cfg.resolution // model.pipe.vae_scale_factor
         paper = {**paper_defaults(latent), "resolution": model.resolution,
@@ -159,37 +153,6 @@ def preset_config(preset: str | None = None, **settings) -> DiffSPConfig:
         raise ValueError(f"unknown DiffSP preset {preset!r}; choose one of {', '.join(PRESETS)}")
     given = {k: v for k, v in settings.items() if v is not None}
     return DiffSPConfig(**{**PRESETS.get(preset, {}), **given})
-
-
-def read_model_defaults(folder: Path) -> dict:
-    """The DiffSP defaults a model folder ships (MODEL_DEFAULTS_FILE), checked and typed; {} without one.
-
-    Keys: DiffSPConfig's settings that may be None (seed and prior_size are the caller's) and THRESHOLD_KEY.
-    """
-    path = folder / MODEL_DEFAULTS_FILE
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AisdiffError(f"{path}: not valid JSON ({exc}). It holds the model's DiffSP defaults, e.g. "
-                           '{"tau": 0, "threshold": 0.45}; fix it, or delete it for the paper\'s.') from None
-    if not isinstance(data, dict):
-        raise AisdiffError(f"{path}: expected a JSON object of DiffSP settings, e.g. {{\"tau\": 0}}.")
-    hints = typing.get_type_hints(DiffSPConfig)
-    types = {f.name: typing.get_args(hints[f.name])[0] for f in fields(DiffSPConfig) if f.default is None}
-    types[THRESHOLD_KEY] = float
-    out = {}
-    for key, value in data.items():
-        kind = types.get(key)
-        if kind is None:
-            raise AisdiffError(f"{path}: {key!r} is not a setting a model can default; use "
-                               f"{', '.join(types)} (seed and prior_size are the caller's).")
-        numeric = kind is float and isinstance(value, int)
-        if isinstance(value, bool) or not (isinstance(value, kind) or numeric):
-            raise AisdiffError(f"{path}: {key} must be a JSON {kind.__name__}, not {value!r}.")
-        out[key] = kind(value)
-    return out
 
 
 @dataclass
@@ -282,7 +245,7 @@ class DiffSP:
         when it encodes)."""
         attrs = {**self.config.attrs(), "model": self.model.identity, "dtype": self.model.dtype}
         if self.config.encoder == "tiny":
-            attrs["tiny_vae_sha256"] = tiny_vae_sha256(self.model.tiny_vae)
+            attrs["tiny_vae_sha256"] = self.model.tiny_vae_sha256
         return attrs
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -425,13 +388,6 @@ class DiffSP:
 def vae_latents(vae, images: torch.Tensor) -> torch.Tensor:
     """A VAE's scaled latents of images in [-1, 1]: its posterior's mode times its scaling factor."""
     return vae.encode(images).latent_dist.mode() * vae.config.scaling_factor
-
-
-def tiny_vae_sha256(tiny_vae) -> str:
-    """sha256 of a small autoencoder's weights (as `models.weights_sha256` digests a pipeline's)."""
-    from .models import weights_sha256
-
-    return weights_sha256(tiny_vae, ("",))
 
 
 def grid_to_priors(grid: torch.Tensor, boxes: torch.Tensor, resolution: int, prior_size: int) -> torch.Tensor:

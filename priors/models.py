@@ -2,7 +2,7 @@
 
 `load_model` returns the diffusers `StableDiffusionInpaintPipeline` with a DDIM scheduler, on the asked
 device and dtype, plus an identity (name and a sha256 of the weights) that prior stores record, and the
-DiffSP defaults the model's folder ships (`diffsp_config.json`, see `priors.diffsp.read_model_defaults`).
+DiffSP defaults the model's folder ships (MODEL_DEFAULTS_FILE, `diffsp_config.json`: `read_model_defaults`).
 Weights load from safetensors only: pickle checkpoints are refused.
 
 Two tiny models stand in for Stable Diffusion where no weights can be downloaded (`priors.architectures`):
@@ -24,15 +24,17 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import re
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
 
 from .architectures import build_tiny_autoencoder, build_tiny_pipeline
-from .diffsp import read_model_defaults
+from .diffsp import DiffSPConfig
 from .errors import AisdiffError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -41,6 +43,10 @@ PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 COMPONENTS = ("unet", "vae", "text_encoder")
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # a Hugging Face repository id, "org/name"
 TINY_VAE_FOLDER = "vae_tiny"  # a model folder's optional AutoencoderTiny (diffusers layout, safetensors)
+# A model folder's own DiffSP defaults (`read_model_defaults`): the settings tuned for it that differ from
+# the paper's, plus THRESHOLD_KEY, the prior threshold tuning chose (what `aisdiff inspect` uses).
+MODEL_DEFAULTS_FILE = "diffsp_config.json"
+THRESHOLD_KEY = "threshold"
 
 
 class _DropNotice(logging.Filter):
@@ -93,6 +99,11 @@ class DiffusionModel:
         return self._tiny_vae
 
     @property
+    def tiny_vae_sha256(self) -> str:
+        """sha256 of the small autoencoder's weights (`tiny_vae_sha256`); the model must have one."""
+        return tiny_vae_sha256(self.tiny_vae)
+
+    @property
     def identity(self) -> dict[str, str]:
         return {"id": self.name, "weights_sha256": self.weights_sha256}
 
@@ -117,6 +128,11 @@ def weights_sha256(pipe, components: tuple[str, ...] = COMPONENTS) -> str:
             digest.update(f"{component}.{name}:{t.dtype}:{tuple(t.shape)}".encode())
             digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def tiny_vae_sha256(tiny_vae) -> str:
+    """sha256 of a small autoencoder's weights (as `weights_sha256` digests a pipeline's)."""
+    return weights_sha256(tiny_vae, ("",))
 
 
 def _refuse_pickle_weights(folder: Path, components: tuple[str, ...] = COMPONENTS) -> None:
@@ -186,6 +202,37 @@ def _not_loadable(model: str, exc: Exception) -> AisdiffError:
     return AisdiffError(
         f"could not load the inpainting model {model!r}: {exc}. Pass a local diffusers folder, or a hub id "
         "that is in the Hugging Face cache (HF_HOME) when there is no network.")
+
+
+def read_model_defaults(folder: Path) -> dict:
+    """The DiffSP defaults a model folder ships (MODEL_DEFAULTS_FILE), checked and typed; {} without one.
+
+    Keys: DiffSPConfig's settings that may be None (seed and prior_size are the caller's) and THRESHOLD_KEY.
+    """
+    path = folder / MODEL_DEFAULTS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AisdiffError(f"{path}: not valid JSON ({exc}). It holds the model's DiffSP defaults, e.g. "
+                           '{"tau": 0, "threshold": 0.45}; fix it, or delete it for the paper\'s.') from None
+    if not isinstance(data, dict):
+        raise AisdiffError(f"{path}: expected a JSON object of DiffSP settings, e.g. {{\"tau\": 0}}.")
+    hints = typing.get_type_hints(DiffSPConfig)
+    types = {f.name: typing.get_args(hints[f.name])[0] for f in fields(DiffSPConfig) if f.default is None}
+    types[THRESHOLD_KEY] = float
+    out = {}
+    for key, value in data.items():
+        kind = types.get(key)
+        if kind is None:
+            raise AisdiffError(f"{path}: {key!r} is not a setting a model can default; use "
+                               f"{', '.join(types)} (seed and prior_size are the caller's).")
+        numeric = kind is float and isinstance(value, int)
+        if isinstance(value, bool) or not (isinstance(value, kind) or numeric):
+            raise AisdiffError(f"{path}: {key} must be a JSON {kind.__name__}, not {value!r}.")
+        out[key] = kind(value)
+    return out
 
 
 def model_defaults(model: str) -> dict:

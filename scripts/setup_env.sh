@@ -15,7 +15,7 @@ PYTHON="${PYTHON:-python3}"
 MMCV_VERSION="2.1.0"
 TORCH_VERSION="2.13.0"
 CACHE_DIR="${AISDIFF_CACHE:-$HOME/.cache/aisdiff}/wheels"
-EXTRAS="${AISDIFF_EXTRAS:-dev}"
+EXTRAS="${AISDIFF_EXTRAS:-dev,s3}"
 
 log() { printf '[setup] %s\n' "$*"; }
 

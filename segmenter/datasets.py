@@ -8,6 +8,7 @@ from mmdet.registry import DATASETS
 
 from priors.annotations import AmodalAnnotations
 from priors.errors import AisdiffError
+from priors.location import Location
 from priors.masks import rle_to_json
 from priors.store import PriorStore
 
@@ -37,7 +38,7 @@ class AmodalDataset(BaseDetDataset):
                 "configs) and data_prefix.img (docs/datasets.md lists each dataset's layout).")
         ann = AmodalAnnotations(self.ann_file, format=self.ann_format, images_dir=images_dir or None,
                                 skip_invalid=self.skip_invalid, check_masks=True)
-        if self.reads_prior_store() and osp.exists(osp.join(self.prior_store, "zarr.json")):
+        if self.reads_prior_store() and Location(self.prior_store).has("zarr.json"):
             PriorStore.open(self.prior_store).check_annotations(self.ann_file)
         cat_ids = sorted(ann.categories)
         if not self._metainfo.get("classes"):

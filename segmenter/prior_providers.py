@@ -29,11 +29,10 @@ from priors.diffsp import DiffSP, prepare_rois, preset_config
 from priors.errors import AisdiffError
 from priors.identity import gt_roi_seed, proposal_roi_seed
 from priors.store import SOURCE_PROPOSAL, PriorStore, settings_differences
+from priors.store_settings import DATASET_SETTINGS
 
 from .prior_context import PriorContext
 
-# store settings that describe the dataset, not DiffSP: not compared with an on-the-fly provider's
-DATASET_SETTINGS = ("annotations", "annotation_format", "proposals", "row_sources")
 ROLES = {"train": "training_priors", "test": "test_priors"}
 ORACLE_FRAMES = ("image", "box")
 

@@ -3,15 +3,23 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
-from priors.store import Rows
+from priors.store import PriorStore, Rows
 
+REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# the environment of `aisdiff precompute` runs (the venv's bin/ first: mpirun for 2 CPU processes)
+PRECOMPUTE_ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONWARNINGS": "ignore"}
+# Two runs of the same ROI agree to DiffSP's batch tolerance (1e-4) plus one float16 step at 1.0.
+STORE_TOLERANCE = 1e-4 + 2**-10
 # settings of a prior store made by hand in tests (every setting a store requires, none from a real model)
 STORE_SETTINGS = {"model": {"id": "tiny", "weights_sha256": "ab" * 32}, "steps": 10, "tau": 4, "self_res": 16,
                   "cross_res": 8, "prompt": "a photo of a {category}", "seed": 0, "context": 1.2,
@@ -100,3 +108,66 @@ def coco_pair_files(source: Path, folder: Path) -> tuple[Path, Path]:
         paths.append(folder / f"{name}.json")
         paths[-1].write_text(json.dumps(part))
     return paths[0], paths[1]
+
+
+def precompute_cmd(*args: str, processes: int = 1) -> list[str]:
+    """`aisdiff precompute`'s command line, on one or two CPU processes. Tests of the job (processes, kills,
+    resume, stores) use `tiny-random`, well-conditioned at any settings: a trained model's maps can be
+    near-flat at untuned settings, and min-max normalization then amplifies float rounding across batch
+    compositions."""
+    if "--model" not in args:
+        args = (*args, "--model", "tiny-random")
+    if processes == 1:
+        return [str(BIN / "aisdiff"), "precompute", *args]
+    return [str(BIN / "accelerate"), "launch", "--config_file", "configs/accelerate/cpu_2proc.yaml",
+            "-m", "pipeline", "precompute", *args]
+
+
+def run_precompute(*args: str, processes: int = 1, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `aisdiff precompute` (`precompute_cmd`) with PRECOMPUTE_ENV plus `env`, capturing its output."""
+    return subprocess.run(precompute_cmd(*args, processes=processes), capture_output=True, text=True,
+                          cwd=REPO, env={**PRECOMPUTE_ENV, **(env or {})}, timeout=300)
+
+
+def job_args(root: Path, out: Path | str, *extra: str, split: str = "train") -> list[str]:
+    """A precompute job over a synthetic benchmark's split: chunks of 4 rows, batches of 3."""
+    return ["--ann", str(root / "annotations" / f"{split}.json"), "--images", str(root / "images"),
+            "--out", str(out), "--chunk-rows", "4", "--batch-size", "3", *extra]
+
+
+def assert_same_store(a: Path | str, b: Path | str) -> None:
+    """Two complete stores with the same rows, settings and priors (to STORE_TOLERANCE)."""
+    sa, sb = PriorStore.open(a), PriorStore.open(b)
+    assert sa.rows().equals(sb.rows())
+    assert sa.done().all() and sb.done().all()
+    assert np.abs(sa.priors(slice(None)) - sb.priors(slice(None))).max() <= STORE_TOLERANCE
+    assert sa.settings == sb.settings
+
+
+def kill_midway(args: list[str], reference: Path | str, processes: int = 1, env: dict | None = None) -> int:
+    """Start `aisdiff precompute` (`precompute_cmd`), SIGKILL its process group once the store has a done row,
+    and check the store it leaves: some but not all rows done, none of them without its prior (the
+    reference store's). Returns the rows done."""
+    out = args[args.index("--out") + 1]
+    proc = subprocess.Popen(precompute_cmd(*args, processes=processes), cwd=REPO,
+                            env={**PRECOMPUTE_ENV, **(env or {})}, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while done_rows(out) == 0 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed, ref = PriorStore.open(out), PriorStore.open(reference)
+    done = killed.done()
+    assert 0 < done.sum() < len(ref), "the kill must land in the middle of the run"
+    written = killed.priors(np.flatnonzero(done))
+    assert np.abs(written - ref.priors(slice(None))[done]).max() <= STORE_TOLERANCE
+    return int(done.sum())
+
+
+def done_rows(store: Path | str) -> int:
+    """Rows done in a store, 0 while it does not exist yet (or is being created)."""
+    try:
+        return int(PriorStore.open(store).done().sum())
+    except Exception:  # noqa: BLE001 (not created yet)
+        return 0

@@ -182,7 +182,7 @@ RUN_PAGES = sorted(p.name for p in DOCS.glob("*.md") if any(b.mark == "run" for 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", RUN_PAGES)
-def test_the_run_blocks_of_each_page_run_in_order(name, tmp_path):
+def test_the_run_blocks_of_each_page_run_in_order(name, tmp_path, request, monkeypatch):
     page = DOCS / name
     (tmp_path / "configs").symlink_to(REPO / "configs")
     hf = tmp_path / "hf"
@@ -192,6 +192,15 @@ def test_the_run_blocks_of_each_page_run_in_order(name, tmp_path):
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HOME": str(hf),
            "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "CUDA_VISIBLE_DEVICES": "",
            "PYTHONPATH": str(REPO)}
+    buckets = set(re.findall(r"s3://([a-z0-9.-]+)/", page_script(page, tmp_path)))
+    if buckets:  # the page's s3:// commands write to the local S3-compatible test server
+        import boto3
+
+        for variable, value in request.getfixturevalue("s3_server").items():
+            monkeypatch.setenv(variable, value)
+            env[variable] = value
+        for bucket in buckets:
+            boto3.client("s3").create_bucket(Bucket=bucket)
     proc = subprocess.run(["bash", "-c", page_script(page, tmp_path)], capture_output=True, text=True,
                           cwd=tmp_path, env=env)
     assert proc.returncode == 0, (name, proc.stdout[-3000:], proc.stderr[-5000:])

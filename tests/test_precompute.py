@@ -4,71 +4,27 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import (
+    assert_same_store,
+    job_args,
+    kill_midway,
+)
+from helpers import run_precompute as run
 
 from priors import masks
 from priors.annotations import load_annotations
 from priors.diffsp import PRESETS
 from priors.store import SOURCE_GT, SOURCE_PROPOSAL, PriorStore
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONWARNINGS": "ignore"}
-# Two runs of the same ROI agree to DiffSP's batch tolerance (1e-4) plus one float16 step at 1.0.
-STORE_TOLERANCE = 1e-4 + 2**-10
-
-
-def precompute_cmd(*args: str, processes: int = 1) -> list[str]:
-    """The job's command line. These tests check the job (processes, kills, resume), not a model, so they use
-    `tiny-random`, well-conditioned at any settings: a trained model's maps can be near-flat at untuned
-    settings, and min-max normalization then amplifies float rounding across batch compositions."""
-    if "--model" not in args:
-        args = (*args, "--model", "tiny-random")
-    if processes == 1:
-        return [str(BIN / "aisdiff"), "precompute", *args]
-    return [str(BIN / "accelerate"), "launch", "--config_file", "configs/accelerate/cpu_2proc.yaml",
-            "-m", "pipeline", "precompute", *args]
-
-
-def run(*args: str, processes: int = 1) -> subprocess.CompletedProcess:
-    return subprocess.run(precompute_cmd(*args, processes=processes), capture_output=True, text=True,
-                          cwd=REPO, env=ENV, timeout=300)
-
-
-def job_args(root: Path, out: Path, *extra: str, split: str = "train") -> list[str]:
-    return ["--ann", str(root / "annotations" / f"{split}.json"), "--images", str(root / "images"),
-            "--out", str(out), "--chunk-rows", "4", "--batch-size", "3", *extra]
-
-
-def assert_same_store(a: Path, b: Path) -> None:
-    sa, sb = PriorStore.open(a), PriorStore.open(b)
-    assert sa.rows().equals(sb.rows())
-    assert sa.done().all() and sb.done().all()
-    assert np.abs(sa.priors(slice(None)) - sb.priors(slice(None))).max() <= STORE_TOLERANCE
-    assert sa.settings == sb.settings
-
 
 @pytest.fixture(scope="module")
-def bench(make_benchmark):
-    return make_benchmark("kins2020", train_images=8, val_images=3, seed=3)
-
-
-@pytest.fixture(scope="module")
-def reference(bench, tmp_path_factory):
-    """An uninterrupted one-process run of the train split."""
-    out = tmp_path_factory.mktemp("ref") / "ref.zarr"
-    proc = run(*job_args(bench, out))
-    assert proc.returncode == 0, proc.stderr
-    return out, proc
+def reference(reference_run):
+    return reference_run
 
 
 def test_one_process_run_makes_a_complete_store_with_a_summary(bench, reference):
@@ -102,35 +58,16 @@ def test_two_processes_give_the_same_store(bench, reference, tmp_path):
     assert_same_store(tmp_path / "two.zarr", reference[0])
 
 
-def _done_rows(path: Path) -> int:
-    try:
-        return int(PriorStore.open(path).done().sum())
-    except Exception:  # not created yet
-        return 0
-
-
 @pytest.mark.parametrize("processes", [1, 2])
 def test_a_killed_run_resumes_to_the_same_store(bench, reference, tmp_path, processes):
     out = tmp_path / "killed.zarr"
     args = job_args(bench, out, "--batch-size", "1", "--chunk-rows", "2")
     total = len(PriorStore.open(reference[0]))
-    proc = subprocess.Popen(precompute_cmd(*args, processes=processes), cwd=REPO, env=ENV,
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while _done_rows(out) == 0 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed = PriorStore.open(out)
-    done = killed.done()
-    assert 0 < done.sum() < total, "the kill must land in the middle of the run"
-    # no row is marked done that was not fully written
-    ref = PriorStore.open(reference[0]).priors(slice(None))
-    assert np.abs(killed.priors(np.flatnonzero(done)) - ref[done]).max() <= STORE_TOLERANCE
+    done = kill_midway(args, reference[0], processes=processes)
     resumed = run(*args, processes=processes)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"already done     {int(done.sum())}" in resumed.stdout
-    assert f"computed now     {total - int(done.sum())}" in resumed.stdout
+    assert f"already done     {done}" in resumed.stdout
+    assert f"computed now     {total - done}" in resumed.stdout
     assert_same_store(out, reference[0])
 
 

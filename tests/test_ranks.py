@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,7 +51,8 @@ def test_a_failure_is_recorded_beside_the_store_and_cleared(store):
     with pytest.raises(ValueError, match="boom"), failure_recorded(store.path, 2):
         raise ValueError("boom")
     marker = failure_marker(store.path, 2)
-    assert marker.parent == store.path.parent and marker.name == ".p.zarr.failed-rank2"
+    assert marker == store.path.sibling(".p.zarr.failed-rank2")
+    assert marker == Path(store.path.url).parent / ".p.zarr.failed-rank2"
     assert failures(store.path) == {2: marker.read_text().partition("\n")[0]}
     assert failures(store.path)[2].startswith("rank 2 (host ") and failures(store.path)[2].endswith(
         "ValueError: boom")

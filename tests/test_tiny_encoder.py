@@ -12,9 +12,9 @@ from helpers import aisdiff
 
 from priors.architectures import build_tiny_autoencoder
 from priors.cost import diffsp_tflops, sd15_on_meta
-from priors.diffsp import DiffSP, DiffSPConfig, tiny_vae_sha256
+from priors.diffsp import DiffSP, DiffSPConfig
 from priors.errors import AisdiffError
-from priors.models import TINY_VAE_FOLDER, load_model
+from priors.models import TINY_VAE_FOLDER, load_model, tiny_vae_sha256
 from priors.store import PriorStore, StoreError
 
 

@@ -7,8 +7,8 @@ import json
 import pytest
 from helpers import aisdiff
 
-from priors.diffsp import THRESHOLD_KEY, DiffSP, DiffSPConfig
-from priors.models import TINY_MODEL_DIR, load_model, model_defaults
+from priors.diffsp import DiffSP, DiffSPConfig
+from priors.models import THRESHOLD_KEY, TINY_MODEL_DIR, load_model, model_defaults
 from priors.store import settings_differences
 
 # The figures the trained model's shipped DiffSP settings (tuned on the synthetic train split with `aisdiff

@@ -11,9 +11,8 @@ from pathlib import Path
 import torch
 
 from ..annotations import AmodalAnnotations
-from ..diffsp import MODEL_DEFAULTS_FILE
 from ..errors import AisdiffError
-from ..models import DTYPES
+from ..models import DTYPES, MODEL_DEFAULTS_FILE
 from .arguments import add_run_arguments
 from .crops import load_object_crops
 from .output import command_line, replaced_when_done

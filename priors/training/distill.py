@@ -24,9 +24,9 @@ from tqdm.auto import tqdm
 
 from ..annotations import AmodalAnnotations
 from ..architectures import build_tiny_autoencoder
-from ..diffsp import DiffSPConfig, tiny_vae_sha256, vae_latents
+from ..diffsp import DiffSPConfig, vae_latents
 from ..errors import AisdiffError
-from ..models import TINY_VAE_FOLDER, load_model, model_folder
+from ..models import TINY_VAE_FOLDER, load_model, model_folder, tiny_vae_sha256
 from .arguments import add_run_arguments
 from .crops import ObjectCrops, load_object_crops, sample_batch
 from .output import command_line, replaced_when_done

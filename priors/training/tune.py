@@ -23,8 +23,6 @@ from .. import geometry
 from ..annotations import AmodalAnnotations, Instance
 from ..diffsp import (
     ENCODERS,
-    MODEL_DEFAULTS_FILE,
-    THRESHOLD_KEY,
     TIMESTEP_SPACINGS,
     DiffSP,
     DiffSPConfig,
@@ -35,7 +33,7 @@ from ..errors import AisdiffError
 from ..identity import gt_roi_seed
 from ..images import read_image
 from ..masks import decode
-from ..models import load_model, model_folder
+from ..models import MODEL_DEFAULTS_FILE, THRESHOLD_KEY, load_model, model_folder
 from ..occlusion import OCCLUDED, OCCLUSION_BUCKETS, occlusion_bucket
 
 
