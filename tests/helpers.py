@@ -32,6 +32,18 @@ def aisdiff(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "aisdiff"), *args], capture_output=True, text=True)
 
 
+def roi_batch(n: int = 2):
+    """A DiffSP input of `n` random 64x64 ROIs (balls and moons), the same every call."""
+    import torch
+
+    from priors.diffsp import RoiBatch
+
+    g = torch.Generator().manual_seed(0)
+    vis = (torch.rand(n, 1, 64, 64, generator=g) > 0.4).float()
+    return RoiBatch(torch.rand(n, 3, 64, 64, generator=g), vis, 1 - vis,
+                    torch.tensor([[8.0, 8.0, 56.0, 56.0]] * n), ["ball", "moon"][:n], list(range(n)))
+
+
 def store_rows(n: int = 10) -> Rows:
     """The rows of a hand-made store: n <= 10 ground-truth rows of images 1, 2, 3 and 5."""
     image_id = np.array([1, 1, 1, 2, 2, 3, 3, 3, 3, 5][:n])

@@ -5,19 +5,13 @@ import json
 
 import pytest
 import torch
+from helpers import roi_batch
 
 from priors.architectures import build_tiny_pipeline, tiny_tokenizer
-from priors.diffsp import DiffSP, DiffSPConfig, RoiBatch
+from priors.diffsp import DiffSP, DiffSPConfig
 from priors.errors import AisdiffError
 from priors.models import load_model, weights_sha256
 from priors.synthetic import CATEGORIES
-
-
-def _batch(n=2):
-    g = torch.Generator().manual_seed(0)
-    vis = (torch.rand(n, 1, 64, 64, generator=g) > 0.4).float()
-    return RoiBatch(torch.rand(n, 3, 64, 64, generator=g), vis, 1 - vis,
-                    torch.tensor([[8.0, 8.0, 56.0, 56.0]] * n), ["ball", "moon"][:n], list(range(n)))
 
 
 def test_tiny_model_is_deterministic_and_uses_the_stable_diffusion_classes(tiny_model):
@@ -48,7 +42,7 @@ def test_save_pretrained_folder_loads_like_real_weights(tiny_model, tmp_path):
     loaded = load_model(str(tmp_path / "model"))
     assert loaded.weights_sha256 == tiny_model.weights_sha256
     assert loaded.name == str((tmp_path / "model").resolve())
-    batch = _batch()
+    batch = roi_batch()
     torch.testing.assert_close(DiffSP(loaded)(batch), DiffSP(tiny_model)(batch))
 
 
@@ -113,6 +107,6 @@ def test_unusable_folders_and_hub_ids_give_clear_errors(tmp_path):
 def test_bf16_runs_on_cpu():
     model = load_model("tiny-random", dtype="bf16")
     assert model.pipe.unet.dtype == torch.bfloat16 and model.dtype == "bf16"
-    priors = DiffSP(model)(_batch())
+    priors = DiffSP(model)(roi_batch())
     assert torch.isfinite(priors).all() and priors.min() >= 0 and priors.max() <= 1
     assert model.weights_sha256 != load_model("tiny-random").weights_sha256  # the identity includes the dtype

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import aisdiff
+from helpers import aisdiff, roi_batch
 
 from priors.architectures import build_tiny_autoencoder
 from priors.cost import diffsp_tflops, sd15_on_meta
@@ -16,15 +16,6 @@ from priors.diffsp import DiffSP, DiffSPConfig
 from priors.errors import AisdiffError
 from priors.models import TINY_VAE_FOLDER, load_model, tiny_vae_sha256
 from priors.store import PriorStore, StoreError
-
-
-def _batch(n: int = 2):
-    from priors.diffsp import RoiBatch
-
-    g = torch.Generator().manual_seed(0)
-    vis = (torch.rand(n, 1, 64, 64, generator=g) > 0.4).float()
-    return RoiBatch(torch.rand(n, 3, 64, 64, generator=g), vis, 1 - vis,
-                    torch.tensor([[8.0, 8.0, 56.0, 56.0]] * n), ["ball", "moon"][:n], list(range(n)))
 
 
 def test_the_small_autoencoder_matches_its_vae(tiny_model):
@@ -41,7 +32,7 @@ def test_the_small_autoencoder_matches_its_vae(tiny_model):
 
 
 def test_encoder_tiny_encodes_with_it_and_records_its_weights(tiny_model):
-    batch = _batch()
+    batch = roi_batch()
     vae, tiny = DiffSP(tiny_model), DiffSP(tiny_model, DiffSPConfig(encoder="tiny"))
     assert vae.config.encoder == "vae" and "tiny_vae_sha256" not in vae.attrs
     assert tiny.attrs["encoder"] == "tiny"
@@ -67,7 +58,7 @@ def test_a_folder_without_one_refuses_encoder_tiny_and_loads_one_saved_there(sav
     try:
         loaded = load_model(str(saved_folder))
         assert loaded.tiny_vae_source == str(saved_folder / TINY_VAE_FOLDER)
-        batch = _batch()
+        batch = roi_batch()
         torch.testing.assert_close(DiffSP(loaded, DiffSPConfig(encoder="tiny"))(batch),
                                    DiffSP(tiny_model, DiffSPConfig(encoder="tiny"))(batch))
         assert loaded.identity == model.identity  # (the pipeline's identity: VAE-encoded stores stay valid)
