@@ -41,10 +41,11 @@ SETTINGS = (Setting("tiny, tau 0, t 0.45 (tuned)", "tiny", (), 0.45),
                     ("--tau", "0", "--self-res", "16", "--cross-res", "16"), 0.45))
 
 
-def make_data(data: Path, train_images: int, val_images: int, seed: int) -> None:
-    """The synthetic benchmark, as `aisdiff demo-data` writes it (reused when already there)."""
+def make_data(data: Path, train_images: int, val_images: int, seed: int, *options: str) -> None:
+    """The synthetic benchmark as `aisdiff demo-data` writes it, with `options` (reused when there)."""
     subprocess.run([str(BIN / "aisdiff"), "demo-data", str(data), "--train-images", str(train_images),
-                    "--val-images", str(val_images), "--seed", str(seed)], check=True, capture_output=True)
+                    "--val-images", str(val_images), "--seed", str(seed), *options], check=True,
+                   capture_output=True)
 
 
 def score_setting(setting: Setting, data: Path, work: Path, batch_size: int) -> dict:

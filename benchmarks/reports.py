@@ -49,6 +49,7 @@ MARKDOWN_START = re.compile(r"\s*(\d+[.)]|[-+*>#|=])(\s|$)")  # what makes a wra
 FID, BAEF, C28 = "fidelity", "fidelity/detector-baef3b6a", "fidelity/detector-28b06fc2"
 RECORDS = {
     "prior_quality": "prior_quality/prior_quality.json",
+    "variation": "shape_variation/shape_variation.json",
     "attention_tiny": "attention_layers/attention_layers_tiny.json",
     "attention_random": "attention_layers/attention_layers_tiny-random.json",
     "steps": "diffsp_steps/diffsp_steps.json",
@@ -296,6 +297,27 @@ def prior_quality_table() -> str:
     return "\n".join(lines)
 
 
+def variation_table() -> str:
+    """Per instance group, on each benchmark variation: the visible mask's IoU with the amodal mask beside
+    the class template's (at its best threshold) and, where measured, DiffSP's."""
+    columns = load("variation")["columns"]
+    groups = ["occluded > 10%", "10-30%", "30-50%", ">50%", "all"]
+    header = ["instances"]
+    for c in columns:
+        header += [f"{c['variation']}: n", f"{c['variation']}: visible mask",
+                   f"{c['variation']}: class template (t {c['template_threshold']:g})"]
+        header += [f"{c['variation']}: DiffSP (`{c['diffsp']['model']}`)"] if "diffsp" in c else []
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for g in groups:
+        cells = [g]
+        for c in columns:
+            row = c["template"][g]
+            cells += [str(row["instances"]), f"{row['visible_iou']:.3f}", f"{row['prior_iou']:.3f}"]
+            cells += [f"{c['diffsp']['iou'][g]['prior_iou']:.3f}"] if "diffsp" in c else []
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def attention_table() -> str:
     """Per attention block: `tiny`'s self lift and cross ratios beside `tiny-random`'s self lift."""
     def by_block(alias: str) -> dict[str, dict]:
@@ -516,6 +538,7 @@ def levers_table() -> str:
 
 TABLES: dict[str, Callable[[], str]] = {
     "prior_quality": prior_quality_table,
+    "variation": variation_table,
     "attention": attention_table,
     "steps": functools.partial(steps_table, True),
     "steps_other": functools.partial(steps_table, False),

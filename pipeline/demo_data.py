@@ -10,6 +10,7 @@ from priors import synthetic
 from priors.annotations import FORMAT_NAMES, load_annotations, read_json
 from priors.errors import AisdiffError
 from priors.layouts import LAYOUT_NAMES, LAYOUTS, DatasetLayout
+from priors.shapes import VARIATIONS
 
 SPLITS = ("train", "val")
 
@@ -30,6 +31,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train-images", type=int, default=100, help="number of train images (default: 100)")
     p.add_argument("--val-images", type=int, default=25, help="number of val images (default: 25)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--variation", choices=tuple(VARIATIONS), default="low",
+                   help="how shapes vary within a category: low (default: rigid outlines that barely rotate, "
+                        "the demo's and the tiny model's benchmark) or high (parametric families at any "
+                        "rotation, stretched and sheared, with articulated parts: another 7 categories)")
     p.add_argument("--visible-masks", choices=synthetic.VISIBLE_ENCODINGS, default=None,
                    help="how visible masks are stored (default: as the format's real files do: polygons for "
                         "kins2020 and kins, RLE for cocoa and d2sa)")
@@ -103,18 +108,21 @@ def run(args: argparse.Namespace) -> int:
     if args.train_images < 0 or args.val_images < 0:
         raise AisdiffError("--train-images and --val-images must be >= 0")
     layout = LAYOUTS[args.layout] if args.layout else None
+    if layout and args.variation != "low":
+        raise AisdiffError(f"--layout {layout.name} writes the default shapes as {layout.name}'s categories; "
+                           f"drop --variation {args.variation} or --layout.")
     if layout and args.format not in (None, layout.format):
         raise AisdiffError(f"--layout {layout.name} writes the {layout.format} format; drop --format "
                            f"{args.format}.")
     fmt = layout.format if layout else args.format or "kins2020"
     out: Path = args.out
     wanted = synthetic.data_settings(fmt, args.seed, args.train_images, args.val_images, args.visible_masks,
-                                     layout)
+                                     layout, args.variation)
     where = out / layout.folder if layout else out
     infos = _existing_infos(out, layout)
     if len(infos) == len(SPLITS) and all(info.get("settings") == wanted for info in infos.values()):
         print(f"demo-data: {where} already holds this benchmark (same settings); reusing it")
-        print(synthetic.summary(_stats_from_files(out, layout), layout))
+        print(synthetic.summary(_stats_from_files(out, layout), layout, args.variation))
         return 0
     if layout:
         _clear_layout(out, layout, infos, wanted, args.overwrite)
@@ -122,8 +130,8 @@ def run(args: argparse.Namespace) -> int:
         _clear_folder(out, infos, wanted, args.overwrite)
     stats = synthetic.generate(out, fmt=fmt, train_images=args.train_images, val_images=args.val_images,
                                seed=args.seed, settings=wanted, visible_masks=args.visible_masks,
-                               layout=layout)
+                               layout=layout, variation=args.variation)
     print(f"demo-data: wrote {where} (format {fmt}{f', {layout.name} layout' if layout else ''}, "
-          f"seed {args.seed})")
-    print(synthetic.summary(stats, layout))
+          f"seed {args.seed}{f', variation {args.variation}' if args.variation != 'low' else ''})")
+    print(synthetic.summary(stats, layout, args.variation))
     return 0

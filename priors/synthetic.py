@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +20,12 @@ from . import masks
 from .annotations import FORMATS, AmodalAnnotations
 from .layouts import DatasetLayout
 from .occlusion import OCCLUSION_BUCKETS, occlusion_bucket
+from .shapes import LOW_CATEGORIES, LOW_SHAPES, VARIATIONS, ShapeKind, Variation
 
-# (id, name): names are plain words so that "a photo of a {name}" reads naturally.
-CATEGORIES: tuple[tuple[int, str], ...] = (
-    (1, "ball"), (2, "box"), (3, "triangle"), (4, "star"), (5, "cross"), (6, "heart"), (7, "moon"),
-)
+# (id, name): names are plain words so that "a photo of a {name}" reads naturally. The default benchmark's;
+# `--variation high` has its own (`priors.shapes.VARIATIONS`).
+CATEGORIES: tuple[tuple[int, str], ...] = LOW_CATEGORIES
+SHAPES: dict[str, ShapeKind] = LOW_SHAPES
 SPLIT_CODES = {"train": 0, "val": 1}
 IMAGE_SIZE_RANGE = (256, 384)
 OBJECTS_PER_IMAGE = (3, 7)
@@ -33,67 +33,6 @@ OBJECT_SIZE_RANGE = (0.18, 0.36)  # object diameter as a fraction of the shorter
 OVERLAP_PROBABILITY = 0.8  # chance that a new object is placed next to an existing one
 MIN_VISIBLE_FRACTION = 0.3  # heavier occlusion is redrawn: the visible part must still say what the object is
 MIN_VISIBLE_PIXELS = 80
-
-
-def _circle(n: int = 48) -> np.ndarray:
-    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
-    return np.stack([np.cos(t), np.sin(t)], 1)
-
-
-def _box(rng: np.random.Generator) -> np.ndarray:
-    aspect = rng.uniform(0.55, 0.95)
-    return np.array([[-1, -aspect], [1, -aspect], [1, aspect], [-1, aspect]], dtype=float)
-
-
-def _triangle(rng: np.random.Generator) -> np.ndarray:
-    return np.array([[0.0, -1.0], [0.95, 0.8], [-0.95, 0.8]])
-
-
-def _star(rng: np.random.Generator) -> np.ndarray:
-    t = np.linspace(-np.pi / 2, 1.5 * np.pi, 10, endpoint=False)
-    r = np.where(np.arange(10) % 2 == 0, 1.0, 0.45)
-    return np.stack([r * np.cos(t), r * np.sin(t)], 1)
-
-
-def _cross(rng: np.random.Generator) -> np.ndarray:
-    a = 0.34
-    return np.array([[-a, -1], [a, -1], [a, -a], [1, -a], [1, a], [a, a], [a, 1], [-a, 1], [-a, a], [-1, a],
-                     [-1, -a], [-a, -a]], dtype=float)
-
-
-def _heart(rng: np.random.Generator) -> np.ndarray:
-    t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
-    x = 16 * np.sin(t) ** 3
-    y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
-    pts = np.stack([x, y], 1)
-    return pts / np.abs(pts).max()
-
-
-def _moon(rng: np.random.Generator) -> np.ndarray:
-    d = 0.55  # offset of the disk cut out of the unit disk
-    phi = np.arctan2(np.sqrt(1 - d * d / 4), d / 2)
-    outer = np.linspace(phi, 2 * np.pi - phi, 40)
-    inner = np.linspace(np.pi + phi, np.pi - phi, 28)[1:-1]
-    pts = np.concatenate([np.stack([np.cos(outer), np.sin(outer)], 1),
-                          np.stack([d + np.cos(inner), np.sin(inner)], 1)])
-    return pts - pts.mean(0)
-
-
-@dataclass(frozen=True)
-class ShapeKind:
-    outline: Callable[[np.random.Generator], np.ndarray]  # unit-size polygon, about [-1, 1]^2
-    max_rotation: float  # degrees; upright shapes rotate little so the category keeps its look
-
-
-SHAPES: dict[str, ShapeKind] = {
-    "ball": ShapeKind(lambda rng: _circle() * [1.0, rng.uniform(0.85, 1.0)], 180),
-    "box": ShapeKind(_box, 180),
-    "triangle": ShapeKind(_triangle, 25),
-    "star": ShapeKind(_star, 36),
-    "cross": ShapeKind(_cross, 45),
-    "heart": ShapeKind(_heart, 20),
-    "moon": ShapeKind(_moon, 40),
-}
 
 
 @dataclass
@@ -110,11 +49,22 @@ class Scene:
     visible: list[np.ndarray]  # per object, HxW bool
 
 
-def _shape_polygon(rng: np.random.Generator, name: str, height: int, width: int,
-                   near: tuple[float, float] | None) -> list[float]:
+def _stretched(rng: np.random.Generator, pts: np.ndarray, affine: tuple[float, float]) -> np.ndarray:
+    """`pts` stretched by a random aspect (up to affine[0]:1 either way) and sheared (up to affine[1]),
+    rescaled so that its farthest point stays at distance 1."""
+    aspect = float(np.exp(rng.uniform(-np.log(affine[0]), np.log(affine[0]))))
+    shear = rng.uniform(-affine[1], affine[1])
+    pts = pts @ np.array([[np.sqrt(aspect), 0.0], [0.0, 1 / np.sqrt(aspect)]]).T @ np.array([[1.0, shear],
+                                                                                           [0.0, 1.0]]).T
+    return pts / np.linalg.norm(pts, axis=1).max()
+
+
+def _shape_polygon(rng: np.random.Generator, kind: ShapeKind, height: int, width: int,
+                   near: tuple[float, float] | None, bench: Variation) -> list[float]:
     """A shape polygon fully inside the image; centred close to `near` (to make an occlusion) when given."""
-    kind = SHAPES[name]
     pts = kind.outline(rng)
+    if bench.affine is not None:
+        pts = _stretched(rng, pts, bench.affine)
     angle = np.deg2rad(rng.uniform(-kind.max_rotation, kind.max_rotation))
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     diameter = rng.uniform(*OBJECT_SIZE_RANGE) * min(height, width)
@@ -126,7 +76,7 @@ def _shape_polygon(rng: np.random.Generator, name: str, height: int, width: int,
     if near is None:
         cx, cy = rng.uniform(*cx_range), rng.uniform(*cy_range)
     else:
-        offset = rng.uniform(0.45, 0.95) * diameter
+        offset = rng.uniform(*bench.near_offset) * diameter
         direction = rng.uniform(0, 2 * np.pi)
         cx = float(np.clip(near[0] + offset * np.cos(direction), *cx_range))
         cy = float(np.clip(near[1] + offset * np.sin(direction), *cy_range))
@@ -189,8 +139,9 @@ def _visible_masks(amodal: list[np.ndarray]) -> list[np.ndarray]:
     return out[::-1]
 
 
-def make_scene(seed: int, split: str, index: int) -> Scene:
-    """One image with its objects, deterministic in (seed, split, index)."""
+def make_scene(seed: int, split: str, index: int, variation: str = "low") -> Scene:
+    """One image with its objects, deterministic in (seed, split, index, variation)."""
+    bench = VARIATIONS[variation]
     rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
     height, width = (int(rng.integers(IMAGE_SIZE_RANGE[0] // 32, IMAGE_SIZE_RANGE[1] // 32 + 1)) * 32
                      for _ in "hw")
@@ -198,12 +149,12 @@ def make_scene(seed: int, split: str, index: int) -> Scene:
     objects: list[SceneObject] = []
     for _ in range(count):
         for _attempt in range(20):
-            cat_id, name = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
+            cat_id, name = bench.categories[int(rng.integers(len(bench.categories)))]
             near = None
             if objects and rng.random() < OVERLAP_PROBABILITY:
                 ys, xs = np.nonzero(objects[int(rng.integers(len(objects)))].amodal)
                 near = (float(xs.mean()), float(ys.mean()))
-            polygon = _shape_polygon(rng, name, height, width, near)
+            polygon = _shape_polygon(rng, bench.shapes[name], height, width, near, bench)
             amodal = masks.decode(masks.to_rle([polygon], height, width))
             visible = _visible_masks([o.amodal for o in objects] + [amodal])
             if all(v.sum() >= max(MIN_VISIBLE_PIXELS, MIN_VISIBLE_FRACTION * o.sum())
@@ -250,7 +201,8 @@ def split_paths(out: Path, split: str, layout: DatasetLayout | None = None) -> t
 
 def write_split(out: Path, split: str, num_images: int, seed: int, fmt: str, first_image_id: int,
                 first_ann_id: int, settings: dict | None = None,
-                visible_masks: str | None = None, layout: DatasetLayout | None = None) -> SplitStats:
+                visible_masks: str | None = None, layout: DatasetLayout | None = None,
+                variation: str = "low") -> SplitStats:
     """Render `num_images` scenes into OUT/images/ and write OUT/annotations/{split}.json in format `fmt`,
     visible masks encoded as `visible_masks` ("polygons" / "rle"; default: as the format's real files). With a
     dataset `layout`, into its folders and file names under the data root OUT, each shape written as the
@@ -260,14 +212,15 @@ def write_split(out: Path, split: str, num_images: int, seed: int, fmt: str, fir
     path, image_dir = split_paths(out, split, layout)
     image_dir.mkdir(parents=True, exist_ok=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    names = dict(CATEGORIES)
-    category_id = {i: (layout.category_id(n) if layout else i) for i, n in CATEGORIES}
-    category_name = {i: (layout.stands_for[n] if layout else n) for i, n in CATEGORIES}
+    categories = VARIATIONS[variation].categories
+    names = dict(categories)
+    category_id = {i: (layout.category_id(n) if layout else i) for i, n in categories}
+    category_name = {i: (layout.stands_for[n] if layout else n) for i, n in categories}
     images, anns = [], []
     stats = SplitStats(num_images, Counter(), Counter())
     ann_id = first_ann_id
     for index in range(num_images):
-        scene = make_scene(seed, split, index)
+        scene = make_scene(seed, split, index, variation=variation)
         image_id = first_image_id + index
         height, width = scene.image.shape[:2]
         file_name = (layout.splits[split].file_name.format(index=index, image_id=image_id) if layout
@@ -293,7 +246,7 @@ def write_split(out: Path, split: str, num_images: int, seed: int, fmt: str, fir
         "images": images,
         "annotations": anns,
         "categories": (layout.category_json() if layout
-                       else [{"id": i, "name": names[i], "supercategory": "shape"} for i, _ in CATEGORIES]),
+                       else [{"id": i, "name": names[i], "supercategory": "shape"} for i, _ in categories]),
     }
     tmp = path.with_suffix(".json.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:  # written last and renamed: a killed run leaves no file
@@ -306,22 +259,26 @@ VISIBLE_ENCODINGS = ("polygons", "rle")
 
 
 def data_settings(fmt: str, seed: int, train_images: int, val_images: int,
-                  visible_masks: str | None = None, layout: DatasetLayout | None = None) -> dict:
+                  visible_masks: str | None = None, layout: DatasetLayout | None = None,
+                  variation: str = "low") -> dict:
     """What a written benchmark records in its files' `info` (a rerun with equal settings reuses it). The
     visible-mask encoding is recorded when polygons: files written before polygons existed hold RLE and
-    record none, so they stay reusable as the RLE benchmark they are. A dataset layout is recorded by name."""
+    record none, so they stay reusable as the RLE benchmark they are. A dataset layout is recorded by name;
+    the variation when it is not the default (files written before variations existed are `low`)."""
     fmt = layout.format if layout else fmt
     settings = {"format": fmt, "seed": seed, "images": {"train": train_images, "val": val_images}}
     if (visible_masks or FORMATS[fmt].visible_encoding) == "polygons":
         settings["visible_masks"] = "polygons"
     if layout is not None:
         settings["layout"] = layout.name
+    if variation != "low":
+        settings["variation"] = variation
     return settings
 
 
 def generate(out: str | Path, *, fmt: str = "kins2020", train_images: int = 40, val_images: int = 10,
              seed: int = 0, settings: dict | None = None, visible_masks: str | None = None,
-             layout: DatasetLayout | None = None) -> dict[str, SplitStats]:
+             layout: DatasetLayout | None = None, variation: str = "low") -> dict[str, SplitStats]:
     """Write the benchmark (train and val) to `out`; image and annotation ids are unique across splits.
 
     Amodal masks are polygons (every format's real files store them so); visible masks as `visible_masks`
@@ -330,7 +287,8 @@ def generate(out: str | Path, *, fmt: str = "kins2020", train_images: int = 40, 
     hold a hole: 3 of 150 masks in a sample, 1-2 pixels each).
     `settings` is recorded in each file's `info` so that a rerun can tell whether the data is already there.
     With a dataset `layout` (`priors.layouts`), `out` is the data root and the splits go where that dataset
-    keeps its train and test splits, in its format (`fmt` is the layout's).
+    keeps its train and test splits, in its format (`fmt` is the layout's). `variation` picks the categories
+    and how their shapes vary (`priors.shapes.VARIATIONS`); layouts write the `low` shapes.
     """
     if layout is not None:
         fmt = layout.format
@@ -340,19 +298,27 @@ def generate(out: str | Path, *, fmt: str = "kins2020", train_images: int = 40, 
         raise ValueError(f"visible_masks must be one of {VISIBLE_ENCODINGS}, not {visible_masks!r}")
     if train_images < 0 or val_images < 0:
         raise ValueError("image counts must be >= 0")
+    if variation not in VARIATIONS:
+        raise ValueError(f"unknown variation {variation!r}; choose one of {', '.join(VARIATIONS)}")
+    if layout is not None and variation != "low":
+        raise ValueError(f"the {layout.name} layout writes the default shapes as its categories; a layout "
+                         f"with variation {variation!r} is not defined")
     out = Path(out)
-    settings = settings or data_settings(fmt, seed, train_images, val_images, visible_masks, layout)
-    train = write_split(out, "train", train_images, seed, fmt, 1, 1, settings, visible_masks, layout)
+    settings = settings or data_settings(fmt, seed, train_images, val_images, visible_masks, layout,
+                                         variation)
+    train = write_split(out, "train", train_images, seed, fmt, 1, 1, settings, visible_masks, layout,
+                        variation)
     val = write_split(out, "val", val_images, seed, fmt, train_images + 1, train.instances + 1, settings,
-                      visible_masks, layout)
+                      visible_masks, layout, variation)
     return {"train": train, "val": val}
 
 
-def summary(stats: dict[str, SplitStats], layout: DatasetLayout | None = None) -> str:
+def summary(stats: dict[str, SplitStats], layout: DatasetLayout | None = None, variation: str = "low") -> str:
     """One-paragraph summary: images, instances per category (the categories a `layout` writes the shapes as),
-    occlusion-rate histogram."""
-    names = [layout.stands_for[n] if layout else n for _, n in CATEGORIES]
-    lines = []
+    occlusion-rate histogram; led by what varies within each category, for a variation other than `low`."""
+    bench = VARIATIONS[variation]
+    names = [layout.stands_for[n] if layout else n for _, n in bench.categories]
+    lines = [bench.describe()] if variation != "low" else []
     for split, s in stats.items():
         cats = ", ".join(f"{name} {s.per_category.get(name, 0)}" for name in names)
         total = max(s.instances, 1)

@@ -56,3 +56,17 @@ def test_an_error_is_printed_by_rank_0_only_under_mpi_launchers_too(tmp_path):
                                     ("OMPI_COMM_WORLD_RANK", "1", False)):
         proc = _run("demo-data", str(tmp_path), env={**unset, variable: rank})
         assert proc.returncode == 2 and ("already holds other data" in proc.stderr) == printed, proc.stderr
+
+
+def test_demo_data_high_variation_says_what_varies_and_is_another_benchmark(tmp_path):
+    out = tmp_path / "bench"
+    high = _run("demo-data", str(out), "--variation", "high", "--train-images", "2", "--val-images", "1")
+    assert high.returncode == 0, high.stderr
+    lines = high.stdout.splitlines()
+    assert "variation high" in lines[0] and lines[1].startswith("variation high: arc: span 150-300 deg")
+    assert lines[2].startswith("train: 2 images, ") and "(arc " in lines[2]
+    # the default benchmark with the same counts is other data, refused without --overwrite
+    low = _run("demo-data", str(out), "--train-images", "2", "--val-images", "1")
+    assert low.returncode == 2 and "already holds other data" in low.stderr
+    layout = _run("demo-data", str(tmp_path / "root"), "--variation", "high", "--layout", "kins")
+    assert layout.returncode == 2 and "drop --variation high or --layout" in layout.stderr

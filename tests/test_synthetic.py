@@ -10,6 +10,7 @@ import pytest
 
 from priors import synthetic
 from priors.annotations import load_annotations
+from priors.shapes import VARIATIONS
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -26,16 +27,22 @@ def test_same_seed_gives_byte_identical_output(tmp_path):
     assert a.keys() == c.keys() and all(a[k] != c[k] for k in a if k.endswith(".png"))
 
 
-def test_an_image_does_not_depend_on_how_many_are_asked_for():
-    small = synthetic.make_scene(3, "train", 2)
-    again = synthetic.make_scene(3, "train", 2)
+@pytest.mark.parametrize("variation", ["low", "high"])
+def test_an_image_does_not_depend_on_how_many_are_asked_for(variation):
+    small = synthetic.make_scene(3, "train", 2, variation=variation)
+    again = synthetic.make_scene(3, "train", 2, variation=variation)
     np.testing.assert_array_equal(small.image, again.image)
-    assert not np.array_equal(synthetic.make_scene(3, "val", 2).image, small.image)
+    assert [o.polygon for o in small.objects] == [o.polygon for o in again.objects]
+    assert not np.array_equal(synthetic.make_scene(3, "val", 2, variation=variation).image, small.image)
+    other = "high" if variation == "low" else "low"
+    assert [o.polygon for o in synthetic.make_scene(3, "train", 2, variation=other).objects] != \
+        [o.polygon for o in small.objects]
 
 
-def test_masks_are_exact_and_layered():
+@pytest.mark.parametrize("variation", ["low", "high"])
+def test_masks_are_exact_and_layered(variation):
     for index in range(8):
-        scene = synthetic.make_scene(0, "train", index)
+        scene = synthetic.make_scene(0, "train", index, variation=variation)
         amodal = [o.amodal for o in scene.objects]
         h, w = scene.image.shape[:2]
         assert 256 <= h <= 384 and 256 <= w <= 384
@@ -77,6 +84,33 @@ def test_summary_lists_images_categories_and_occlusion(make_benchmark):
         "occlusion: none 11 (39%) | 0-10% 4 (14%) | 10-30% 8 (29%) | 30-50% 4 (14%) | >50% 1 (4%)",
         "val: 2 images, 14 instances (ball 0, box 4, triangle 0, star 2, cross 2, heart 4, moon 2); "
         "occlusion: none 5 (36%) | 0-10% 2 (14%) | 10-30% 2 (14%) | 30-50% 1 (7%) | >50% 4 (29%)"]
+
+
+def test_the_high_variation_benchmark_in_its_files(tmp_path):
+    """Its own categories, its setting recorded (the default benchmark records none, as before variations
+    existed), exact polygons in the official encodings, and a summary led by what varies."""
+    from priors import masks
+
+    stats = synthetic.generate(tmp_path / "high", train_images=3, val_images=1, seed=2, variation="high")
+    doc = json.loads((tmp_path / "high" / "annotations" / "train.json").read_text())
+    assert [c["name"] for c in doc["categories"]] == [n for _, n in VARIATIONS["high"].categories]
+    assert doc["info"]["settings"]["variation"] == "high"
+    anns = iter(doc["annotations"])
+    for index in range(3):
+        scene = synthetic.make_scene(2, "train", index, variation="high")
+        h, w = scene.image.shape[:2]
+        for obj, visible in zip(scene.objects, scene.visible, strict=True):
+            ann = next(anns)
+            np.testing.assert_array_equal(masks.decode(masks.to_rle(ann["a_segm"], h, w)), obj.amodal)
+            assert not (visible & ~obj.amodal).any()
+    lines = synthetic.summary(stats, variation="high").splitlines()
+    assert lines[0] == VARIATIONS["high"].describe() and lines[0].startswith("variation high: arc: span ")
+    assert lines[1].startswith("train: 3 images, ") and "(arc " in lines[1]
+    synthetic.generate(tmp_path / "low", train_images=1, val_images=0, seed=2)
+    low = json.loads((tmp_path / "low" / "annotations" / "train.json").read_text())
+    assert "variation" not in low["info"]["settings"]
+    with pytest.raises(ValueError, match="unknown variation 'medium'"):
+        synthetic.generate(tmp_path / "x", variation="medium")
 
 
 def test_mask_encodings_follow_the_real_files(tmp_path):
@@ -133,7 +167,7 @@ def test_polygon_visible_masks_drawing_outside_the_amodal_mask_count_as_unocclud
     from priors.occlusion import occlusion_bucket
 
     scene = synthetic.make_scene(0, "train", 176)
-    monkeypatch.setattr(synthetic, "make_scene", lambda seed, split, index: scene)
+    monkeypatch.setattr(synthetic, "make_scene", lambda seed, split, index, variation: scene)
     stats = synthetic.generate(tmp_path, train_images=1, val_images=0, seed=0)["train"]
     ann = load_annotations(tmp_path / "annotations" / "train.json")
     assert stats.occlusion == Counter(occlusion_bucket(i.occlusion_rate) for i in ann)
