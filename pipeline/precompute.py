@@ -193,10 +193,9 @@ def open_store(args: argparse.Namespace, settings: dict, table: RoiTable,
     """The main process creates or resumes the store (recomputing damaged chunks if asked), clears stale
     failure markers and checks the free space; the others open the store once it exists. A failure on any
     rank ends every rank (`agreed`). Returns (store, resumed)."""
-    resumed = False
-    with agreed(accelerator, f"creating {Location(args.out)}"):
+    resumed, out = False, Location(args.out)
+    with agreed(accelerator, f"creating {out}"):
         if accelerator.is_main_process:
-            out = Location(args.out)
             if not args.ignore_free_space and (args.overwrite or not out.exists()):
                 check_free_space(out, len(table.rows), row_bytes(args.prior_size))
             store, resumed = PriorStore.open_or_create(
@@ -205,7 +204,7 @@ def open_store(args: argparse.Namespace, settings: dict, table: RoiTable,
             clear_failures(out)
             if not args.ignore_free_space:
                 check_free_space(out, int((~store.done()).sum()), store.bytes_per_row())
-    with agreed(accelerator, f"opening {Location(args.out)}"):
+    with agreed(accelerator, f"opening {out}"):
         if not accelerator.is_main_process:
             store = PriorStore.open(args.out, settings, mode="r+")
     return store, resumed

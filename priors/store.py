@@ -188,7 +188,7 @@ class PriorStore:
             group = zarr.create_group(location.zarr_store(read_only=False), overwrite=True,
                                       attributes={"format": FORMAT, CREATING_ATTR: True})
             for name, dtype in ARRAYS.items():
-                shape = {"prior": (n, prior_size, prior_size), "box": (n, 4)}.get(name, (n,))
+                shape = (n, *_row_shape(name, prior_size))
                 arr = group.create_array(name, shape=shape, chunks=(chunk_rows,) + shape[1:], dtype=dtype,
                                          fill_value=False if name == "done" else 0,
                                          compressors=(ZstdCodec(level=0), Crc32cCodec()))
@@ -488,8 +488,13 @@ class PriorStore:
 def row_bytes(prior_size: int, arrays: tuple[str, ...] = tuple(ARRAYS)) -> int:
     """Uncompressed bytes of one row of `arrays` (all of them: a whole row), the estimate of what a row
     takes before any is written (compressed priors take less, file-system blocks can take more)."""
-    shapes = {"prior": (prior_size, prior_size), "box": (4,)}
-    return sum(np.dtype(ARRAYS[name]).itemsize * int(np.prod(shapes.get(name, ()))) for name in arrays)
+    return sum(np.dtype(ARRAYS[name]).itemsize * int(np.prod(_row_shape(name, prior_size)))
+               for name in arrays)
+
+
+def _row_shape(name: str, prior_size: int) -> tuple[int, ...]:
+    """The shape of one row of array `name`."""
+    return {"prior": (prior_size, prior_size), "box": (4,)}.get(name, ())
 
 
 def _first_line(exc: BaseException) -> str:
