@@ -19,8 +19,9 @@ from benchmarks.prior_quality import Setting, make_data, score_setting
 from benchmarks.records import RESULTS, argument_parser, cpu_machine, record, write_record
 from priors import geometry
 from priors.annotations import AmodalAnnotations
+from priors.models import THRESHOLD_KEY, model_defaults
 from priors.occlusion import OCCLUDED
-from priors.prior_quality import iou_table
+from priors.prior_quality import DEFAULT_THRESHOLD, iou_table
 
 REPO = Path(__file__).resolve().parents[1]
 PRIOR_SIZE = 28
@@ -59,7 +60,9 @@ def measure(variation: str, data: Path, model: str | None, batch_size: int) -> d
               "template_by_threshold": {str(t): v[OCCLUDED_GROUP]["prior_iou"]
                                         for t, v in by_threshold.items()}}
     if model:
-        setting = Setting(f"DiffSP, {model}", model, (), threshold=0.45)
+        # at the model's own threshold, as `aisdiff inspect` scores it
+        threshold = float(model_defaults(model).get(THRESHOLD_KEY, DEFAULT_THRESHOLD))
+        setting = Setting(f"DiffSP, {model}", model, (), threshold=threshold)
         column["diffsp"] = score_setting(setting, data, data.parent, batch_size)
     return column
 
