@@ -2,7 +2,7 @@
 
     python -m benchmarks.fidelity [--seeds 0 1 2] [--iters 300] [--pretrain-iters 2000] [--detector frozen]
                                   [--variants a b c d e] [--work-dir DIR] [--cfg-options KEY=VALUE ...]
-                                  [--head paper|recommended] [--cpu-kernels native|avx2]
+                                  [--head paper|recommended] [--cpu-kernels native|avx2] [--variation high]
 
 On the synthetic benchmark (generated into WORK_DIR/synthetic/ if absent), all variants start from one
 shared detector (variant a's Mask R-CNN R18-FPN without its mask head, trained `--pretrain-iters`
@@ -50,6 +50,12 @@ benchmarks/results/fidelity/fidelity[_TAG]_VARIANTS[_seedS-S].json (the command,
 run's metrics and settings.json, and the shared detector's weights sha256; `_seed...` unless the seeds are 0 1
 2; benchmarks/results/README.md indexes the committed ones).
 Records of several sessions combine into one table with `python -m benchmarks.fidelity_table`.
+`--variation high` runs it all on the benchmark's high variation (`aisdiff demo-data --variation high`,
+priors/shapes.py: categories whose shape varies within the category), in WORK_DIR work_dirs/fidelity-high
+by default: every config gets the variation's class names (a child config in WORK_DIR/configs/), and the
+variants of the trained `tiny` model take `tiny-high` (trained on that variation's train split) in its
+place, for their priors, their DiffSP defaults and the prior threshold; its records are tagged
+`_variation-high`.
 """
 from __future__ import annotations
 
@@ -90,6 +96,10 @@ RECOMMENDED_HEAD = [f"model.roi_head.mask_head.{option}" for option in (
     "num_amodal_convs=4", "conv_channels=256", "class_agnostic_amodal=False", "num_attention_convs=0",
     "prior_fusion=residual", "logits_init=kaiming")]
 DIFFSP_SETTINGS = ("steps", "tau", "self_res", "cross_res")  # what both prior models are given alike
+# the benchmark's variations (`aisdiff demo-data --variation`, priors/shapes.py) and, per variation, the prior
+# models that take the place of the registry's: the trained `tiny` knows the low variation's shapes only
+# (`tiny-random`, random weights, stays)
+VARIATION_MODELS = {"low": {}, "high": {"tiny": "tiny-high"}}
 COLUMNS = (("amodal", "AP"), ("amodal", "AP50"), ("amodal", "AP75"), ("amodal", "AR"), ("visible", "AP"),
            ("prior", "IoU_occluded"), ("prior", "visible_IoU_occluded"))
 
@@ -108,13 +118,25 @@ def diffsp_flags(args: argparse.Namespace) -> dict[str, int]:
     return {key: getattr(args, key) for key in DIFFSP_SETTINGS}
 
 
+def prior_model(args: argparse.Namespace, model: str) -> str:
+    """The diffusion model a registry's prior model name stands for on the benchmark's variation."""
+    return VARIATION_MODELS[args.variation].get(model, model)
+
+
+def variant_prior_model(args: argparse.Namespace, variant: str) -> str | None:
+    """The diffusion model of a variant's DiffSP priors on the benchmark's variation (None: no DiffSP)."""
+    model = VARIANTS[variant].prior_model
+    return None if model is None else prior_model(args, model)
+
+
 def fill_diffsp_flags(args: argparse.Namespace) -> None:
-    """Give the DiffSP settings left unset the trained `tiny` model's values (its shipped defaults, else the
-    paper's), for both prior models: (c) and (d) then differ in their weights alone."""
+    """Give the DiffSP settings left unset the trained tiny model's values (its shipped defaults, else the
+    paper's; `tiny-high` on the high variation), for both prior models: (c) and (d) then differ in their
+    weights alone."""
     from priors.diffsp import DiffSPConfig
     from priors.models import load_model
 
-    config = DiffSPConfig(**diffsp_flags(args)).resolved(load_model("tiny"))
+    config = DiffSPConfig(**diffsp_flags(args)).resolved(load_model(prior_model(args, "tiny")))
     for key in DIFFSP_SETTINGS:
         setattr(args, key, getattr(config, key))
 
@@ -126,11 +148,12 @@ def prepare(args: argparse.Namespace) -> dict[str, Path]:
     data = args.work_dir / "synthetic"
     # RLE visible masks, as this benchmark's data was first written (polygons decode to the same masks but for
     # a few hole pixels, and a new file would make every stored run stale)
+    variation = ["--variation", args.variation] if args.variation != "low" else []
     aisdiff("demo-data", str(data), "--train-images", str(args.train_images),
-            "--val-images", str(args.val_images), "--seed", "0", "--visible-masks", "rle",
+            "--val-images", str(args.val_images), "--seed", "0", "--visible-masks", "rle", *variation,
             log=args.work_dir / "demo-data.log")
     stores = {}
-    for model in sorted({VARIANTS[v].prior_model for v in args.variants} - {None}):
+    for model in sorted({variant_prior_model(args, v) for v in args.variants} - {None}):
         # one folder per model, emptied when the model's weights or the settings change (as runs are), so a
         # store of an earlier benchmark is resumed when it matches and never refused when it does not
         folder = args.work_dir / f"priors_{model}"
@@ -205,14 +228,36 @@ def shared_settings(args: argparse.Namespace) -> dict:
     """What the detector, the train prior stores and every run depend on alike: the sizes and, when pinned,
     the CPU kernels (left out when native, as every earlier run was made)."""
     pin = {} if args.cpu_kernels == "native" else {"cpu_kernels": args.cpu_kernels}
+    variation = {} if args.variation == "low" else {"variation": args.variation}  # (as pin)
     return {**{k: getattr(args, k) for k in ("scale", "proposals", "rois", "train_images", "val_images")},
-            **pin}
+            **pin, **variation}
+
+
+def variation_config(args: argparse.Namespace, config: Path) -> Path:
+    """`config` on the benchmark's variation: itself on `low` (the configs' own classes); otherwise its child
+    (in WORK_DIR/configs/) that names the variation's classes wherever the config names classes: the
+    datasets' metainfo and, where it has them, the test prior's (its DiffSP prompts)."""
+    if args.variation == "low":
+        return config
+    from priors.shapes import VARIATIONS
+
+    classes = tuple(name for _, name in VARIATIONS[args.variation].categories)
+    dataset = f"dict(dataset=dict(metainfo=dict(classes={classes!r})))"
+    lines = [f"_base_ = [{str(config)!r}]", *(f"{loader} = {dataset}" for loader in
+                                              ("train_dataloader", "val_dataloader", "test_dataloader"))]
+    if "classes" in load_config(config).model.roi_head.get("test_prior", {}):
+        lines.append(f"model = dict(roi_head=dict(test_prior=dict(classes={classes!r})))")
+    child = args.work_dir / "configs" / f"{args.variation}_{config.name}"
+    child.parent.mkdir(exist_ok=True)
+    child.write_text("\n".join(lines) + "\n")
+    return child
 
 
 def variant_config(args: argparse.Namespace, variant: str) -> Path:
-    """A variant's config; with `--detector frozen`, its child (in WORK_DIR/configs/) that adds the
-    FreezeModulesHook on the detector, so that only the mask head trains."""
-    config = CONFIGS / VARIANTS[variant].config
+    """A variant's config (on the benchmark's variation: `variation_config`); with `--detector frozen`, its
+    child (in WORK_DIR/configs/) that adds the FreezeModulesHook on the detector, so that only the mask head
+    trains."""
+    config = variation_config(args, CONFIGS / VARIANTS[variant].config)
     if args.detector == "trained":
         return config
     child = args.work_dir / "configs" / f"frozen_{config.name}"
@@ -234,7 +279,7 @@ def pretrain_detector(args: argparse.Namespace) -> Path:
     variant's mask head starts ahead) trained `--pretrain-iters` iterations."""
     work = args.work_dir / "detector"
     ckpt = work / f"iter_{args.pretrain_iters}.pth"
-    config = CONFIGS / VARIANTS["a"].config
+    config = variation_config(args, CONFIGS / VARIANTS["a"].config)
     settings = {"config_sha256": config_digest(config), "iters": args.pretrain_iters, "mask_head": None,
                 **shared_settings(args)}
     if not reuse(work, settings) or not ckpt.is_file():
@@ -336,9 +381,10 @@ def ablation_tag(args: argparse.Namespace, variant: str) -> str:
 
 def record_tag(args: argparse.Namespace) -> str:
     """What a record's variants do differently, for its file name: the schedule tag, that of
-    `--cfg-options`, `_head-recommended` and the test tag."""
+    `--cfg-options`, `_head-recommended`, the test tag and `_variation-NAME` (but for the default, low)."""
     head = "_head-recommended" if args.head == "recommended" else ""
-    return schedule_tag(args) + options_tag(args.cfg_options) + head + test_tag(args)
+    variation = "" if args.variation == "low" else f"_variation-{args.variation}"
+    return schedule_tag(args) + options_tag(args.cfg_options) + head + test_tag(args) + variation
 
 
 def variant_test_options(args: argparse.Namespace, variant: str) -> list[str]:
@@ -357,10 +403,11 @@ def variant_settings(args: argparse.Namespace, variant: str, config: Path, store
     settings = {"config": config.name, "config_sha256": config_digest(config), "iters": args.iters,
                 "detector": json.loads((detector.parent / "settings.json").read_text()),
                 "detector_mode": args.detector, **shared_settings(args)}
-    if v.prior_model is not None:  # its prior model's weights sha256 and DiffSP settings, from its store
+    model = variant_prior_model(args, variant)
+    if model is not None:  # its prior model's weights sha256 and DiffSP settings, from its store
         from priors.store import PriorStore
 
-        settings["priors"] = PriorStore.open(stores[v.prior_model]).settings
+        settings["priors"] = PriorStore.open(stores[model]).settings
     if v.aisdiff:
         settings["prior_labels"] = args.prior_labels
     if v.test_preset:
@@ -385,13 +432,14 @@ def run_options(args: argparse.Namespace, variant: str, seed: int, config: Path,
         load = pipeline_index(config, "train_dataloader", "LoadCachedPriors")
         options += [f"train_dataloader.dataset.pipeline.{load}.source=detections",
                     f"train_dataloader.dataset.pipeline.{load}.detections={detections}"]
-    if v.prior_model is not None:
-        options += [f"train_dataloader.dataset.prior_store={stores[v.prior_model]}",
-                    f"model.roi_head.test_prior.model={v.prior_model}"]
-        options += test_prior_options(args, variant, stores[v.prior_model])
+    model = variant_prior_model(args, variant)
+    if model is not None:
+        options += [f"train_dataloader.dataset.prior_store={stores[model]}",
+                    f"model.roi_head.test_prior.model={model}"]
+        options += test_prior_options(args, variant, stores[model])
     if v.aisdiff:
         options += [f"model.roi_head.prior_labels={args.prior_labels}",
-                    f"test_evaluator.prior_threshold={prior_threshold()}"]
+                    f"test_evaluator.prior_threshold={prior_threshold(args.variation)}"]
     return options + variant_options(args, variant)
 
 
@@ -480,7 +528,7 @@ def detection_store(args: argparse.Namespace, of: str, seed: int, stores: dict[s
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in diffsp_flags(args).items()]
     aisdiff("precompute", "--ann", str(train), "--images", str(data / "images"), "--proposals",
             str(work / "detections.json"), "--proposals-only", "--out", str(store), "--model",
-            VARIANTS[of].prior_model, "--batch-size", "32", *flags, log=work / "precompute.log")
+            variant_prior_model(args, of), "--batch-size", "32", *flags, log=work / "precompute.log")
     (work / "done").touch()
     return store
 
@@ -550,17 +598,18 @@ def record_name(args: argparse.Namespace) -> str:
 
 
 @functools.cache
-def prior_threshold() -> float:
-    """The threshold at which a test prior counts as "in the object" (prior/IoU): the trained tiny model's
-    tuned one, as `aisdiff inspect` uses for its store."""
+def prior_threshold(variation: str) -> float:
+    """The threshold at which a test prior counts as "in the object" (prior/IoU): the variation's trained tiny
+    model's tuned one, as `aisdiff inspect` uses for its store."""
     from priors.models import THRESHOLD_KEY, model_defaults
     from priors.prior_quality import DEFAULT_THRESHOLD
 
-    return float(model_defaults("tiny").get(THRESHOLD_KEY, DEFAULT_THRESHOLD))
+    tiny = VARIATION_MODELS[variation].get("tiny", "tiny")
+    return float(model_defaults(tiny).get(THRESHOLD_KEY, DEFAULT_THRESHOLD))
 
 
-def store_ious(stores: dict[str, Path], ann: Path) -> str:
-    """Markdown table: IoU of each train prior store's priors (thresholded) with the train ground truth, by
+def store_ious(stores: dict[str, Path], ann: Path, threshold: float) -> str:
+    """Markdown table: IoU of each train prior store's priors (> `threshold`) with the train ground truth, by
     occlusion rate: what training gives the head, beside what it meets at test (prior/IoU)."""
     from priors.annotations import AmodalAnnotations
     from priors.prior_quality import gt_ious, iou_table
@@ -569,7 +618,7 @@ def store_ious(stores: dict[str, Path], ann: Path) -> str:
     groups = ("all", "occluded > 10%", *(b.name for b in OCCLUSION_BUCKETS))
     lines = ["| train priors of | " + " | ".join(groups) + " |", "|" + "---|" * (len(groups) + 1)]
     for model, path in sorted(stores.items()):
-        table = iou_table(gt_ious(PriorStore.open(path), AmodalAnnotations(ann), prior_threshold()))
+        table = iou_table(gt_ious(PriorStore.open(path), AmodalAnnotations(ann), threshold))
         lines.append(f"| {model} | " + " | ".join("-" if table[g]["prior_iou"] is None
                                                    else f"{100 * table[g]['prior_iou']:.1f}" for g in groups)
                      + " |")
@@ -625,7 +674,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line, with the DiffSP settings filled in and the work folder made."""
     parser = argument_parser(__doc__, __spec__.name, epilog="variants:\n" + listing(),
                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work-dir", type=Path, default=REPO / "work_dirs" / "fidelity")
+    parser.add_argument("--work-dir", type=Path,
+                        help="where the data, stores and runs go (default: work_dirs/fidelity, "
+                             "work_dirs/fidelity-VARIATION for another variation)")
+    parser.add_argument("--variation", choices=list(VARIATION_MODELS), default="low",
+                        help="the synthetic benchmark's variation (`aisdiff demo-data --variation`): low, "
+                             "the default, or high (shapes that vary within their category, prior model "
+                             "tiny-high)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--iters", type=int, default=DEFAULT_ITERS,
@@ -639,7 +694,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rois", type=int, default=128, help="RoIs sampled per image for the heads")
     parser.add_argument("--train-images", type=int, default=200)
     parser.add_argument("--val-images", type=int, default=50)
-    tiny_default = "(default: the trained tiny model's, for both models)"
+    tiny_default = "(default: the variation's trained tiny model's, for both models)"
     parser.add_argument("--steps", type=int, help="DiffSP steps T " + tiny_default)
     parser.add_argument("--tau", type=int, help=tiny_default)
     parser.add_argument("--prior-labels", choices=("head", "detector"), default="detector",
@@ -669,7 +724,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--test-options applies to the test-only variants ({', '.join(TEST_ONLY)}), not to "
                      f"{', '.join(trained)}: use --cfg-options for an ablation of those")
     fill_diffsp_flags(args)
-    args.work_dir = args.work_dir.resolve()
+    args.work_dir = (args.work_dir or REPO / "work_dirs" / (
+        "fidelity" if args.variation == "low" else f"fidelity-{args.variation}")).resolve()
     args.work_dir.mkdir(parents=True, exist_ok=True)
     os.environ["AISDIFF_DATA"] = str(args.work_dir)  # the synthetic configs read $AISDIFF_DATA/synthetic/
     return args
@@ -684,17 +740,19 @@ def main() -> None:
     text = (table(results, args.seeds) + "\n\nAmodal AP by occlusion rate (mean over seeds):\n\n"
             + bucket_table(results)
             + "\n\nWhat the amodal path is given at test: IoU of the test prior (> "
-            f"{prior_threshold()}) with the amodal ground truth, found ground truths by occlusion rate (mean "
-            "over seeds):\n\n" + bucket_table(results, "prior/IoU_occ_"))
+            f"{prior_threshold(args.variation)}) with the amodal ground truth, found ground truths by "
+            "occlusion rate (mean over seeds):\n\n" + bucket_table(results, "prior/IoU_occ_"))
     if stores:
         text += ("\n\n... and in training: IoU of the train prior stores' priors with the train ground truth "
                  "(in the ground-truth box):\n\n"
-                 + store_ious(stores, args.work_dir / "synthetic" / "annotations" / "train.json"))
+                 + store_ious(stores, args.work_dir / "synthetic" / "annotations" / "train.json",
+                              prior_threshold(args.variation)))
     env = environment()
     gpu = env["gpu"]  # mmengine trains and tests on the GPU when there is one
     machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads per run: default, "
                f"CPU kernels: {args.cpu_kernels}" + (f", GPU: {gpu}" if gpu else ""))
-    header = (f"Synthetic benchmark ({args.train_images} train / {args.val_images} val images, scale "
+    header = (f"Synthetic benchmark{'' if args.variation == 'low' else f', variation {args.variation}'} "
+              f"({args.train_images} train / {args.val_images} val images, scale "
               f"{args.scale}, {args.proposals} proposals, {args.rois} sampled RoIs), "
               f"R18-FPN from a shared {args.pretrain_iters}-iteration detector ({args.detector}) + "
               f"{args.iters} iterations, batch 2, "

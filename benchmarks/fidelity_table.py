@@ -29,7 +29,7 @@ from benchmarks.records import argument_parser, record
 PER_RECORD = ("work_dir", "variants", "seeds")
 DETECTOR_KEY = "detector_weights_sha256"
 # fidelity.py options added after records were first written, with the value every older record ran with
-OPTIONS_ADDED_LATER = {"test_options": [], "cpu_kernels": "native", "head": "paper"}
+OPTIONS_ADDED_LATER = {"test_options": [], "cpu_kernels": "native", "head": "paper", "variation": "low"}
 
 
 class RecordError(SystemExit):

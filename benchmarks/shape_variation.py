@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--val-images", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", action="append", default=[], metavar="VARIATION=MODEL",
-                        help="also score a model's DiffSP priors on a variation (e.g. high=models/tiny-high)")
+                        help="also score a model's DiffSP priors on a variation (e.g. high=tiny-high)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", type=Path, default=RESULTS / "shape_variation" / "shape_variation.json")
     args = parser.parse_args()

@@ -75,7 +75,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["kins2020", "kins", "cocoa", "d2sa", "aistron"],
                    help="annotation format (default: detected from the keys)")
     p.add_argument("--model", default="tiny",
-                   help="'tiny', a local diffusers folder or a hub id (default: tiny)")
+                   help="'tiny', 'tiny-high', a local diffusers folder or a hub id (default: tiny)")
     p.add_argument("--preset", choices=list(PRESETS),
                    help="named DiffSP settings for those not given: 'fast' = " + json.dumps(PRESETS["fast"])
                         + " (cheapest within 0.01 prior IoU of T = 10; docs/diffusion_weights.md)")

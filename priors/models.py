@@ -5,10 +5,12 @@ device and dtype, plus an identity (name and a sha256 of the weights) that prior
 DiffSP defaults the model's folder ships (MODEL_DEFAULTS_FILE, `diffsp_config.json`: `read_model_defaults`).
 Weights load from safetensors only: pickle checkpoints are refused.
 
-Two tiny models stand in for Stable Diffusion where no weights can be downloaded (`priors.architectures`):
+Tiny models stand in for Stable Diffusion where no weights can be downloaded (`priors.architectures`):
 - `tiny`: trained on the synthetic benchmark's train split (`aisdiff train-diffusion`), shipped in
   `priors/weights/tiny-shapes/` with its tuned DiffSP settings and loaded with `from_pretrained` like real
   weights: its attention knows shapes.
+- `tiny-high`: the same recipe on the benchmark's `high` variation (`demo-data --variation high`), shipped
+  in `priors/weights/tiny-high/` (SHIPPED_MODELS names both).
 - `tiny-random`: built from configs with weights drawn from a seed: fast, for speed and mechanics only.
 A model may have a small autoencoder, an `AutoencoderTiny` (TAESD for SD-1.x, or one distilled from the
 model's VAE by `aisdiff distill-encoder`) whose encoder DiffSP can use in place of the VAE's
@@ -38,7 +40,10 @@ from .diffsp import DiffSPConfig
 from .errors import AisdiffError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-TINY_MODEL_DIR = Path(__file__).resolve().parent / "weights" / "tiny-shapes"  # the trained `tiny` model
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+# the trained tiny models shipped in the package, by the name `load_model` takes (each has a model card)
+SHIPPED_MODELS = {"tiny": WEIGHTS_DIR / "tiny-shapes", "tiny-high": WEIGHTS_DIR / "tiny-high"}
+TINY_MODEL_DIR = SHIPPED_MODELS["tiny"]  # the trained `tiny` model
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 COMPONENTS = ("unet", "vae", "text_encoder")
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # a Hugging Face repository id, "org/name"
@@ -153,8 +158,8 @@ def _refuse_pickle_weights(folder: Path, components: tuple[str, ...] = COMPONENT
 
 
 def _model_path(model: str) -> Path:
-    """Where a model name other than 'tiny-random' would be on disk ('tiny': the shipped folder)."""
-    return TINY_MODEL_DIR if model == "tiny" else Path(model).expanduser()
+    """Where a model name other than 'tiny-random' would be on disk (a shipped model's name: its folder)."""
+    return SHIPPED_MODELS[model] if model in SHIPPED_MODELS else Path(model).expanduser()
 
 
 def is_hub_id(model: str) -> bool:
@@ -179,8 +184,8 @@ def hub_snapshot(model: str) -> Path | None:
 
 def model_folder(model: str) -> Path | None:
     """The local folder a model name (as loaded, or as a store records it) loads from: the shipped one for
-    'tiny', the folder given, or a hub id's snapshot in the local cache; None for 'tiny-random' and for hub
-    ids that are not cached."""
+    a shipped model's name ('tiny', 'tiny-high'), the folder given, or a hub id's snapshot in the local
+    cache; None for 'tiny-random' and for hub ids that are not cached."""
     if is_hub_id(model):
         return hub_snapshot(model)
     path = _model_path(model)
@@ -244,10 +249,10 @@ def model_defaults(model: str) -> dict:
 
 def load_model(model: str, dtype: str = "fp32", device: str | torch.device = "cpu",
                tiny_vae: str | None = None) -> DiffusionModel:
-    """Load an inpainting pipeline by name: 'tiny' (the shipped trained model), 'tiny-random' (built offline),
-    a local diffusers folder, or a Hugging Face hub id (from the local cache when offline). The scheduler
-    becomes DDIM. Its small autoencoder (for `encoder="tiny"`) comes from `tiny_vae` (an AutoencoderTiny
-    folder or hub id), else the model folder's TINY_VAE_FOLDER; it loads on first use."""
+    """Load an inpainting pipeline by name: 'tiny' or 'tiny-high' (shipped trained models), 'tiny-random'
+    (built offline), a local diffusers folder, or a Hugging Face hub id (from the local cache when offline).
+    The scheduler becomes DDIM. Its small autoencoder (for `encoder="tiny"`) comes from `tiny_vae` (an
+    AutoencoderTiny folder or hub id), else the model folder's TINY_VAE_FOLDER; it loads on first use."""
     _quiet_notices()
     from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline
 
@@ -259,9 +264,9 @@ def load_model(model: str, dtype: str = "fp32", device: str | torch.device = "cp
         name = model
     else:
         path = _model_path(model)
-        if model == "tiny" and not path.is_dir():
-            raise AisdiffError(f"the shipped tiny model is missing ({path}); restore it from git, or retrain "
-                               "it with `aisdiff train-diffusion` (see its model card).")
+        if model in SHIPPED_MODELS and not path.is_dir():
+            raise AisdiffError(f"the shipped {model} model is missing ({path}); restore it from git, or "
+                               "retrain it with `aisdiff train-diffusion` (see its model card).")
         if path.suffix in PICKLE_SUFFIXES or path.suffix == ".safetensors":
             raise AisdiffError(f"{model}: single-file checkpoints are not supported"
                                + (" (and pickle files are refused)" if path.suffix in PICKLE_SUFFIXES else "")
@@ -276,7 +281,7 @@ def load_model(model: str, dtype: str = "fp32", device: str | torch.device = "cp
                 safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         except (OSError, ValueError) as exc:
             raise _not_loadable(model, exc) from None
-        name = model if model == "tiny" else str(path.resolve()) if path.exists() else model
+        name = model if model in SHIPPED_MODELS else str(path.resolve()) if path.exists() else model
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     if model == "tiny-random" and dtype != "fp32":  # built in fp32; loaded models come in `dtype`

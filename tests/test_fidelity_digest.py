@@ -178,3 +178,47 @@ def test_the_recommended_head_goes_to_the_aisdiff_variants_under_its_options_tag
     assert bench.variant_options(extra, "d") == [*bench.RECOMMENDED_HEAD, "x=1"]
     tag = bench.options_digest(["x=1"])
     assert bench.record_name(extra) == f"fidelity_trained_opts-{tag}_head-recommended_a-d.json"
+
+
+def test_the_high_variation_gives_every_config_its_classes_and_tiny_high(tmp_path, monkeypatch):
+    """`--variation high`: its data, the variation's class names wherever a config names classes (datasets,
+    DiffSP's prompts; the template and Mask R-CNN have none), `tiny-high` for the trained tiny model, and its
+    runs and records kept apart from the low benchmark's."""
+    from mmdet.registry import DATASETS
+    from mmdet.utils import register_all_modules
+
+    import segmenter  # noqa: F401
+    from priors import synthetic
+    from priors.annotations import AmodalAnnotations
+    from priors.shapes import VARIATIONS
+
+    monkeypatch.setenv("AISDIFF_DATA", str(tmp_path))
+    low = bench.parse_args(["--work-dir", str(tmp_path / "low")])
+    args = bench.parse_args(["--variation", "high", "--detector", "trained", "--work-dir", str(tmp_path)])
+    classes = tuple(name for _, name in VARIATIONS["high"].categories)
+    assert classes == ("arc", "star", "cross", "chevron", "crescent", "bolt", "arrow")
+    assert [bench.variant_prior_model(args, v) for v in "acdh"] == [None, "tiny-random", "tiny-high",
+                                                                     "tiny-high"]
+    assert [bench.variant_prior_model(low, v) for v in "acd"] == [None, "tiny-random", "tiny"]
+    d = bench.load_config(bench.variant_config(args, "d"))
+    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        assert d[loader].dataset.metainfo.classes == classes
+    prior = d.model.roi_head.test_prior
+    assert prior.classes == classes and prior.type == "OnTheFlyPriors"
+    assert "classes" not in bench.load_config(bench.variant_config(args, "f")).model.roi_head.test_prior
+    assert "test_prior" not in bench.load_config(bench.variant_config(args, "a")).model.roi_head
+    assert bench.load_config(bench.variant_config(low, "d")).model.roi_head.test_prior.classes[0] == "ball"
+    options = bench.run_options(args, "d", 0, bench.variant_config(args, "d"), {"tiny-high": Path("s.zarr")},
+                                None)
+    assert {"model.roi_head.test_prior.model=tiny-high", "train_dataloader.dataset.prior_store=s.zarr",
+            "model.roi_head.test_prior.store=s.zarr"} <= set(options)
+    assert bench.shared_settings(args)["variation"] == "high"
+    assert "variation" not in bench.shared_settings(low)
+    assert bench.record_name(args) == "fidelity_trained_variation-high_" + "-".join(bench.VARIANTS) + ".json"
+    # the child config reads the high data: each instance gets its own category's label
+    synthetic.generate(tmp_path / "synthetic", train_images=2, val_images=1, seed=0, variation="high")
+    register_all_modules()
+    dataset = DATASETS.build(d.test_dataloader.dataset)
+    truth = AmodalAnnotations(tmp_path / "synthetic" / "annotations" / "val.json")
+    labels = [classes[i["bbox_label"]] for i in dataset.get_data_info(0)["instances"]]
+    assert len(dataset) == 1 and sorted(labels) == sorted(i.category for i in truth) and labels

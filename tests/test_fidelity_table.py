@@ -41,7 +41,8 @@ def test_records_of_one_setup_combine_and_a_repeated_seed_keeps_the_later_run(tm
     assert runs[1][1] == str(new) and runs[0][1] == str(old)
     assert combined["replaced"] == [f"(d) seed 1: {old} -> {new}"]
     assert combined["detector"] == "ab" * 32
-    assert combined["setup"] == {**SETUP, "test_options": [], "cpu_kernels": "native", "head": "paper"}
+    assert combined["setup"] == {**SETUP, "test_options": [], "cpu_kernels": "native", "head": "paper",
+                                 "variation": "low"}
     later = write(tmp_path / "later.json", "2026-12-02 09:00 UTC", {"d": [ap(0.3)]}, [3],
                   settings={"test_options": [], "head": "paper"})  # (options older records lack, at default)
     assert sorted(table.combine([old, new, later], ["d"])["runs"]["d"]) == [0, 1, 2, 3]
@@ -82,6 +83,10 @@ def test_records_that_do_not_compare_are_refused(tmp_path):
     native = write(tmp_path / "native.json", "2026-12-01 10:00 UTC", {"d": [ap(0.3)]}, [1],
                    settings={"cpu_kernels": "native"})
     assert sorted(table.combine([base, native], None)["runs"]["d"]) == [0, 1]
+    high = write(tmp_path / "high.json", "2026-12-01 10:00 UTC", {"d": [ap(0.3)]}, [1],
+                 settings={"variation": "high"})  # (base, older than the option, ran the low benchmark)
+    with pytest.raises(table.RecordError, match=r"differ in variation \('low' against 'high'\)"):
+        table.combine([base, high], None)
     with pytest.raises(table.RecordError, match="no record holds variant"):
         table.combine([base], ["a"])
     (tmp_path / "bad.json").write_text("{}")

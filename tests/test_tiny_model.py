@@ -1,4 +1,4 @@
-"""The shipped trained tiny model: it loads offline like real weights, and its priors beat the visible
+"""The shipped trained tiny models: they load offline like real weights, and `tiny`'s priors beat the visible
 mask."""
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ import pytest
 from helpers import aisdiff
 
 from priors.diffsp import DiffSP, DiffSPConfig
-from priors.models import THRESHOLD_KEY, TINY_MODEL_DIR, load_model, model_defaults
+from priors.models import (
+    SHIPPED_MODELS,
+    THRESHOLD_KEY,
+    TINY_MODEL_DIR,
+    load_model,
+    model_defaults,
+    model_folder,
+)
 from priors.store import settings_differences
 
 # The figures the trained model's shipped DiffSP settings (tuned on the synthetic train split with `aisdiff
@@ -24,23 +31,26 @@ EXPLICIT_SETTINGS = ('{"steps": 10, "tau": 0, "prior_size": 28, "resolution": 64
                      '"guidance_scale": 1.0, "mask_mode": "occluder", "seed": 0}')
 
 
-def test_shipped_model_loads_offline_with_from_pretrained():
+@pytest.mark.parametrize("name", list(SHIPPED_MODELS))
+def test_shipped_model_loads_offline_with_from_pretrained(name):
     from diffusers import StableDiffusionInpaintPipeline
 
-    pipe = StableDiffusionInpaintPipeline.from_pretrained(TINY_MODEL_DIR, use_safetensors=True,
+    folder = SHIPPED_MODELS[name]
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(folder, use_safetensors=True,
                                                           safety_checker=None, requires_safety_checker=False)
     assert pipe.unet.config.in_channels == 9 and pipe.unet.config.cross_attention_dim == 64
     for sub in ("unet", "vae", "text_encoder"):
-        assert list((TINY_MODEL_DIR / sub).glob("*.safetensors"))
-    size = sum(f.stat().st_size for f in TINY_MODEL_DIR.rglob("*") if f.is_file())
+        assert list((folder / sub).glob("*.safetensors"))
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     assert size < 8 * 2**20, f"the shipped model is {size / 2**20:.1f} MB"
-    card = (TINY_MODEL_DIR / "README.md").read_text()
-    assert ("## Reproduce" in card and "aisdiff train-diffusion" in card
-            and (TINY_MODEL_DIR / "loss.png").is_file())
-    model = load_model("tiny")
-    assert model.identity["id"] == "tiny" and model.resolution == 64
-    assert model.weights_sha256 != load_model("tiny-random").weights_sha256
-    assert load_model("tiny").weights_sha256 == model.weights_sha256  # loading is deterministic
+    card = (folder / "README.md").read_text()
+    assert ("## Reproduce" in card and "aisdiff train-diffusion" in card and (folder / "loss.png").is_file())
+    assert f"--model {name}`" in card  # the card names the model as `load_model` knows it
+    model = load_model(name)
+    assert model.identity["id"] == name and model.resolution == 64 and model_folder(name) == folder
+    others = {load_model(other).weights_sha256 for other in ("tiny-random", *SHIPPED_MODELS) if other != name}
+    assert model.weights_sha256 not in others
+    assert load_model(name).weights_sha256 == model.weights_sha256  # loading is deterministic
 
 
 def test_shipped_diffsp_defaults_give_the_settings_stores_recorded_with_flags():

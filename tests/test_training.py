@@ -142,6 +142,7 @@ def test_train_diffusion_end_to_end(make_benchmark, tmp_path):
     assert "0.1 x a token grounding loss" in card and "grounding" in card.split("Final losses")[1]
     assert "a photo of a {category}" in card and "The first 1 steps mask every crop whole" in card
     assert "a photo of a {category} and a {other}" in card
+    assert f"or `aisdiff precompute --model {out}`." in card  # (a shipped model's card names it)
     model = load_model(str(out))
     assert model.resolution == 32 and model.pipe.unet.config.in_channels == 9
     diffsp = DiffSP(model, DiffSPConfig(steps=2, self_res=8, cross_res=4))

@@ -16,7 +16,15 @@ from ..models import DTYPES, MODEL_DEFAULTS_FILE
 from .arguments import add_run_arguments
 from .crops import load_object_crops
 from .output import command_line, replaced_when_done
-from .train import TrainConfig, build_architecture, plot_losses, train_unet, train_vae, write_card
+from .train import (
+    TrainConfig,
+    build_architecture,
+    model_name,
+    plot_losses,
+    train_unet,
+    train_vae,
+    write_card,
+)
 
 
 def add_parser(subparsers) -> None:
@@ -70,8 +78,9 @@ def run(args: argparse.Namespace) -> int:
         (tmp / "losses.json").write_text(json.dumps({k: [round(v, 5) for v in vals]
                                                      for k, vals in losses.items()}))
         plot_losses(losses, tmp / "loss.png")
-        data = {"ann": Path(args.ann).name, "sha256": annotations.sha256(), "images": len(annotations.images),
-                "instances": len(annotations), "scaling_factor": pipe.vae.config.scaling_factor}
+        data = {"name": model_name(out), "ann": Path(args.ann).name, "sha256": annotations.sha256(),
+                "images": len(annotations.images), "instances": len(annotations),
+                "scaling_factor": pipe.vae.config.scaling_factor}
         command = command_line(f"aisdiff train-diffusion --ann {shlex.quote(args.ann)} --out "
                                f"{shlex.quote(str(out))} --seed {cfg.seed}")
         write_card(tmp, cfg, crops, data, losses, seconds, str(device), command, args.save_dtype)

@@ -81,7 +81,8 @@ def add_parser(subparsers) -> None:
         description="Train an AutoencoderTiny (TAESD's layout) to give a model's VAE latents of the "
                     "visible-only ROI crops DiffSP encodes, on a train split's objects, and save it "
                     "(safetensors) as the model folder's vae_tiny/, where DiffSP's encoder 'tiny' loads it.")
-    p.add_argument("--model", default="tiny", help="'tiny' or a local diffusers model folder (default: tiny)")
+    p.add_argument("--model", default="tiny",
+                   help="'tiny', 'tiny-high' or a local diffusers model folder (default: tiny)")
     p.add_argument("--ann", required=True, help="train annotation file (any supported amodal format)")
     p.add_argument("--images", required=True, help="folder holding the images the annotations name")
     p.add_argument("--out", type=Path,

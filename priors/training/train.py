@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ..architectures import SCHEDULER_CONFIG, TINY_WORDS, build_tiny_pipeline
 from ..attention import CaptureAttnProcessor, layer_resolutions, swapped_processors
 from ..diffsp import PROMPT, category_token_positions
+from ..models import SHIPPED_MODELS
 from .crops import ObjectCrops, sample_batch
 
 PAIR_PROMPT = PROMPT + " and a {other}"  # an object and its companion
@@ -245,9 +246,16 @@ def plot_losses(losses: dict[str, list[float]], path: Path) -> None:
     plt.close(fig)
 
 
+def model_name(folder: Path) -> str:
+    """How `load_model` names a model folder: a shipped model's name, else the folder."""
+    return next((name for name, path in SHIPPED_MODELS.items() if path.resolve() == folder.resolve()),
+                str(folder))
+
+
 def write_card(out: Path, cfg: TrainConfig, crops: ObjectCrops, data: dict, losses: dict[str, list[float]],
                seconds: float, device: str, command: str, save_dtype: str) -> None:
-    """The model card: what the model is, the data, the settings, the losses and how to reproduce it."""
+    """The model card: what the model is, the data (`data`, with the name the model loads by), the settings,
+    the losses and how to reproduce it."""
     final = {k: round(smooth(v)[-1], 4) for k, v in losses.items()}
     lines = [
         "# Tiny shape-aware Stable Diffusion inpainting model (AISDiff)",
@@ -259,7 +267,8 @@ def write_card(out: Path, cfg: TrainConfig, crops: ObjectCrops, data: dict, loss
         "image model.",
         "",
         "Load it like any diffusers folder: `StableDiffusionInpaintPipeline.from_pretrained(this_folder)`, "
-        "or `aisdiff precompute --model tiny` (the project's name for it).",
+        f"or `aisdiff precompute --model {data['name']}`"
+        + (" (the project's name for it)." if data["name"] in SHIPPED_MODELS else "."),
         "",
         "## Data",
         f"- Annotations: `{data['ann']}` (sha256 `{data['sha256']}`), {data['images']} images, "

@@ -44,7 +44,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--ann", required=True, help="annotation file of the split to tune on (train)")
     p.add_argument("--images", required=True, help="its image folder")
     p.add_argument("--model", default="tiny",
-                   help="'tiny', 'tiny-random', a local diffusers folder or a hub id")
+                   help="'tiny', 'tiny-high', 'tiny-random', a local diffusers folder or a hub id")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32")
     model_default = f"(default: the model's, from its {MODEL_DEFAULTS_FILE}, else the paper's)"
