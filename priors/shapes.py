@@ -120,7 +120,7 @@ LOW_SHAPES: dict[str, ShapeKind] = {
 # -- high variation: a parametric family per category, sparse in its box (a filled convex family, an ellipse
 # say, fills its box much as the category's mean does, and so lets a template stand in for the instance) --
 def _many_pointed_star(rng: np.random.Generator) -> np.ndarray:
-    return _star_outline(int(rng.integers(4, 9)), rng.uniform(0.25, 0.5))
+    return _star_outline(int(rng.integers(4, 8)), rng.uniform(0.4, 0.6))
 
 
 def _thick_polyline(vertices: np.ndarray, width: float) -> np.ndarray:
@@ -138,7 +138,7 @@ def _thick_polyline(vertices: np.ndarray, width: float) -> np.ndarray:
 
 def _arc(rng: np.random.Generator) -> np.ndarray:
     """A thick circular arc: its span (150-300 degrees) and thickness vary."""
-    span, width = np.deg2rad(rng.uniform(150, 300)), rng.uniform(0.2, 0.4)
+    span, width = np.deg2rad(rng.uniform(150, 300)), rng.uniform(0.35, 0.55)
     t = np.linspace(-span / 2, span / 2, 40)
     ring = np.stack([np.cos(t), np.sin(t)], 1)
     pts = np.concatenate([ring, ring[::-1] * (1 - width)])
@@ -150,14 +150,14 @@ def _bolt(rng: np.random.Generator) -> np.ndarray:
     other); the slant, the strokes' lengths and the width vary."""
     slant, middle, end = np.deg2rad(rng.uniform(35, 70)), rng.uniform(0.45, 0.8), rng.uniform(0.5, 1.0)
     m = middle * np.array([np.cos(slant), np.sin(slant)])
-    pts = _thick_polyline(np.array([-m - [end, 0.0], -m, m, m + [end, 0.0]]), rng.uniform(0.2, 0.35))
+    pts = _thick_polyline(np.array([-m - [end, 0.0], -m, m, m + [end, 0.0]]), rng.uniform(0.3, 0.45))
     return pts - (pts.min(0) + pts.max(0)) / 2
 
 
 def _arrow(rng: np.random.Generator) -> np.ndarray:
     """A shaft and a triangular head, mirror-symmetric about its axis: head length and width, shaft width
     vary."""
-    head, half_head, half_shaft = rng.uniform(0.3, 0.6), rng.uniform(0.3, 0.6), rng.uniform(0.07, 0.18)
+    head, half_head, half_shaft = rng.uniform(0.3, 0.6), rng.uniform(0.35, 0.65), rng.uniform(0.14, 0.26)
     x = 1 - 2 * head
     pts = np.array([[-1, -half_shaft], [x, -half_shaft], [x, -half_head], [1, 0], [x, half_head],
                     [x, half_shaft], [-1, half_shaft]], dtype=float)
@@ -177,7 +177,7 @@ def _bars_crossing(angle: float, half_width: float) -> np.ndarray:
 
 
 def _articulated_cross(rng: np.random.Generator) -> np.ndarray:
-    return _bars_crossing(np.deg2rad(rng.uniform(45, 90)), rng.uniform(0.14, 0.3))
+    return _bars_crossing(np.deg2rad(rng.uniform(45, 90)), rng.uniform(0.2, 0.34))
 
 
 def _chevron_outline(opening: float, width: float) -> np.ndarray:
@@ -192,7 +192,7 @@ def _chevron_outline(opening: float, width: float) -> np.ndarray:
 
 
 def _chevron(rng: np.random.Generator) -> np.ndarray:
-    return _chevron_outline(np.deg2rad(rng.uniform(50, 130)), rng.uniform(0.25, 0.5))
+    return _chevron_outline(np.deg2rad(rng.uniform(50, 130)), rng.uniform(0.35, 0.6))
 
 
 def _thick_or_thin_crescent(rng: np.random.Generator) -> np.ndarray:
@@ -203,10 +203,10 @@ HIGH_CATEGORIES: tuple[tuple[int, str], ...] = (
     (1, "arc"), (2, "star"), (3, "cross"), (4, "chevron"), (5, "crescent"), (6, "bolt"), (7, "arrow"),
 )
 HIGH_SHAPES: dict[str, ShapeKind] = {
-    "arc": ShapeKind(_arc, 180, "span 150-300 deg, thickness 0.2-0.4"),
-    "star": ShapeKind(_many_pointed_star, 180, "4-8 points, inner radius 0.25-0.5"),
-    "cross": ShapeKind(_articulated_cross, 180, "bars crossing at 45-90 deg, width 0.28-0.6"),
-    "chevron": ShapeKind(_chevron, 20, "arms opening 50-130 deg, width 0.25-0.5"),
+    "arc": ShapeKind(_arc, 180, "span 150-300 deg, thickness 0.35-0.55"),
+    "star": ShapeKind(_many_pointed_star, 180, "4-7 points, inner radius 0.4-0.6"),
+    "cross": ShapeKind(_articulated_cross, 180, "bars crossing at 45-90 deg, width 0.4-0.68"),
+    "chevron": ShapeKind(_chevron, 20, "arms opening 50-130 deg, width 0.35-0.6"),
     "crescent": ShapeKind(_thick_or_thin_crescent, 180, "cut offset 0.5-1.2"),
     "bolt": ShapeKind(_bolt, 180, "slant 35-70 deg, strokes and width"),
     "arrow": ShapeKind(_arrow, 180, "head length and width, shaft width"),
