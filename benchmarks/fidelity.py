@@ -118,15 +118,15 @@ def diffsp_flags(args: argparse.Namespace) -> dict[str, int]:
     return {key: getattr(args, key) for key in DIFFSP_SETTINGS}
 
 
-def prior_model(args: argparse.Namespace, model: str) -> str:
+def prior_model(variation: str, model: str) -> str:
     """The diffusion model a registry's prior model name stands for on the benchmark's variation."""
-    return VARIATION_MODELS[args.variation].get(model, model)
+    return VARIATION_MODELS[variation].get(model, model)
 
 
 def variant_prior_model(args: argparse.Namespace, variant: str) -> str | None:
     """The diffusion model of a variant's DiffSP priors on the benchmark's variation (None: no DiffSP)."""
     model = VARIANTS[variant].prior_model
-    return None if model is None else prior_model(args, model)
+    return None if model is None else prior_model(args.variation, model)
 
 
 def fill_diffsp_flags(args: argparse.Namespace) -> None:
@@ -136,7 +136,7 @@ def fill_diffsp_flags(args: argparse.Namespace) -> None:
     from priors.diffsp import DiffSPConfig
     from priors.models import load_model
 
-    config = DiffSPConfig(**diffsp_flags(args)).resolved(load_model(prior_model(args, "tiny")))
+    config = DiffSPConfig(**diffsp_flags(args)).resolved(load_model(prior_model(args.variation, "tiny")))
     for key in DIFFSP_SETTINGS:
         setattr(args, key, getattr(config, key))
 
@@ -601,11 +601,9 @@ def record_name(args: argparse.Namespace) -> str:
 def prior_threshold(variation: str) -> float:
     """The threshold at which a test prior counts as "in the object" (prior/IoU): the variation's trained tiny
     model's tuned one, as `aisdiff inspect` uses for its store."""
-    from priors.models import THRESHOLD_KEY, model_defaults
-    from priors.prior_quality import DEFAULT_THRESHOLD
+    from priors.prior_quality import model_threshold
 
-    tiny = VARIATION_MODELS[variation].get("tiny", "tiny")
-    return float(model_defaults(tiny).get(THRESHOLD_KEY, DEFAULT_THRESHOLD))
+    return model_threshold(prior_model(variation, "tiny"))
 
 
 def store_ious(stores: dict[str, Path], ann: Path, threshold: float) -> str:

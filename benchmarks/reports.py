@@ -50,6 +50,7 @@ FID, BAEF, C28 = "fidelity", "fidelity/detector-baef3b6a", "fidelity/detector-28
 RECORDS = {
     "prior_quality": "prior_quality/prior_quality.json",
     "variation": "shape_variation/shape_variation.json",
+    "variation_thin": "shape_variation/shape_variation_thin-parts.json",
     "attention_tiny": "attention_layers/attention_layers_tiny.json",
     "attention_random": "attention_layers/attention_layers_tiny-random.json",
     "steps": "diffsp_steps/diffsp_steps.json",

@@ -19,9 +19,8 @@ from benchmarks.prior_quality import Setting, make_data, score_setting
 from benchmarks.records import RESULTS, argument_parser, cpu_machine, record, write_record
 from priors import geometry
 from priors.annotations import AmodalAnnotations
-from priors.models import THRESHOLD_KEY, model_defaults
 from priors.occlusion import OCCLUDED
-from priors.prior_quality import DEFAULT_THRESHOLD, iou_table
+from priors.prior_quality import iou_table, model_threshold
 
 REPO = Path(__file__).resolve().parents[1]
 PRIOR_SIZE = 28
@@ -61,8 +60,7 @@ def measure(variation: str, data: Path, model: str | None, batch_size: int) -> d
                                         for t, v in by_threshold.items()}}
     if model:
         # at the model's own threshold, as `aisdiff inspect` scores it
-        threshold = float(model_defaults(model).get(THRESHOLD_KEY, DEFAULT_THRESHOLD))
-        setting = Setting(f"DiffSP, {model}", model, (), threshold=threshold)
+        setting = Setting(f"DiffSP, {model}", model, (), threshold=model_threshold(model))
         column["diffsp"] = score_setting(setting, data, data.parent, batch_size)
     return column
 

@@ -29,9 +29,9 @@ from priors import geometry, masks
 from priors.annotations import AmodalAnnotations
 from priors.errors import AisdiffError
 from priors.images import read_image
-from priors.models import MODEL_DEFAULTS_FILE, THRESHOLD_KEY, model_defaults
+from priors.models import MODEL_DEFAULTS_FILE, THRESHOLD_KEY
 from priors.occlusion import occlusion_bucket
-from priors.prior_quality import DEFAULT_THRESHOLD, gt_ious, iou_table, match_ground_truths
+from priors.prior_quality import DEFAULT_THRESHOLD, gt_ious, iou_table, match_ground_truths, model_threshold
 from priors.store import ARRAYS, RECOMPUTE_FLAG, SETTINGS_ADDED_LATER, SOURCE_GT, SOURCE_PROPOSAL, PriorStore
 
 EPS = 1e-6
@@ -288,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
     names = dict(ann.categories) if ann else {}
     threshold = args.threshold
     if threshold is None:  # the threshold tuned with the store's model, if its folder records one
-        threshold = model_defaults(store.settings["model"]["id"]).get(THRESHOLD_KEY, DEFAULT_THRESHOLD)
+        threshold = model_threshold(store.settings["model"]["id"])
     report = {"summary": summary(store, names), "prior_size": store.prior_size, "threshold": threshold}
     if args.verify:
         report["verify"] = checked

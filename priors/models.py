@@ -162,6 +162,13 @@ def _model_path(model: str) -> Path:
     return SHIPPED_MODELS[model] if model in SHIPPED_MODELS else Path(model).expanduser()
 
 
+def shipped_name(folder: Path) -> str:
+    """The name `load_model` knows a model folder by: a shipped model's name (SHIPPED_MODELS), else the
+    folder."""
+    return next((name for name, path in SHIPPED_MODELS.items() if path.resolve() == folder.resolve()),
+                str(folder))
+
+
 def is_hub_id(model: str) -> bool:
     """Whether a model name has the form of a Hugging Face hub id ("org/name") and is not a local path."""
     return bool(HUB_ID.fullmatch(model)) and not Path(model).expanduser().exists()

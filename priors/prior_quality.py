@@ -19,6 +19,13 @@ MATCH_IOU = 0.5  # box IoU at which a detection counts as finding a ground truth
 DEFAULT_THRESHOLD = 0.5  # prior threshold for models that ship no threshold of their own
 
 
+def model_threshold(model: str) -> float:
+    """The prior threshold tuned with `model` (its folder's `diffsp_config.json`), else DEFAULT_THRESHOLD."""
+    from priors.models import THRESHOLD_KEY, model_defaults
+
+    return float(model_defaults(model).get(THRESHOLD_KEY, DEFAULT_THRESHOLD))
+
+
 def match_ground_truths(gt_boxes: Sequence, gt_labels: Sequence[int], boxes: Sequence, labels: Sequence[int],
                         ranks: Sequence[float] | None = None, min_iou: float = MATCH_IOU) -> np.ndarray:
     """For each ground truth, the index of the detection of its class whose box overlaps its amodal box by

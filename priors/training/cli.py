@@ -12,14 +12,13 @@ import torch
 
 from ..annotations import AmodalAnnotations
 from ..errors import AisdiffError
-from ..models import DTYPES, MODEL_DEFAULTS_FILE
+from ..models import DTYPES, MODEL_DEFAULTS_FILE, shipped_name
 from .arguments import add_run_arguments
 from .crops import load_object_crops
 from .output import command_line, replaced_when_done
 from .train import (
     TrainConfig,
     build_architecture,
-    model_name,
     plot_losses,
     train_unet,
     train_vae,
@@ -78,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         (tmp / "losses.json").write_text(json.dumps({k: [round(v, 5) for v in vals]
                                                      for k, vals in losses.items()}))
         plot_losses(losses, tmp / "loss.png")
-        data = {"name": model_name(out), "ann": Path(args.ann).name, "sha256": annotations.sha256(),
+        data = {"name": shipped_name(out), "ann": Path(args.ann).name, "sha256": annotations.sha256(),
                 "images": len(annotations.images), "instances": len(annotations),
                 "scaling_factor": pipe.vae.config.scaling_factor}
         command = command_line(f"aisdiff train-diffusion --ann {shlex.quote(args.ann)} --out "

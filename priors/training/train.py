@@ -246,12 +246,6 @@ def plot_losses(losses: dict[str, list[float]], path: Path) -> None:
     plt.close(fig)
 
 
-def model_name(folder: Path) -> str:
-    """How `load_model` names a model folder: a shipped model's name, else the folder."""
-    return next((name for name, path in SHIPPED_MODELS.items() if path.resolve() == folder.resolve()),
-                str(folder))
-
-
 def write_card(out: Path, cfg: TrainConfig, crops: ObjectCrops, data: dict, losses: dict[str, list[float]],
                seconds: float, device: str, command: str, save_dtype: str) -> None:
     """The model card: what the model is, the data (`data`, with the name the model loads by), the settings,
