@@ -100,8 +100,10 @@ DIFFSP_SETTINGS = ("steps", "tau", "self_res", "cross_res")  # what both prior m
 # models that take the place of the registry's: the trained `tiny` knows the low variation's shapes only
 # (`tiny-random`, random weights, stays)
 VARIATION_MODELS = {"low": {}, "high": {"tiny": "tiny-high"}}
-COLUMNS = (("amodal", "AP"), ("amodal", "AP50"), ("amodal", "AP75"), ("amodal", "AR"), ("visible", "AP"),
-           ("prior", "IoU_occluded"), ("prior", "visible_IoU_occluded"))
+# the table's metrics ("AP_agnostic": any category counts; "-" in records from before it was measured)
+COLUMNS = (("amodal", "AP"), ("amodal", "AP50"), ("amodal", "AP75"), ("amodal", "AR"),
+           ("amodal", "AP_agnostic"), ("visible", "AP"), ("prior", "IoU_occluded"),
+           ("prior", "visible_IoU_occluded"))
 
 
 def aisdiff(*args: str, log: Path | None = None) -> None:

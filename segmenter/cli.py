@@ -143,13 +143,16 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
-    """The amodal / visible table `aisdiff test` prints."""
-    rows = [("amodal", "amodal/"), ("visible", "visible/")]
+    """The amodal / visible table `aisdiff test` prints (and class-agnostic amodal AP, without AR)."""
+    rows = [("amodal", "amodal/", ""), ("visible", "visible/", ""),
+            ("amodal, any class", "amodal/", "_agnostic")]
     cols = ("AP", "AP50", "AP75", "AR")
     lines = ["| masks | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    for name, prefix in rows:
-        if f"{prefix}AP" in metrics:
-            lines.append(f"| {name} | " + " | ".join(f"{100 * metrics[prefix + c]:.2f}" for c in cols) + " |")
+    for name, prefix, suffix in rows:
+        if f"{prefix}AP{suffix}" in metrics:
+            keys = (prefix + c + suffix for c in cols)
+            cells = (f"{100 * metrics[k]:.2f}" if k in metrics else "-" for k in keys)
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     buckets = [k for k in metrics if k.startswith("amodal/AP_occ_")]
     if buckets:
         lines.append("amodal AP by occlusion rate: " + ", ".join(

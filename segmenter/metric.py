@@ -1,6 +1,8 @@
 """Amodal instance segmentation metric: stock pycocotools COCOeval on amodal and on visible masks.
 
-Reports `amodal/AP`, `amodal/AP50`, `amodal/AP75`, `amodal/AR` (the headline) and `visible/AP`, ...,
+Reports `amodal/AP`, `amodal/AP50`, `amodal/AP75`, `amodal/AR` (the headline) and `visible/AP`, ...;
+class-agnostic amodal AP (`amodal/AP_agnostic`, `amodal/AP50_agnostic`, `amodal/AP75_agnostic`: every
+category one, so a mask of the wrong class still counts; the gap to `amodal/AP` is what classification costs),
 plus amodal AP per occlusion-rate bucket (`amodal/AP_occ_none`, `amodal/AP_occ_10-30%`, ...; the buckets of
 `priors.occlusion`): ground truths outside the bucket are marked crowd, so detections matching them are
 neither true nor false positives. Results can be written as COCO results JSON (`outfile_prefix`) and as a
@@ -37,8 +39,9 @@ KINDS = ("amodal", "visible")
 PRIOR_IOUS = {"prior_iou": "IoU", "visible_iou": "visible_IoU", "amodal_iou": "amodal_IoU"}  # -> metric names
 
 
-def coco_eval(gt: dict, detections: list[dict]) -> np.ndarray:
-    """COCOeval('segm') stats of detections against a COCO ground-truth dict (12 numbers, -1 = undefined)."""
+def coco_eval(gt: dict, detections: list[dict], use_cats: bool = True) -> np.ndarray:
+    """COCOeval('segm') stats of detections against a COCO ground-truth dict (12 numbers, -1 = undefined);
+    `use_cats=False` matches detections to ground truths of any category (pycocotools' `useCats=0`)."""
     if not detections:
         return np.zeros(12)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -47,6 +50,7 @@ def coco_eval(gt: dict, detections: list[dict]) -> np.ndarray:
         coco_gt.createIndex()
         # loadRes edits them
         evaluator = COCOeval(coco_gt, coco_gt.loadRes([dict(d) for d in detections]), "segm")
+        evaluator.params.useCats = int(use_cats)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
@@ -124,6 +128,9 @@ class AmodalMetric(BaseMetric):
                 self._dump(f"{self.outfile_prefix}.{kind}.gt.json", gt)
                 self._dump(f"{self.outfile_prefix}.{kind}.segm.json", dets)
         amodal_dets = self._detections(results, label2cat, "amodal")
+        agnostic = coco_eval(ground_truth(ann, "amodal"), amodal_dets, use_cats=False)
+        metrics.update({"amodal/AP_agnostic": agnostic[0], "amodal/AP50_agnostic": agnostic[1],
+                        "amodal/AP75_agnostic": agnostic[2]})
         for bucket in OCCLUSION_BUCKETS:
             outside = {i.ann_id for i in ann if not bucket.contains(i.occlusion_rate)}
             metrics[f"amodal/AP_occ_{bucket.name}"] = coco_eval(ground_truth(ann, "amodal", outside),

@@ -471,19 +471,41 @@ def test_metric_equals_a_direct_cocoeval_on_the_json_results(data, tmp_path):
             "occluder_masks": torch.from_numpy(np.concatenate([visible, fake]))}}
         metric.process({}, [sample])
     ours = metric.compute_metrics(metric.results)
-    for kind in ("amodal", "visible"):
+    for kind, use_cats, names in (("amodal", 1, ("AP", "AP50", "AP75", "AR")),
+                                  ("visible", 1, ("AP", "AP50", "AP75", "AR")),
+                                  ("amodal", 0, ("AP_agnostic", "AP50_agnostic", "AP75_agnostic"))):
         gt = COCO(str(tmp_path / f"res.{kind}.gt.json"))
         evaluator = COCOeval(gt, gt.loadRes(str(tmp_path / f"res.{kind}.segm.json")), "segm")
+        evaluator.params.useCats = use_cats
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
         stats = evaluator.stats
-        assert [ours[f"{kind}/{k}"] for k in ("AP", "AP50", "AP75", "AR")] == \
-            [round(float(stats[i]), 4) for i in (0, 1, 2, 8)]
+        expected = [round(float(stats[i]), 4) for i in (0, 1, 2, 8)]
+        assert [ours[f"{kind}/{k}"] for k in names] == expected[:len(names)]
     assert 0 < ours["amodal/AP"] < 1 and ours["visible/AP"] > ours["amodal/AP"]
     assert [k for k in ours if "_occ_" in k] == ["amodal/AP_occ_none", "amodal/AP_occ_0-10%",
                                                  "amodal/AP_occ_10-30%", "amodal/AP_occ_30-50%",
                                                  "amodal/AP_occ_>50%"]
+
+
+def test_class_agnostic_amodal_ap_counts_masks_of_the_wrong_class(data):
+    """Every ground-truth mask detected under the next category: class-aware AP 0, class-agnostic AP 1."""
+    from priors.annotations import load_annotations
+    from segmenter.metric import AmodalMetric
+
+    ann_file = data / "synthetic" / "annotations" / "val.json"
+    ann = load_annotations(ann_file)
+    metric = AmodalMetric(ann_file=str(ann_file))
+    metric.dataset_meta = {"classes": tuple(n for _, n in synthetic.CATEGORIES)}
+    n = len(synthetic.CATEGORIES)
+    wrong = [{"img_id": image_id, "labels": np.array([i.category_id % n for i in insts]),  # (label id - 1)
+              "scores": np.ones(len(insts)), "bboxes": np.array([i.amodal_box for i in insts], np.float32),
+              "masks": [i.amodal_rle for i in insts], "visible_masks": [i.visible_rle for i in insts]}
+             for image_id in ann.image_ids() for insts in [ann.by_image(image_id)]]
+    ours = metric.compute_metrics(wrong)
+    assert ours["amodal/AP"] == 0.0 and ours["visible/AP"] == 0.0
+    assert [ours[f"amodal/{k}_agnostic"] for k in ("AP", "AP50", "AP75")] == [1.0, 1.0, 1.0]
 
 
 # -- entry points ----------------------------------------------------------------------------------
@@ -509,7 +531,7 @@ def test_aisdiff_train_and_test_commands(data, tmp_path):
                            "--show-dir", str(tmp_path / "show"), "--cfg-options", *FAST],
                           capture_output=True, text=True, env=_env(data), cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| amodal |" in proc.stdout and "| visible |" in proc.stdout
+    assert all(f"| {row} |" in proc.stdout for row in ("amodal", "visible", "amodal, any class"))
     cost = next(line for line in proc.stdout.splitlines() if line.startswith("test cost: "))
     assert cost.startswith("test cost: 2 images in ") and "s per image" in cost and "in DiffSP" in cost
     assert not cost.endswith(" 0% of it in DiffSP")  # (on-the-fly priors: DiffSP ran for each detection)
