@@ -47,6 +47,7 @@ PLACEHOLDER = re.compile(r"\{\{([a-z]+):([^{}]+)\}\}")
 MARKDOWN_START = re.compile(r"\s*(\d+[.)]|[-+*>#|=])(\s|$)")  # what makes a wrapped line more than prose
 # the records the pages cite, by alias (paths under benchmarks/results/)
 FID, BAEF, C28 = "fidelity", "fidelity/detector-baef3b6a", "fidelity/detector-28b06fc2"
+HIGH = "fidelity/detector-383a67bb/fidelity_trained_head-recommended_variation-high"
 RECORDS = {
     "prior_quality": "prior_quality/prior_quality.json",
     "variation": "shape_variation/shape_variation.json",
@@ -86,6 +87,8 @@ RECORDS = {
     "c28_kaiming_b": f"{C28}/fidelity_opts-ba211e5c_b_seed0.json",
     "c28_recommended_b": f"{C28}/fidelity_opts-4142a0fa_b_seed0.json",
     "c28_recommended_d": f"{C28}/fidelity_opts-4142a0fa_d_seed0.json",
+    "high": f"{HIGH}_a-b-d-f-g_seed0.json",
+    "high_h": f"{HIGH}_d-h_seed0.json",
     "early_a": f"{FID}/fidelity_a_seed0.json",
     "early_db": f"{FID}/fidelity_d-b_seed0.json",
     "early_e": f"{FID}/fidelity_e_seed0.json",
@@ -97,6 +100,9 @@ RENAMED = {"diffsp": "diffsp_speed", "pipeline": "precompute_speed", "segmenter"
 BUCKETS = ("none", "0-10%", "10-30%", "30-50%", ">50%")
 USED: set[str] = set()  # the aliases of the records the page being rendered has loaded
 TABLE_METRICS = ("amodal/AP50", "amodal/AP75", "visible/AP", "prior/IoU_occluded")  # after amodal AP
+METRIC_HEADS = {"amodal/AP50": "AP50", "amodal/AP75": "AP75", "visible/AP": "visible AP",
+                "prior/IoU_occluded": "test-prior IoU, occluded", "amodal/AP_agnostic": "AP, any class",
+                "prior/amodal_IoU_occluded": "amodal-mask IoU, occluded"}
 
 
 class ReportError(SystemExit):
@@ -246,16 +252,18 @@ def variant_label(variant: str) -> str:
     return f"({variant}) {VARIANTS[variant].name}"
 
 
-def variant_table(rows: list[tuple[str, str]], bold: str = "", per_seed: bool = False) -> str:
-    """Fidelity rows (record alias, variant): amodal AP, AP50, AP75, visible AP and the test prior's IoU on
-    occluded objects, mean ± std over seeds in percent, with the record; `bold` names a row's variant."""
+def variant_table(rows: list[tuple[str, str]], bold: str = "", per_seed: bool = False,
+                  metrics: tuple[str, ...] = TABLE_METRICS) -> str:
+    """Fidelity rows (record alias, variant): amodal AP, then `metrics` (by default AP50, AP75, visible AP and
+    the test prior's IoU on occluded objects), mean ± std over seeds in percent, with the record; `bold`
+    names a row's variant."""
     head = "amodal AP (per seed)" if per_seed else "amodal AP"
-    lines = [f"| variant | {head} | AP50 | AP75 | visible AP | test-prior IoU, occluded | record |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [f"| variant | {head} | " + " | ".join(METRIC_HEADS[m] for m in metrics) + " | record |",
+             "|---" * (len(metrics) + 3) + "|"]
     for alias, v in rows:
         main = ap(alias, v) + (f" ({seeds(alias, v)})" if per_seed else "")
         label, main = (f"**{variant_label(v)}**", f"**{main}**") if v == bold else (variant_label(v), main)
-        cells = [cell(alias, v, m) for m in TABLE_METRICS]
+        cells = [cell(alias, v, m) for m in metrics]
         lines.append(f"| {label} | {main} | " + " | ".join(cells) + f" | {link(alias)} |")
     return "\n".join(lines)
 
@@ -507,6 +515,20 @@ def paper_table() -> str:
     return variant_table([("paper", v) for v in PAPER_ORDER])
 
 
+HIGH_ROWS = [("high", v) for v in "abfdg"]
+HIGH_METRICS = ("amodal/AP50", "amodal/AP75", "amodal/AP_agnostic", "visible/AP", "prior/IoU_occluded")
+
+
+def high_table() -> str:
+    return variant_table(HIGH_ROWS, bold="d", per_seed=True, metrics=HIGH_METRICS)
+
+
+def high_h_table() -> str:
+    """(d) beside (h), its checkpoint tested with DiffSP fed the true visible and occluder masks."""
+    return variant_table([("high_h", "d"), ("high_h", "h")], per_seed=True,
+                         metrics=HIGH_METRICS + ("prior/amodal_IoU_occluded",))
+
+
 def test_options(options: list[str] | tuple[str, ...]) -> str:
     """Test options as a table shows them: the last part of each key, with its value."""
     pairs = (option.split("=", 1) for option in options)
@@ -557,6 +579,10 @@ TABLES: dict[str, Callable[[], str]] = {
     "paper": paper_table,
     "paper_buckets": lambda: bucket_table([("paper", v) for v in PAPER_ORDER]),
     "k_threshold": k_threshold_table,
+    "high": high_table,
+    "high_buckets": lambda: bucket_table(HIGH_ROWS + [("high_h", "h")]),
+    "high_prior_buckets": lambda: bucket_table(HIGH_ROWS[1:] + [("high_h", "h")], "prior/IoU_occ_"),
+    "high_h": high_h_table,
     "levers": levers_table,
 }
 def template_share(b: str, d: str, f: str) -> str:
