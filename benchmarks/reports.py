@@ -87,8 +87,8 @@ RECORDS = {
     "c28_kaiming_b": f"{C28}/fidelity_opts-ba211e5c_b_seed0.json",
     "c28_recommended_b": f"{C28}/fidelity_opts-4142a0fa_b_seed0.json",
     "c28_recommended_d": f"{C28}/fidelity_opts-4142a0fa_d_seed0.json",
-    "high": f"{HIGH}_a-b-d-f-g_seed0.json",
-    "high_h": f"{HIGH}_d-h_seed0.json",
+    "high": f"{HIGH}_a-b-d-f-g.json",
+    "high_h": f"{HIGH}_d-h.json",
     "early_a": f"{FID}/fidelity_a_seed0.json",
     "early_db": f"{FID}/fidelity_d-b_seed0.json",
     "early_e": f"{FID}/fidelity_e_seed0.json",
@@ -253,16 +253,19 @@ def variant_label(variant: str) -> str:
 
 
 def variant_table(rows: list[tuple[str, str]], bold: str = "", per_seed: bool = False,
-                  metrics: tuple[str, ...] = TABLE_METRICS) -> str:
+                  metrics: tuple[str, ...] = TABLE_METRICS, kinds: dict[str, str] | None = None) -> str:
     """Fidelity rows (record alias, variant): amodal AP, then `metrics` (by default AP50, AP75, visible AP and
     the test prior's IoU on occluded objects), mean ± std over seeds in percent, with the record; `bold`
-    names a row's variant."""
+    names a row's variant; `kinds` adds a description to the labels of an alias's rows (another head of the
+    same variant), which are never bold."""
+    kinds = kinds or {}
     head = "amodal AP (per seed)" if per_seed else "amodal AP"
     lines = [f"| variant | {head} | " + " | ".join(METRIC_HEADS[m] for m in metrics) + " | record |",
              "|---" * (len(metrics) + 3) + "|"]
     for alias, v in rows:
         main = ap(alias, v) + (f" ({seeds(alias, v)})" if per_seed else "")
-        label, main = (f"**{variant_label(v)}**", f"**{main}**") if v == bold else (variant_label(v), main)
+        label = variant_label(v) + (f", {kinds[alias]}" if alias in kinds else "")
+        label, main = (f"**{label}**", f"**{main}**") if v == bold and alias not in kinds else (label, main)
         cells = [cell(alias, v, m) for m in metrics]
         lines.append(f"| {label} | {main} | " + " | ".join(cells) + f" | {link(alias)} |")
     return "\n".join(lines)
