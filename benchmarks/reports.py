@@ -89,7 +89,7 @@ RECORDS = {
     "c28_recommended_d": f"{C28}/fidelity_opts-4142a0fa_d_seed0.json",
     "high": f"{HIGH}_a-b-d-f-g.json",
     "high_h": f"{HIGH}_d-h.json",
-    "high_paper": "fidelity/detector-383a67bb/fidelity_trained_variation-high_d_seed0.json",
+    "high_paper": "fidelity/detector-383a67bb/fidelity_trained_variation-high_d_seed0-1.json",
     "early_a": f"{FID}/fidelity_a_seed0.json",
     "early_db": f"{FID}/fidelity_d-b_seed0.json",
     "early_e": f"{FID}/fidelity_e_seed0.json",
