@@ -47,7 +47,8 @@ PLACEHOLDER = re.compile(r"\{\{([a-z]+):([^{}]+)\}\}")
 MARKDOWN_START = re.compile(r"\s*(\d+[.)]|[-+*>#|=])(\s|$)")  # what makes a wrapped line more than prose
 # the records the pages cite, by alias (paths under benchmarks/results/)
 FID, BAEF, C28 = "fidelity", "fidelity/detector-baef3b6a", "fidelity/detector-28b06fc2"
-HIGH = "fidelity/detector-383a67bb/fidelity_trained_head-recommended_variation-high"
+D383 = "fidelity/detector-383a67bb"
+HIGH = f"{D383}/fidelity_trained_head-recommended_variation-high"
 RECORDS = {
     "prior_quality": "prior_quality/prior_quality.json",
     "variation": "shape_variation/shape_variation.json",
@@ -89,7 +90,7 @@ RECORDS = {
     "c28_recommended_d": f"{C28}/fidelity_opts-4142a0fa_d_seed0.json",
     "high": f"{HIGH}_a-b-d-f-g.json",
     "high_h": f"{HIGH}_d-h.json",
-    "high_paper": "fidelity/detector-383a67bb/fidelity_trained_variation-high_d_seed0-1.json",
+    "high_paper": f"{D383}/fidelity_trained_variation-high_d_seed0-1.json",
     "early_a": f"{FID}/fidelity_a_seed0.json",
     "early_db": f"{FID}/fidelity_d-b_seed0.json",
     "early_e": f"{FID}/fidelity_e_seed0.json",
