@@ -47,7 +47,7 @@ PLACEHOLDER = re.compile(r"\{\{([a-z]+):([^{}]+)\}\}")
 MARKDOWN_START = re.compile(r"\s*(\d+[.)]|[-+*>#|=])(\s|$)")  # what makes a wrapped line more than prose
 # the records the pages cite, by alias (paths under benchmarks/results/)
 FID, BAEF, C28 = "fidelity", "fidelity/detector-baef3b6a", "fidelity/detector-28b06fc2"
-D383 = "fidelity/detector-383a67bb"
+D383, DCFA = "fidelity/detector-383a67bb", "fidelity/detector-cfac2404"
 HIGH = f"{D383}/fidelity_trained_head-recommended_variation-high"
 RECORDS = {
     "prior_quality": "prior_quality/prior_quality.json",
@@ -91,6 +91,7 @@ RECORDS = {
     "high": f"{HIGH}_a-b-d-f-g.json",
     "high_h": f"{HIGH}_d-h.json",
     "high_paper": f"{D383}/fidelity_trained_variation-high_d_seed0-1.json",
+    "high2_paper": f"{DCFA}/fidelity_trained_variation-high_d.json",
     "early_a": f"{FID}/fidelity_a_seed0.json",
     "early_db": f"{FID}/fidelity_d-b_seed0.json",
     "early_e": f"{FID}/fidelity_e_seed0.json",
@@ -536,6 +537,12 @@ def high_h_table() -> str:
                          metrics=HIGH_METRICS + ("prior/amodal_IoU_occluded",))
 
 
+def high_second_table() -> str:
+    """The second detector's runs: the paper's head on three seeds."""
+    return variant_table([("high2_paper", "d")], per_seed=True,
+                         metrics=HIGH_METRICS, kinds={"high2_paper": "the paper's head"})
+
+
 def test_options(options: list[str] | tuple[str, ...]) -> str:
     """Test options as a table shows them: the last part of each key, with its value."""
     pairs = (option.split("=", 1) for option in options)
@@ -590,6 +597,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "high_buckets": lambda: bucket_table(HIGH_ROWS + [("high_h", "h")]),
     "high_prior_buckets": lambda: bucket_table(HIGH_ROWS[1:] + [("high_h", "h")], "prior/IoU_occ_"),
     "high_h": high_h_table,
+    "high_second": high_second_table,
     "levers": levers_table,
 }
 def template_share(b: str, d: str, f: str) -> str:
@@ -604,6 +612,7 @@ VALUES: dict[str, Callable[[], str]] = {
     "fetch_warp_share": lambda: f"{fetch_warp_share():.2%}",
     "memory_growth": lambda: f"{memory_growth():.2f}",
     "diffsp_time_ratio": lambda: f"{diffsp_time_ratio():.1f}",
+    "high_a_min": lambda: number(100 * min(runs("high", "a"))),
     "tiny_cross": lambda: attention_range("attention_tiny", "cross hidden/bg"),
     "tiny_self": lambda: attention_range("attention_tiny", "self lift"),
     "random_cross": lambda: attention_range("attention_random", "cross hidden/bg"),
