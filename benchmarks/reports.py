@@ -612,7 +612,7 @@ VALUES: dict[str, Callable[[], str]] = {
     "fetch_warp_share": lambda: f"{fetch_warp_share():.2%}",
     "memory_growth": lambda: f"{memory_growth():.2f}",
     "diffsp_time_ratio": lambda: f"{diffsp_time_ratio():.1f}",
-    "high_a_min": lambda: number(100 * min(runs("high", "a"))),
+    "high_lowest": lambda: number(100 * min(min(runs(alias, v)) for alias, v in HIGH_ROWS)),
     "tiny_cross": lambda: attention_range("attention_tiny", "cross hidden/bg"),
     "tiny_self": lambda: attention_range("attention_tiny", "self lift"),
     "random_cross": lambda: attention_range("attention_random", "cross hidden/bg"),
