@@ -92,6 +92,7 @@ RECORDS = {
     "high_h": f"{HIGH}_d-h.json",
     "high_paper": f"{D383}/fidelity_trained_variation-high_d_seed0-1.json",
     "high2_paper": f"{DCFA}/fidelity_trained_variation-high_d.json",
+    "high2_di": f"{DCFA}/fidelity_trained_head-recommended_variation-high_d-i_seed0.json",
     "early_a": f"{FID}/fidelity_a_seed0.json",
     "early_db": f"{FID}/fidelity_d-b_seed0.json",
     "early_e": f"{FID}/fidelity_e_seed0.json",
@@ -538,8 +539,8 @@ def high_h_table() -> str:
 
 
 def high_second_table() -> str:
-    """The second detector's runs: the paper's head on three seeds."""
-    return variant_table([("high2_paper", "d")], per_seed=True,
+    """The second detector's runs: the recommended head's (d) and (i), the paper's head on three seeds."""
+    return variant_table([("high2_di", "d"), ("high2_di", "i"), ("high2_paper", "d")], per_seed=True,
                          metrics=HIGH_METRICS, kinds={"high2_paper": "the paper's head"})
 
 
@@ -598,6 +599,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "high_prior_buckets": lambda: bucket_table(HIGH_ROWS[1:] + [("high_h", "h")], "prior/IoU_occ_"),
     "high_h": high_h_table,
     "high_second": high_second_table,
+    "high2_buckets": lambda: bucket_table([("high2_di", "d"), ("high2_di", "i")]),
+    "high2_prior_buckets": lambda: bucket_table([("high2_di", "d"), ("high2_di", "i")], "prior/IoU_occ_"),
     "levers": levers_table,
 }
 def template_share(b: str, d: str, f: str) -> str:
