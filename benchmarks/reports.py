@@ -92,7 +92,7 @@ RECORDS = {
     "high_h": f"{HIGH}_d-h.json",
     "high_paper": f"{D383}/fidelity_trained_variation-high_d_seed0-1.json",
     "high2_paper": f"{DCFA}/fidelity_trained_variation-high_d.json",
-    "high2_di": f"{DCFA}/fidelity_trained_head-recommended_variation-high_d-i_seed0.json",
+    "high2": f"{DCFA}/fidelity_trained_head-recommended_variation-high_d-i-b-f-a_seed0.json",
     "early_a": f"{FID}/fidelity_a_seed0.json",
     "early_db": f"{FID}/fidelity_d-b_seed0.json",
     "early_e": f"{FID}/fidelity_e_seed0.json",
@@ -538,11 +538,11 @@ def high_h_table() -> str:
                          metrics=HIGH_METRICS + ("prior/amodal_IoU_occluded",))
 
 
-HIGH2_ROWS = [("high2_di", v) for v in "di"]  # the recommended head on the second detector
+HIGH2_ROWS = [("high2", v) for v in "abfdi"]  # the recommended head on the second detector
 
 
 def high_second_table() -> str:
-    """The second detector's runs: the recommended head's (d) and (i), the paper's head on three seeds."""
+    """The second detector's runs: the recommended head's rows on one seed, the paper's head on three."""
     return variant_table(HIGH2_ROWS + [("high2_paper", "d")], per_seed=True,
                          metrics=HIGH_METRICS, kinds={"high2_paper": "the paper's head"})
 
@@ -603,7 +603,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "high_h": high_h_table,
     "high_second": high_second_table,
     "high2_buckets": lambda: bucket_table(HIGH2_ROWS),
-    "high2_prior_buckets": lambda: bucket_table(HIGH2_ROWS, "prior/IoU_occ_"),
+    "high2_prior_buckets": lambda: bucket_table(HIGH2_ROWS[1:], "prior/IoU_occ_"),
     "levers": levers_table,
 }
 def template_share(b: str, d: str, f: str) -> str:
