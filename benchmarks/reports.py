@@ -92,7 +92,7 @@ RECORDS = {
     "high_h": f"{HIGH}_d-h.json",
     "high_paper": f"{D383}/fidelity_trained_variation-high_d_seed0-1.json",
     "high2_paper": f"{DCFA}/fidelity_trained_variation-high_d.json",
-    "high2": f"{DCFA}/fidelity_trained_head-recommended_variation-high_d-i-b-f-a_seed0.json",
+    "high2": f"{DCFA}/fidelity_trained_head-recommended_variation-high_d-i-b-f-a-l_seed0.json",
     "early_a": f"{FID}/fidelity_a_seed0.json",
     "early_db": f"{FID}/fidelity_d-b_seed0.json",
     "early_e": f"{FID}/fidelity_e_seed0.json",
@@ -538,7 +538,7 @@ def high_h_table() -> str:
                          metrics=HIGH_METRICS + ("prior/amodal_IoU_occluded",))
 
 
-HIGH2_ROWS = [("high2", v) for v in "abfdi"]  # the recommended head on the second detector
+HIGH2_ROWS = [("high2", v) for v in "abfdil"]  # the recommended head on the second detector
 
 
 def high_second_table() -> str:
