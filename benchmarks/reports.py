@@ -202,12 +202,20 @@ def command_block(alias: str) -> str:
 
 
 # -- fidelity records ----------------------------------------------------------------------------------
+def seed_runs(alias: str, variant: str, metric: str = AP) -> dict[int, float]:
+    """A variant's metric as recorded (a fraction) by seed, in seed order (runs without it left out); a
+    combined record names each variant's seeds, a single run's record its one list."""
+    data = load(alias)
+    part, name = metric.split("/", 1)
+    variant_seeds = data.get("seeds", {}).get(variant, data["settings"].get("seeds"))
+    values = (fidelity_value(r, part, name) for r in data["results"][variant])
+    return {seed: v for seed, v in zip(variant_seeds, values, strict=True) if v is not None}
+
+
 def runs(alias: str, variant: str, metric: str = AP) -> list[float]:
     """A variant's metric as recorded (a fraction), one value per seed in seed order (runs without it left
     out)."""
-    part, name = metric.split("/", 1)
-    values = (fidelity_value(r, part, name) for r in load(alias)["results"][variant])
-    return [v for v in values if v is not None]
+    return list(seed_runs(alias, variant, metric).values())
 
 
 def spread(values: list[float]) -> str:
@@ -242,8 +250,12 @@ def diff(alias: str, variant: str, other_alias: str, other: str, metric: str = A
 
 
 def paired(alias: str, variant: str, other: str) -> str:
-    differences = np.subtract(runs(alias, variant), runs(alias, other))
-    return spread([float(d) for d in differences])
+    """V less W on each seed both ran (a record may hold more seeds of one variant than of another)."""
+    mine, theirs = seed_runs(alias, variant), seed_runs(alias, other)
+    shared = [seed for seed in mine if seed in theirs]
+    if not shared:
+        raise ReportError(f"{alias}: ({variant}) and ({other}) share no seed to pair")
+    return spread([mine[seed] - theirs[seed] for seed in shared])
 
 
 def cell(alias: str, variant: str, metric: str) -> str:

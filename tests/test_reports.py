@@ -2,6 +2,7 @@
 by hand or left stale, and every record a page uses is committed."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -70,3 +71,19 @@ def test_an_unknown_placeholder_names_its_template(tmp_path):
     (tmp_path / "bad.md").write_text("{{ap:trained:z}}\n")
     with pytest.raises(reports.ReportError, match=r"bad.md: \{\{ap:trained:z\}\}"):
         reports.render(tmp_path / "bad.md")
+
+
+def test_paired_differences_take_the_seeds_both_variants_ran(tmp_path, monkeypatch):
+    runs = {"l": [{"amodal/AP": 0.08}, {"amodal/AP": 0.07}], "b": [{"amodal/AP": 0.076}, {"amodal/AP": 0.06}],
+            "i": [{"amodal/AP": 0.073}]}
+    combined = {"settings": {}, "seeds": {"l": [0, 1], "b": [0, 1], "i": [1]}, "results": runs}
+    (tmp_path / "combined.json").write_text(json.dumps(combined))
+    monkeypatch.setattr(reports, "RESULTS", tmp_path)
+    monkeypatch.setitem(reports.RECORDS, "mixed", "combined.json")
+    assert reports.paired("mixed", "l", "b") == "0.7 ± 0.4"
+    assert reports.paired("mixed", "i", "l") == "0.3"  # seed 1 alone, not (i) against each of (l)'s seeds
+    assert reports.seeds("mixed", "i") == "7.3"
+    (tmp_path / "lonely.json").write_text(json.dumps({**combined, "seeds": {**combined["seeds"], "i": [2]}}))
+    monkeypatch.setitem(reports.RECORDS, "lonely", "lonely.json")
+    with pytest.raises(reports.ReportError, match=r"lonely: \(i\) and \(l\) share no seed"):
+        reports.paired("lonely", "i", "l")
