@@ -49,6 +49,7 @@ MARKDOWN_START = re.compile(r"\s*(\d+[.)]|[-+*>#|=])(\s|$)")  # what makes a wra
 FID, BAEF, C28 = "fidelity", "fidelity/detector-baef3b6a", "fidelity/detector-28b06fc2"
 D383, DCFA = "fidelity/detector-383a67bb", "fidelity/detector-cfac2404"
 HIGH = f"{D383}/fidelity_trained_head-recommended_variation-high"
+HIGH2 = f"{DCFA}/fidelity_trained_head-recommended_variation-high"
 RECORDS = {
     "prior_quality": "prior_quality/prior_quality.json",
     "variation": "shape_variation/shape_variation.json",
@@ -92,7 +93,9 @@ RECORDS = {
     "high_h": f"{HIGH}_d-h.json",
     "high_paper": f"{D383}/fidelity_trained_variation-high_d_seed0-1.json",
     "high2_paper": f"{DCFA}/fidelity_trained_variation-high_d.json",
-    "high2": f"{DCFA}/fidelity_trained_head-recommended_variation-high_d-i-b-f-a-l_seed0.json",
+    "high2_seed0": f"{HIGH2}_d-i-b-f-a-l_seed0.json",
+    "high2_seed1": f"{HIGH2}_d-l-b-f_seed1.json",
+    "high2": f"{HIGH2}_d-i-b-f-a-l.json",
     "early_a": f"{FID}/fidelity_a_seed0.json",
     "early_db": f"{FID}/fidelity_d-b_seed0.json",
     "early_e": f"{FID}/fidelity_e_seed0.json",
