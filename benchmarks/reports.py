@@ -210,8 +210,12 @@ def seed_runs(alias: str, variant: str, metric: str = AP) -> dict[int, float]:
     combined record names each variant's seeds, a single run's record its one list."""
     data = load(alias)
     part, name = metric.split("/", 1)
-    variant_seeds = data.get("seeds", {}).get(variant, data["settings"].get("seeds"))
-    values = (fidelity_value(r, part, name) for r in data["results"][variant])
+    variant_seeds = data.get("seeds", {}).get(variant) or data.get("settings", {}).get("seeds") or []
+    results = data["results"][variant]
+    if len(variant_seeds) != len(results) or len(set(variant_seeds)) != len(results):
+        raise ReportError(f"{alias}: ({variant}) has {len(results)} runs for the seeds {variant_seeds}: "
+                          "not a fidelity record benchmarks.fidelity or fidelity_table wrote")
+    values = (fidelity_value(r, part, name) for r in results)
     return {seed: v for seed, v in zip(variant_seeds, values, strict=True) if v is not None}
 
 

@@ -87,3 +87,12 @@ def test_paired_differences_take_the_seeds_both_variants_ran(tmp_path, monkeypat
     monkeypatch.setitem(reports.RECORDS, "lonely", "lonely.json")
     with pytest.raises(reports.ReportError, match=r"lonely: \(i\) and \(l\) share no seed"):
         reports.paired("lonely", "i", "l")
+
+
+def test_a_record_whose_seeds_do_not_match_its_runs_is_refused(tmp_path, monkeypatch):
+    broken = {"seeds": {"l": [0, 0]}, "results": {"l": [{"amodal/AP": 0.08}, {"amodal/AP": 0.07}]}}
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    monkeypatch.setattr(reports, "RESULTS", tmp_path)
+    monkeypatch.setitem(reports.RECORDS, "broken", "broken.json")
+    with pytest.raises(reports.ReportError, match=r"broken: \(l\) has 2 runs for the seeds \[0, 0\]"):
+        reports.ap("broken", "l")
